@@ -1,0 +1,85 @@
+"""Per-module input statistics gathered with forward hooks during calibration.
+
+One :class:`InputStats` per prunable linear module accumulates, in float32, only what the
+chosen method needs:
+
+* ``sq_norm``  sum over calibration tokens of x_j^2 (Wanda's ||X_j||_2^2, per input feature);
+* ``mean`` / ``var``  running mean and variance of each input feature (DSnoT);
+* ``hessian``  H = 2/n * sum x x^T (SparseGPT), as a running mean so it never overflows.
+
+The hook returns ``None`` so it never replaces the module's output.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class StatsNeeds:
+    sq_norm: bool = True
+    moments: bool = False
+    hessian: bool = False
+
+    def __or__(self, other: "StatsNeeds") -> "StatsNeeds":
+        return StatsNeeds(
+            self.sq_norm or other.sq_norm,
+            self.moments or other.moments,
+            self.hessian or other.hessian,
+        )
+
+
+class InputStats:
+    """Accumulates statistics of the inputs of one linear module (features on the last dim)."""
+
+    def __init__(self, in_features: int, needs: StatsNeeds, device: torch.device | str) -> None:
+        self.in_features = in_features
+        self.needs = needs
+        self.nsamples = 0  # number of token rows seen
+        f32 = dict(dtype=torch.float32, device=device)
+        self.sq_norm = torch.zeros(in_features, **f32) if needs.sq_norm else None
+        self._sum = torch.zeros(in_features, **f32) if needs.moments else None
+        self._sumsq = torch.zeros(in_features, **f32) if needs.moments else None
+        self.hessian = torch.zeros(in_features, in_features, **f32) if needs.hessian else None
+
+    @torch.no_grad()
+    def add(self, x: torch.Tensor) -> None:
+        x = x.reshape(-1, x.shape[-1]).to(torch.float32)
+        n = x.shape[0]
+        if n == 0:
+            return
+        if self.sq_norm is not None:
+            self.sq_norm += (x * x).sum(dim=0)
+        if self._sum is not None:
+            self._sum += x.sum(dim=0)
+            self._sumsq += (x * x).sum(dim=0)
+        if self.hessian is not None:
+            # Running mean of 2 x x^T as in the SparseGPT reference: H <- H * n/(n+k) + 2/(n+k) X^T X
+            total = self.nsamples + n
+            self.hessian.mul_(self.nsamples / total)
+            self.hessian.addmm_(x.t(), x, alpha=2.0 / total)
+        self.nsamples += n
+
+    @property
+    def mean(self) -> torch.Tensor:
+        assert self._sum is not None, "moments were not collected"
+        return self._sum / max(self.nsamples, 1)
+
+    @property
+    def var(self) -> torch.Tensor:
+        assert self._sumsq is not None, "moments were not collected"
+        n = max(self.nsamples, 1)
+        return (self._sumsq / n - (self._sum / n) ** 2).clamp_min(0.0)
+
+    @property
+    def col_norm(self) -> torch.Tensor:
+        """||X_j||_2 per input feature (Wanda)."""
+        assert self.sq_norm is not None, "norms were not collected"
+        return self.sq_norm.sqrt()
+
+    def hook(self, module: torch.nn.Module, args: tuple, kwargs: dict | None = None) -> None:
+        """``register_forward_pre_hook`` callback: records the input, returns None."""
+        self.add(args[0] if args else next(iter(kwargs.values())))
+        return None
