@@ -1,0 +1,181 @@
+"""SparseGPT: one-shot pruning with second-order (OBS) weight updates.
+
+Frantar & Alistarh, "SparseGPT: Massive Language Models Can Be Accurately Pruned in One-Shot"
+(ICML 2023). The algorithm follows ``SparseGPT.fasterprune`` of IST-DASLab/sparsegpt
+(``sparsegpt.py``), re-written here:
+
+* dead inputs (``H_jj == 0``) get ``H_jj = 1`` and a zero weight column;
+* ``H`` is dampened by ``percdamp * mean(diag H)``, inverted through Cholesky, and the upper
+  Cholesky factor ``U`` of ``H^-1`` is used (row ``j`` of ``U`` holds the OBS update of column
+  ``j`` once columns ``< j`` are fixed, and ``U_jj^2`` is the OBS denominator);
+* columns are processed left to right in blocks of ``blocksize``; inside a block every column is
+  quantised to "kept or zero", its error ``(w - q) / U_jj`` is spread over the remaining columns
+  of the block, and the accumulated errors of the block are applied to all later columns at once
+  (lazy batch update);
+* unstructured: the pruned entries of a block are its lowest ``w^2 / U_jj^2`` (over the whole
+  block, all rows); N:M: in each group of ``m`` columns, the ``n`` lowest of each row.
+
+Unlike the reference (``score <= sorted[k]``, which removes ``k + 1`` entries or more on ties) the
+number removed in each block is exact, and chosen so the whole matrix loses exactly
+``floor(rows * cols * sparsity)`` weights (block ``[c0, c1)`` removes
+``floor(rows*c1*s) - floor(rows*c0*s)``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import ConfigError, PruneStudioError
+from .masks import check_nm
+
+__all__ = ["SparseGPTResult", "sparsegpt_prune", "inverse_hessian_factor"]
+
+
+@dataclass(frozen=True)
+class SparseGPTResult:
+    weight: torch.Tensor  # updated weight, same shape/dtype/device as the input
+    mask: torch.Tensor  # bool, True = removed
+    damping: float  # relative damping actually used (fraction of mean diag H)
+    damping_increased: bool  # True if H + damping was not positive definite at ``percdamp``
+    error: float  # sum over columns of (w - q)^2 / (2 U_jj^2), as the reference reports
+
+
+def inverse_hessian_factor(
+    hessian: torch.Tensor, percdamp: float = 0.01, max_retries: int = 4
+) -> tuple[torch.Tensor, float, bool]:
+    """Upper Cholesky factor of ``(H + damp * mean(diag H) * I)^-1``.
+
+    ``hessian`` must already have its dead diagonal entries fixed. If ``H + damp`` is not positive
+    definite the relative damping is multiplied by 10 (from 1% when ``percdamp`` is 0), at most
+    ``max_retries`` times. Returns ``(U, damping_used, damping_increased)``; raises
+    :class:`PruneStudioError` when no damping tried works.
+    """
+    cols = hessian.shape[0]
+    if not bool(torch.isfinite(hessian).all()):
+        raise PruneStudioError(
+            "SparseGPT cannot prune this module: its input Hessian contains NaN or infinite values.",
+            hint="The calibration activations overflowed; try float32 calibration or other text.",
+        )
+    mean_diag = torch.diagonal(hessian).mean()
+    eye = torch.eye(cols, dtype=hessian.dtype, device=hessian.device)
+    damp = float(percdamp)
+    for attempt in range(max_retries + 1):
+        h = hessian + (damp * mean_diag) * eye
+        chol, info = torch.linalg.cholesky_ex(h)
+        if int(info) == 0:
+            hinv = torch.cholesky_inverse(chol)
+            upper, info = torch.linalg.cholesky_ex(hinv, upper=True)
+            if int(info) == 0 and bool(torch.isfinite(upper).all()):
+                return upper, damp, attempt > 0
+        if attempt < max_retries:
+            damp = damp * 10.0 if damp > 0 else 0.01
+    raise PruneStudioError(
+        "SparseGPT cannot prune this module: its input Hessian is not positive definite even "
+        f"with damping {damp:g} x mean(diag H).",
+        details=f"Requested damping {percdamp:g}; tried {max_retries + 1} dampings.",
+        hint="Use more calibration samples or another method (Wanda) for this model.",
+    )
+
+
+def _validate(weight: torch.Tensor, hessian: torch.Tensor, sparsity: float, n: int, m: int,
+              blocksize: int, percdamp: float) -> None:
+    if weight.dim() != 2:
+        raise ConfigError(f"SparseGPT expects a 2-D weight, got shape {tuple(weight.shape)}.")
+    cols = weight.shape[1]
+    if tuple(hessian.shape) != (cols, cols):
+        raise ConfigError(
+            f"SparseGPT: Hessian shape {tuple(hessian.shape)} does not match the weight's "
+            f"{cols} input features."
+        )
+    if n or m:
+        check_nm(n, m, cols)
+    elif not 0.0 <= sparsity < 1.0:
+        raise ConfigError(f"Sparsity must be in [0, 1), got {sparsity}.")
+    if blocksize <= 0:
+        raise ConfigError(f"SparseGPT block size must be positive, got {blocksize}.")
+    if percdamp < 0:
+        raise ConfigError(f"SparseGPT damping must be >= 0, got {percdamp}.")
+
+
+@torch.no_grad()
+def sparsegpt_prune(
+    weight: torch.Tensor,
+    hessian: torch.Tensor,
+    sparsity: float,
+    n: int = 0,
+    m: int = 0,
+    blocksize: int = 128,
+    percdamp: float = 0.01,
+) -> SparseGPTResult:
+    """Prune ``weight`` (out x in) to ``sparsity`` (or N:M when ``n`` and ``m`` are given).
+
+    ``hessian`` is ``2/n sum x x^T`` of the module's inputs (:attr:`InputStats.hessian`); it is
+    not modified. With N:M the block size is rounded down to a multiple of ``m`` (at least ``m``)
+    so no group straddles two blocks. Returns a :class:`SparseGPTResult`.
+    """
+    _validate(weight, hessian, sparsity, n, m, blocksize, percdamp)
+    nm = bool(n and m)
+    if nm:
+        blocksize = max(m, (blocksize // m) * m)
+    rows, cols = weight.shape
+    w = weight.detach().to(torch.float32, copy=True)
+    h = hessian.detach().to(device=w.device, dtype=torch.float32, copy=True)
+
+    diag = torch.diagonal(h)
+    dead = diag == 0
+    diag.masked_fill_(dead, 1.0)
+    w.masked_fill_(dead.unsqueeze(0), 0.0)
+
+    hinv, damping, increased = inverse_hessian_factor(h, percdamp)
+    del h
+
+    mask = torch.zeros(rows, cols, dtype=torch.bool, device=w.device)
+    losses = torch.zeros(rows, dtype=torch.float32, device=w.device)
+
+    for c0 in range(0, cols, blocksize):
+        c1 = min(c0 + blocksize, cols)
+        count = c1 - c0
+        w1 = w[:, c0:c1].clone()
+        q1 = torch.zeros_like(w1)
+        err1 = torch.zeros_like(w1)
+        hinv1 = hinv[c0:c1, c0:c1]
+        d = torch.diagonal(hinv1)
+        d2 = d * d
+        mask1 = torch.zeros(rows, count, dtype=torch.bool, device=w.device)
+
+        if not nm:
+            k = int(rows * c1 * sparsity) - int(rows * c0 * sparsity)
+            if k > 0:
+                score = (w1 * w1) / d2.unsqueeze(0)
+                idx = torch.topk(score.reshape(-1), k, largest=False, sorted=False).indices
+                mask1.view(-1)[idx] = True
+
+        for i in range(count):
+            if nm and i % m == 0:
+                group = w1[:, i : i + m]
+                score = (group * group) / d2[i : i + m].unsqueeze(0)
+                idx = torch.topk(score, n, dim=1, largest=False, sorted=False).indices
+                mask1[:, i : i + m] = torch.zeros_like(group, dtype=torch.bool).scatter_(1, idx, True)
+            col = w1[:, i]
+            q = col.masked_fill(mask1[:, i], 0.0)
+            q1[:, i] = q
+            e = (col - q) / d[i]
+            err1[:, i] = e
+            # OBS update of the rest of the block (row i of U is the update direction).
+            w1[:, i:].addr_(e, hinv1[i, i:], alpha=-1.0)
+
+        w[:, c0:c1] = q1
+        mask[:, c0:c1] = mask1
+        losses += (err1 * err1).sum(dim=1) / 2
+        if c1 < cols:
+            w[:, c1:].addmm_(err1, hinv[c0:c1, c1:], alpha=-1.0)
+
+    return SparseGPTResult(
+        weight=w.to(weight.dtype),
+        mask=mask,
+        damping=damping,
+        damping_increased=increased,
+        error=float(losses.sum()),
+    )

@@ -1,0 +1,304 @@
+"""Reading text documents from the user's files or from Hugging Face datasets.
+
+Every reader is a generator of documents (``str``), so a huge file is streamed and never read
+whole. Sources are written as:
+
+* a local path: ``.txt`` (one document per line, as the Hugging Face WikiText rows), ``.jsonl`` /
+  ``.json`` (a text field, named or detected), ``.parquet``, ``.csv``; each may be ``.gz``;
+* ``hf:NAME[:CONFIG[:SPLIT]]`` for any dataset on the hub, streamed through ``datasets``;
+* a preset name for the sources compared by Ji et al. (``c4``, ``wikitext2``, ``wikipedia``,
+  ``slimpajama``, ``dclm``, ``fineweb-edu``).
+
+A ``#field`` suffix picks the text field: ``notes.jsonl#body``, ``hf:org/set#content``.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+from .errors import CalibrationError
+
+TEXT_FIELDS = ("text", "content", "document", "body", "article", "passage", "sentence", "raw_content")
+
+
+@dataclass(frozen=True)
+class Preset:
+    label: str
+    dataset: str
+    config: str | None = None
+    split: str = "train"
+    data_files: str | None = None
+    field: str = "text"
+    note: str = ""
+
+
+PRESETS: dict[str, Preset] = {
+    "c4": Preset("C4 (en, first train shard)", "allenai/c4", None, "train",
+                 "en/c4-train.00000-of-01024.json.gz", note="as Wanda and SparseGPT use"),
+    "wikitext2": Preset("WikiText-2 (train)", "Salesforce/wikitext", "wikitext-2-raw-v1", "train"),
+    "wikipedia": Preset("Wikipedia (English)", "wikimedia/wikipedia", "20231101.en", "train"),
+    "slimpajama": Preset("SlimPajama", "cerebras/SlimPajama-627B", None, "train"),
+    "dclm": Preset("DCLM baseline", "mlfoundations/dclm-baseline-1.0", None, "train"),
+    "fineweb-edu": Preset("FineWeb-Edu", "HuggingFaceFW/fineweb-edu", "sample-10BT", "train"),
+}
+
+
+def split_field(source: str) -> tuple[str, str | None]:
+    if "#" in source:
+        base, field = source.rsplit("#", 1)
+        return base, field or None
+    return source, None
+
+
+def describe_source(source: str) -> str:
+    base, _ = split_field(source)
+    if base in PRESETS:
+        return PRESETS[base].label
+    if base.startswith("hf:"):
+        return base
+    return Path(base).name
+
+
+def iter_texts(source: str, text_field: str | None = None) -> Iterator[str]:
+    """Documents of a source, lazily. Raises :class:`CalibrationError` with a readable sentence."""
+    base, field = split_field(source)
+    field = text_field or field
+    if base in PRESETS:
+        p = PRESETS[base]
+        yield from _iter_hf(p.dataset, p.config, p.split, field or p.field, data_files=p.data_files)
+        return
+    if base.startswith("hf:"):
+        parts = base[3:].split(":")
+        if not parts[0]:
+            raise CalibrationError("Write a hub dataset as hf:NAME[:CONFIG[:SPLIT]].")
+        name = parts[0]
+        config = parts[1] if len(parts) > 1 and parts[1] else None
+        split = parts[2] if len(parts) > 2 and parts[2] else "train"
+        yield from _iter_hf(name, config, split, field)
+        return
+    yield from iter_file_texts(Path(os.path.expanduser(base)), field)
+
+
+# ---- local files -------------------------------------------------------------------------------
+
+def _open_text(path: Path) -> io.TextIOBase:
+    """Open (and gunzip) a text file, refusing binaries early."""
+    try:
+        raw = gzip.open(path, "rb") if path.suffix.lower() == ".gz" else open(path, "rb")
+        head = raw.read(8192)
+    except (OSError, EOFError) as e:
+        raise CalibrationError(f"Could not read {path.name}: {e}") from e
+    if not head:
+        raw.close()
+        raise CalibrationError(f"{path.name} is empty.")
+    if b"\x00" in head:
+        raw.close()
+        raise CalibrationError(f"{path.name} looks like a binary file, not text.")
+    raw.seek(0)
+    return io.TextIOWrapper(raw, encoding="utf-8", errors="strict", newline="")
+
+
+def _kind(path: Path) -> str:
+    suffixes = [s.lower() for s in path.suffixes]
+    if suffixes and suffixes[-1] == ".gz":
+        suffixes = suffixes[:-1]
+    ext = suffixes[-1] if suffixes else ""
+    if ext in (".jsonl", ".ndjson"):
+        return "jsonl"
+    if ext == ".json":
+        return "json"
+    if ext == ".parquet":
+        return "parquet"
+    if ext == ".csv":
+        return "csv"
+    return "txt"
+
+
+def iter_file_texts(path: Path, field: str | None = None) -> Iterator[str]:
+    if not path.exists():
+        raise CalibrationError(f"Calibration file not found: {path}")
+    if path.is_dir():
+        raise CalibrationError(f"{path.name} is a folder; pick a text, JSONL, Parquet or CSV file.")
+    kind = _kind(path)
+    try:
+        if kind == "parquet":
+            yield from _iter_parquet(path, field)
+        elif kind == "jsonl":
+            yield from _iter_jsonl(path, field)
+        elif kind == "json":
+            yield from _iter_json(path, field)
+        elif kind == "csv":
+            yield from _iter_csv(path, field)
+        else:
+            yield from _iter_txt(path)
+    except UnicodeDecodeError as e:
+        raise CalibrationError(
+            f"{path.name} is not UTF-8 text (invalid byte at position {e.start} of a chunk)."
+        ) from e
+    except (OSError, EOFError, gzip.BadGzipFile) as e:
+        raise CalibrationError(f"Could not read {path.name}: {e}") from e
+
+
+def _iter_txt(path: Path) -> Iterator[str]:
+    """One document per line, exactly like a Hugging Face text dataset row (newline kept)."""
+    with _open_text(path) as f:
+        any_text = False
+        for line in f:
+            if line.strip():
+                any_text = True
+                yield line if line.endswith("\n") else line + "\n"
+        if not any_text:
+            raise CalibrationError(f"{path.name} holds only whitespace.")
+
+
+def pick_field(record: dict[str, Any], field: str | None, where: str) -> str:
+    if field is not None:
+        if field not in record:
+            raise CalibrationError(f"{where} has no field '{field}' (fields: {', '.join(map(str, record))}).")
+        return field
+    for cand in TEXT_FIELDS:
+        if isinstance(record.get(cand), str):
+            return cand
+    for k, v in record.items():
+        if isinstance(v, str):
+            return k
+    raise CalibrationError(f"{where} has no text field (fields: {', '.join(map(str, record))}); name one with #field.")
+
+
+def _iter_jsonl(path: Path, field: str | None) -> Iterator[str]:
+    bad: list[int] = []
+    good = 0
+    with _open_text(path) as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                bad.append(lineno)
+                continue
+            if not isinstance(rec, dict):
+                bad.append(lineno)
+                continue
+            if field is None:
+                field = pick_field(rec, None, f"{path.name} line {lineno}")
+            text = rec.get(field)
+            if not isinstance(text, str):
+                bad.append(lineno)
+                continue
+            good += 1
+            yield text
+    if bad and good == 0:
+        raise CalibrationError(
+            f"{path.name}: no line holds a JSON object with a text field "
+            f"({len(bad)} unusable lines, first at line {bad[0]})."
+        )
+    if good == 0:
+        raise CalibrationError(f"{path.name} is empty.")
+    if bad:
+        lines = ", ".join(map(str, bad[:10])) + (" ..." if len(bad) > 10 else "")
+        _warn(f"{path.name}: skipped {len(bad)} broken or text-less lines ({lines}).")
+
+
+def _iter_json(path: Path, field: str | None) -> Iterator[str]:
+    with _open_text(path) as f:
+        try:
+            data = json.load(f)
+        except json.JSONDecodeError as e:
+            raise CalibrationError(f"{path.name} is not valid JSON (line {e.lineno}: {e.msg}).") from e
+    if isinstance(data, dict):
+        for key in ("data", "rows", "items", "documents"):
+            if isinstance(data.get(key), list):
+                data = data[key]
+                break
+    if not isinstance(data, list) or not data:
+        raise CalibrationError(f"{path.name} is not a list of records or strings.")
+    for i, rec in enumerate(data):
+        if isinstance(rec, str):
+            yield rec
+        elif isinstance(rec, dict):
+            field = field or pick_field(rec, None, f"{path.name} record {i}")
+            if isinstance(rec.get(field), str):
+                yield rec[field]
+
+
+def _iter_csv(path: Path, field: str | None) -> Iterator[str]:
+    with _open_text(path) as f:
+        csv.field_size_limit(1 << 30)
+        reader = csv.DictReader(f)
+        if not reader.fieldnames:
+            raise CalibrationError(f"{path.name} has no header row.")
+        col = field
+        if col is None:
+            cands = [c for c in TEXT_FIELDS if c in reader.fieldnames]
+            col = cands[0] if cands else reader.fieldnames[-1]
+        if col not in reader.fieldnames:
+            raise CalibrationError(f"{path.name} has no column '{col}' (columns: {', '.join(reader.fieldnames)}).")
+        for row in reader:
+            if row.get(col):
+                yield row[col]
+
+
+def _iter_parquet(path: Path, field: str | None) -> Iterator[str]:
+    try:
+        import pyarrow.parquet as pq
+    except ImportError as e:  # pragma: no cover - pyarrow comes with datasets
+        raise CalibrationError("Reading Parquet needs pyarrow (pip install pyarrow).") from e
+    try:
+        pf = pq.ParquetFile(path)
+    except Exception as e:  # pyarrow raises ArrowInvalid and friends
+        raise CalibrationError(f"{path.name} is not a readable Parquet file: {e}") from e
+    names = pf.schema_arrow.names
+    col = field or next((c for c in TEXT_FIELDS if c in names), None)
+    if col is None or col not in names:
+        raise CalibrationError(f"{path.name} has no text column (columns: {', '.join(names)}); name one with #field.")
+    for batch in pf.iter_batches(columns=[col], batch_size=512):
+        for text in batch.column(0).to_pylist():
+            if isinstance(text, str):
+                yield text
+
+
+# ---- Hugging Face datasets ---------------------------------------------------------------------
+
+def _iter_hf(name: str, config: str | None, split: str, field: str | None,
+             data_files: str | None = None) -> Iterator[str]:
+    try:
+        import datasets
+    except ImportError as e:  # pragma: no cover
+        raise CalibrationError("Hub datasets need the 'datasets' package.") from e
+    kwargs: dict[str, Any] = {"split": split, "streaming": True}
+    if data_files:
+        kwargs["data_files"] = {split: data_files}
+    try:
+        ds = datasets.load_dataset(name, config, **kwargs)
+        it = iter(ds)
+        first = next(it)
+    except StopIteration:
+        raise CalibrationError(f"The dataset {name} ({split}) is empty.") from None
+    except Exception as e:  # offline, unknown dataset, gated, bad config ...
+        raise CalibrationError(
+            f"Could not read the dataset {name}{':' + config if config else ''} from the Hugging Face "
+            "hub: offline and not cached, or the name, config or split is wrong.",
+            details=f"{type(e).__name__}: {e}",
+        ) from e
+    field = pick_field(first, field, f"Dataset {name}")
+    if isinstance(first.get(field), str):
+        yield first[field]
+    for rec in it:
+        text = rec.get(field)
+        if isinstance(text, str):
+            yield text
+
+
+# Warnings about skipped input go to the logging system; the CLI and GUI show them.
+def _warn(text: str) -> None:
+    import logging
+
+    logging.getLogger("prunestudio").warning(text)
