@@ -1,0 +1,215 @@
+"""Typed, validated settings. A recipe is the JSON form of these dataclasses.
+
+The CLI, the GUI and experiment grids build the same objects; nothing downstream ever sees an
+argparse namespace. Every constructor validates and raises :class:`ConfigError` with a sentence.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+METHODS = ("magnitude", "wanda", "sparsegpt", "dsnot")
+DSNOT_INITS = ("wanda", "magnitude", "sparsegpt")
+_NM = re.compile(r"^\s*(\d+)\s*:\s*(\d+)\s*$")
+
+
+def parse_structure(structure: str) -> tuple[int, int]:
+    """``unstructured`` -> (0, 0); ``"2:4"`` -> (2, 4). Raises ConfigError when impossible."""
+    s = (structure or "unstructured").strip().lower()
+    if s in ("unstructured", "none", ""):
+        return 0, 0
+    m = _NM.match(s)
+    if not m:
+        raise ConfigError(f"Unknown structure '{structure}': use unstructured or N:M such as 2:4.")
+    n, mm = int(m.group(1)), int(m.group(2))
+    if n <= 0 or mm <= 0 or n >= mm:
+        raise ConfigError(f"N:M structure needs 0 < N < M, got {n}:{mm}.")
+    return n, mm
+
+
+@dataclass(frozen=True)
+class PruneConfig:
+    """How to prune."""
+
+    method: str = "wanda"
+    """magnitude, wanda, sparsegpt or dsnot."""
+    sparsity: float = 0.5
+    """Target fraction of zeros in every pruned module (the mean over blocks with OWL)."""
+    structure: str = "unstructured"
+    """``unstructured`` or ``N:M`` (N zeros in every M consecutive inputs)."""
+    block_sparsity: tuple[float, ...] | None = None
+    """Optional explicit sparsity per block (overrides ``sparsity``; OWL computes its own)."""
+    owl: bool = False
+    """Outlier-weighed layerwise sparsity (Yin et al., 2024) on top of the method."""
+    owl_m: float = 5.0
+    """OWL: a weight is an outlier when its Wanda score exceeds M times the block mean."""
+    owl_lambda: float = 0.08
+    """OWL: block sparsities range over target +/- lambda."""
+    dsnot_init: str = "wanda"
+    """DSnoT: the method that gives the initial mask (wanda, magnitude, sparsegpt)."""
+    dsnot_max_cycles: int = 50
+    dsnot_threshold: float = 0.1
+    sparsegpt_blocksize: int = 128
+    sparsegpt_damp: float = 0.01
+    """SparseGPT: dampening, as a fraction of the mean Hessian diagonal."""
+    skip_modules: tuple[str, ...] = ()
+    """Modules whose name contains one of these strings are left dense (e.g. ``down_proj``)."""
+    batch_size: int = 8
+    """Calibration samples per forward pass."""
+    offload: bool = True
+    """Keep only the block being pruned (and its activations) on the compute device."""
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ConfigError(f"Unknown pruning method '{self.method}' (choose from {', '.join(METHODS)}).")
+        if not (0.0 < float(self.sparsity) < 1.0):
+            raise ConfigError(f"Sparsity must be between 0 and 1 (exclusive), got {self.sparsity}.")
+        n, m = parse_structure(self.structure)
+        if self.block_sparsity is not None:
+            bs = tuple(float(x) for x in self.block_sparsity)
+            if any(not (0.0 <= x < 1.0) for x in bs):
+                raise ConfigError("Every per-block sparsity must be in [0, 1).")
+            object.__setattr__(self, "block_sparsity", bs)
+        if self.owl and not (0.0 <= self.owl_lambda < min(self.sparsity, 1 - self.sparsity) + 1e-9):
+            raise ConfigError(
+                f"OWL lambda {self.owl_lambda} is too large for sparsity {self.sparsity}: "
+                "block sparsities would leave (0, 1)."
+            )
+        if self.owl and self.owl_m <= 0:
+            raise ConfigError("OWL's outlier threshold M must be positive.")
+        if self.dsnot_init not in DSNOT_INITS:
+            raise ConfigError(f"DSnoT's initial mask must come from {', '.join(DSNOT_INITS)}.")
+        if self.dsnot_max_cycles < 0 or self.dsnot_threshold < 0:
+            raise ConfigError("DSnoT's cycle limit and threshold must not be negative.")
+        if self.sparsegpt_blocksize <= 0:
+            raise ConfigError("SparseGPT's block size must be positive.")
+        if not (0.0 <= self.sparsegpt_damp < 1.0):
+            raise ConfigError("SparseGPT's dampening must be in [0, 1).")
+        if self.batch_size <= 0:
+            raise ConfigError("The calibration batch size must be at least 1.")
+        object.__setattr__(self, "skip_modules", tuple(self.skip_modules))
+        if n and m:
+            object.__setattr__(self, "structure", f"{n}:{m}")
+        else:
+            object.__setattr__(self, "structure", "unstructured")
+
+    @property
+    def nm(self) -> tuple[int, int]:
+        return parse_structure(self.structure)
+
+    @property
+    def needs_calibration(self) -> bool:
+        return self.method != "magnitude" or self.owl
+
+    def label(self) -> str:
+        base = self.method + (f"+dsnot({self.dsnot_init})" if False else "")
+        if self.method == "dsnot":
+            base = f"dsnot[{self.dsnot_init}]"
+        return ("owl-" if self.owl else "") + base
+
+
+@dataclass(frozen=True)
+class CalibConfig:
+    """Where calibration data comes from and how much of it."""
+
+    source: str = "selfgen"
+    """``selfgen`` (zero-data self-generation), ``selfgen:SOURCE`` (prefixes from SOURCE), a path,
+    ``hf:NAME[:CONFIG[:SPLIT]]``, a preset name, or a saved set (.jsonl)."""
+    nsamples: int = 64
+    seqlen: int = 512
+    seed: int = 0
+    mode: str = "random"
+    """Token-window convention for text sources: random (joined corpus) or document."""
+    prefix_tokens: int = 2
+    temperature: float = 0.6
+    top_p: float = 0.95
+    top_k: int = 50
+    repetition_penalty: float = 1.2
+    drop_top: float = 0.2
+    """Self-generation: fraction of highest-perplexity samples dropped."""
+
+    def __post_init__(self) -> None:
+        if self.nsamples <= 0:
+            raise ConfigError("The number of calibration samples must be at least 1.")
+        if self.seqlen <= 1:
+            raise ConfigError("The calibration sequence length must be at least 2 tokens.")
+        if self.mode not in ("random", "document"):
+            raise ConfigError("The sampling mode must be random or document.")
+        if not (0.0 <= self.drop_top < 1.0):
+            raise ConfigError("The fraction of samples dropped must be in [0, 1).")
+
+    @property
+    def is_selfgen(self) -> bool:
+        return self.source == "selfgen" or self.source.startswith("selfgen:")
+
+    @property
+    def prefix_source(self) -> str | None:
+        return self.source.split(":", 1)[1] if self.source.startswith("selfgen:") else None
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Everything a headless run needs; saved and loaded as JSON (CLI ``--recipe``, GUI)."""
+
+    model: str = "demo"
+    prune: PruneConfig = field(default_factory=PruneConfig)
+    calibration: CalibConfig = field(default_factory=CalibConfig)
+    eval_ppl: tuple[str, ...] = ()
+    eval_seqlen: int | None = None
+    device: str = "auto"
+    dtype: str = "auto"
+    trust_remote_code: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["format"] = "prunestudio-recipe"
+        d["version"] = 1
+        return d
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Recipe":
+        if not isinstance(d, dict):
+            raise ConfigError("A recipe must be a JSON object.")
+        d = {k: v for k, v in d.items() if k not in ("format", "version")}
+        prune = _build(PruneConfig, d.pop("prune", {}) or {})
+        calib = _build(CalibConfig, d.pop("calibration", {}) or {})
+        if "eval_ppl" in d:
+            v = d["eval_ppl"]
+            d["eval_ppl"] = (v,) if isinstance(v, str) else tuple(v or ())
+        return _build(cls, {**d, "prune": prune, "calibration": calib})
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Recipe":
+        try:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ConfigError(f"Could not read the recipe {Path(path).name}: {e}") from e
+        return cls.from_dict(data)
+
+
+def _build(cls: type, d: dict[str, Any]) -> Any:
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise ConfigError(f"Unknown {cls.__name__} setting(s): {', '.join(unknown)}.")
+    d = dict(d)
+    for key in ("block_sparsity", "skip_modules"):
+        if key in d and isinstance(d[key], list):
+            d[key] = tuple(d[key])
+    try:
+        return cls(**d)
+    except TypeError as e:
+        raise ConfigError(f"Bad {cls.__name__} settings: {e}") from e
+
+
+def with_updates(cfg: Any, **kw: Any) -> Any:
+    return replace(cfg, **kw)

@@ -1,0 +1,213 @@
+"""SparseGPT: exact sparsity, N:M validity, equality with a slow direct OBS implementation,
+lower reconstruction error than Wanda, dead inputs and damping behaviour."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from prunestudio.core.errors import ConfigError, PruneStudioError
+from prunestudio.core.methods.masks import per_row_mask
+from prunestudio.core.methods.sparsegpt import sparsegpt_prune
+from prunestudio.core.stats import InputStats, StatsNeeds
+
+
+def _module(rows: int, cols: int, tokens: int, seed: int = 0):
+    """Weight and correlated inputs with uneven feature scales (as LLM activations have)."""
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(rows, cols, generator=g)
+    mix = torch.eye(cols) + 0.3 * torch.randn(cols, cols, generator=g)
+    scale = torch.exp(torch.randn(cols, generator=g))
+    x = (torch.randn(tokens, cols, generator=g) @ mix) * scale
+    stats = InputStats(cols, StatsNeeds(sq_norm=True, hessian=True), "cpu")
+    for chunk in x.split(37):  # several batches: exercises the running mean
+        stats.add(chunk)
+    return w, x, stats
+
+
+def sparsegpt_reference_slow(
+    weight: torch.Tensor,
+    hessian: torch.Tensor,
+    sparsity: float,
+    n: int = 0,
+    m: int = 0,
+    percdamp: float = 0.01,
+    mask_block: int = 1,
+) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Direct OBS pruning, one column at a time, in float64, without Cholesky or lazy batches.
+
+    For column j, with F = {j, ..., cols-1} the columns not yet fixed and G = inv(H[F, F]):
+    saliency w^2 / G_00; update w_F -= (w_j - q_j) / G_00 * G[0, :]. The unstructured mask of
+    each block of ``mask_block`` columns is chosen when the block starts (on the weights updated
+    so far), removing floor(rows*end*s) - floor(rows*start*s) entries; N:M groups are chosen when
+    their first column is reached. Returns (weight, mask, error).
+    """
+    w = weight.to(torch.float64).clone()
+    h = hessian.to(torch.float64).clone()
+    rows, cols = w.shape
+    dead = torch.diag(h) == 0
+    for j in range(cols):
+        if dead[j]:
+            h[j, j] = 1.0
+            w[:, j] = 0.0
+    h = h + percdamp * torch.diag(h).mean() * torch.eye(cols, dtype=torch.float64)
+    g00 = [torch.linalg.inv(h[j:, j:])[0, 0] for j in range(cols)]
+    mask = torch.zeros(rows, cols, dtype=torch.bool)
+    error = 0.0
+    for j in range(cols):
+        if not (n and m) and j % mask_block == 0:
+            end = min(j + mask_block, cols)
+            k = int(rows * end * sparsity) - int(rows * j * sparsity)
+            sal = torch.stack([w[:, c] ** 2 / g00[c] for c in range(j, end)], dim=1)
+            order = torch.argsort(sal.reshape(-1))[:k]
+            block = torch.zeros(rows * (end - j), dtype=torch.bool)
+            block[order] = True
+            mask[:, j:end] = block.reshape(rows, end - j)
+        if n and m and j % m == 0:
+            sal = torch.stack([w[:, c] ** 2 / g00[c] for c in range(j, j + m)], dim=1)
+            for row in range(rows):
+                mask[row, j + torch.argsort(sal[row])[:n]] = True
+        g = torch.linalg.inv(h[j:, j:])
+        q = torch.where(mask[:, j], torch.zeros_like(w[:, j]), w[:, j])
+        err = (w[:, j] - q) / g[0, 0]
+        error += float(((w[:, j] - q) ** 2 / g[0, 0]).sum()) / 2
+        w[:, j:] -= err[:, None] * g[0, :][None, :]
+        w[:, j] = q
+    return w, mask, error
+
+
+def _recon(w: torch.Tensor, w_pruned: torch.Tensor, x: torch.Tensor) -> float:
+    return float(torch.linalg.matrix_norm(x @ w.T - x @ w_pruned.T))
+
+
+@pytest.mark.parametrize("blocksize", [8, 16, 64])
+def test_fast_equals_slow_unstructured(blocksize: int) -> None:
+    torch.manual_seed(0)
+    w, _, stats = _module(12, 64, 300, seed=1)
+    fast = sparsegpt_prune(w, stats.hessian, 0.5, blocksize=blocksize)
+    slow_w, slow_mask, slow_err = sparsegpt_reference_slow(w, stats.hessian, 0.5, mask_block=blocksize)
+    assert torch.equal(fast.mask, slow_mask)
+    torch.testing.assert_close(fast.weight, slow_w.float(), rtol=1e-4, atol=1e-4)
+    assert fast.error == pytest.approx(slow_err, rel=1e-3)
+    assert not fast.damping_increased and fast.damping == pytest.approx(0.01)
+
+
+def test_fast_equals_slow_nm() -> None:
+    torch.manual_seed(0)
+    w, _, stats = _module(12, 64, 300, seed=2)
+    fast = sparsegpt_prune(w, stats.hessian, 0.5, n=2, m=4, blocksize=16)
+    slow_w, slow_mask, _ = sparsegpt_reference_slow(w, stats.hessian, 0.5, n=2, m=4)
+    assert torch.equal(fast.mask, slow_mask)
+    torch.testing.assert_close(fast.weight, slow_w.float(), rtol=1e-4, atol=1e-4)
+
+
+def test_blocksize_not_multiple_of_m_is_rounded() -> None:
+    w, _, stats = _module(8, 64, 200, seed=3)
+    a = sparsegpt_prune(w, stats.hessian, 0.5, n=2, m=4, blocksize=18)  # -> 16
+    b = sparsegpt_prune(w, stats.hessian, 0.5, n=2, m=4, blocksize=16)
+    assert torch.equal(a.mask, b.mask)
+    torch.testing.assert_close(a.weight, b.weight)
+
+
+@pytest.mark.parametrize("sparsity", [0.3, 0.5, 0.7])
+def test_exact_unstructured_sparsity(sparsity: float) -> None:
+    torch.manual_seed(0)
+    w, _, stats = _module(32, 128, 400, seed=4)
+    res = sparsegpt_prune(w, stats.hessian, sparsity, blocksize=48)  # uneven last block
+    assert res.mask.dtype == torch.bool and res.mask.shape == w.shape
+    assert int(res.mask.sum()) == int(32 * 128 * sparsity)
+    # each block removes exactly its share of the cumulative count
+    for c0 in range(0, 128, 48):
+        c1 = min(c0 + 48, 128)
+        expect = int(32 * c1 * sparsity) - int(32 * c0 * sparsity)
+        assert int(res.mask[:, c0:c1].sum()) == expect
+    assert torch.all(res.weight[res.mask] == 0)
+    assert res.weight.dtype == w.dtype and res.weight.shape == w.shape
+
+
+@pytest.mark.parametrize("n,m", [(2, 4), (4, 8)])
+def test_nm_valid(n: int, m: int) -> None:
+    w, _, stats = _module(32, 128, 400, seed=5)
+    res = sparsegpt_prune(w, stats.hessian, 0.0, n=n, m=m)
+    groups = res.mask.reshape(32, 128 // m, m).sum(dim=-1)
+    assert torch.all(groups == n)
+    zeros = (res.weight == 0).reshape(32, 128 // m, m).sum(dim=-1)
+    assert torch.all(zeros >= n)
+
+
+@pytest.mark.parametrize("n,m", [(0, 0), (2, 4)])
+def test_lower_error_than_wanda(n: int, m: int) -> None:
+    torch.manual_seed(0)
+    w, x, stats = _module(32, 128, 512, seed=6)
+    res = sparsegpt_prune(w, stats.hessian, 0.5, n=n, m=m)
+    wanda_scores = w.abs() * stats.col_norm
+    if n:
+        wanda_mask = wanda_scores.reshape(32, -1, m).argsort(dim=-1).argsort(dim=-1) < n
+        wanda_mask = wanda_mask.reshape(32, 128)
+    else:
+        wanda_mask = per_row_mask(wanda_scores, 0.5)
+    wanda_w = w.masked_fill(wanda_mask, 0.0)
+    assert int(wanda_mask.sum()) == int(res.mask.sum())
+    err_sgpt = _recon(w, res.weight, x)
+    err_wanda = _recon(w, wanda_w, x)
+    assert err_sgpt < 0.9 * err_wanda
+
+
+def test_dead_input_column() -> None:
+    w, x, _ = _module(16, 64, 300, seed=7)
+    x[:, [3, 40]] = 0.0
+    stats = InputStats(64, StatsNeeds(hessian=True), "cpu")
+    stats.add(x)
+    res = sparsegpt_prune(w, stats.hessian, 0.5, blocksize=16)
+    assert torch.all(torch.isfinite(res.weight))
+    assert torch.all(res.weight[:, [3, 40]] == 0)
+    assert int(res.mask.sum()) == 16 * 64 // 2
+    assert not res.damping_increased
+    slow_w, slow_mask, _ = sparsegpt_reference_slow(w, stats.hessian, 0.5, mask_block=16)
+    torch.testing.assert_close(res.weight, slow_w.float(), rtol=1e-4, atol=1e-4)
+    assert stats.hessian[3, 3] == 0  # the caller's Hessian is not modified
+
+
+def test_non_pd_hessian_increases_damping() -> None:
+    w, x, _ = _module(8, 32, 16, seed=8)  # 16 tokens < 32 features: H is singular
+    h = 2.0 / x.shape[0] * x.T @ x
+    mean_diag = float(torch.diag(h).mean())
+    h_bad = h - 0.05 * mean_diag * torch.eye(32)  # min eigenvalue -5% of mean(diag)
+    res = sparsegpt_prune(w, h_bad, 0.5)
+    assert res.damping_increased
+    assert res.damping == pytest.approx(0.1)
+    assert torch.all(torch.isfinite(res.weight))
+    assert int(res.mask.sum()) == 8 * 32 // 2
+
+
+def test_hopeless_hessian_raises() -> None:
+    w = torch.randn(4, 8)
+    with pytest.raises(PruneStudioError, match="not positive definite"):
+        sparsegpt_prune(w, -torch.eye(8), 0.5)
+    h = torch.eye(8)
+    h[1, 2] = float("nan")
+    with pytest.raises(PruneStudioError, match="NaN"):
+        sparsegpt_prune(w, h, 0.5)
+
+
+def test_dtype_preserved_and_inputs_untouched() -> None:
+    w, _, stats = _module(16, 64, 200, seed=9)
+    w16 = w.to(torch.bfloat16)
+    h_before = stats.hessian.clone()
+    w_before = w16.clone()
+    res = sparsegpt_prune(w16, stats.hessian, 0.5, blocksize=32)
+    assert res.weight.dtype == torch.bfloat16
+    assert torch.all(res.weight[res.mask] == 0)
+    assert torch.equal(stats.hessian, h_before) and torch.equal(w16, w_before)
+
+
+def test_invalid_settings() -> None:
+    w, _, stats = _module(4, 16, 50, seed=10)
+    with pytest.raises(ConfigError):
+        sparsegpt_prune(w, stats.hessian, 1.0)
+    with pytest.raises(ConfigError):
+        sparsegpt_prune(w, stats.hessian, 0.5, n=4, m=4)
+    with pytest.raises(ConfigError):
+        sparsegpt_prune(w, stats.hessian[:8, :8], 0.5)
+    with pytest.raises(ConfigError):
+        sparsegpt_prune(w, stats.hessian, 0.5, percdamp=-1.0)
