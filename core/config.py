@@ -108,9 +108,7 @@ class PruneConfig:
         return self.method != "magnitude" or self.owl
 
     def label(self) -> str:
-        base = self.method + (f"+dsnot({self.dsnot_init})" if False else "")
-        if self.method == "dsnot":
-            base = f"dsnot[{self.dsnot_init}]"
+        base = f"dsnot[{self.dsnot_init}]" if self.method == "dsnot" else self.method
         return ("owl-" if self.owl else "") + base
 
 

@@ -262,7 +262,6 @@ def load_model(
         except Exception as e:
             raise _wrap(e, f"Could not load the tokenizer in {folder.name}") from e
     model.eval()
-    model.config.use_cache = False
     info = describe(model)
     return LoadedModel(model=model, tokenizer=tokenizer, name=name, spec=spec, path=folder,
                        device=dev, dtype=dt, info=info)

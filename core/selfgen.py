@@ -368,12 +368,9 @@ def _cache_kwarg(model: Any) -> str:
 
 
 def _output_cache(out: Any) -> Any:
-    cache = getattr(out, "__dict__", {}).get("cache") if hasattr(out, "__dict__") else None
-    if cache is None and isinstance(out, dict):
-        cache = out.get("cache", out.get("past_key_values"))
-    if cache is None:
-        cache = getattr(out, "past_key_values", None)
-    return cache
+    if isinstance(out, dict) and out.get("cache") is not None:  # ModelOutput is a dict
+        return out["cache"]
+    return getattr(out, "past_key_values", None)
 
 
 def _model_device(model: Any) -> torch.device:
@@ -476,10 +473,9 @@ def sample_tokens(
             position_ids = position_ids[:, -1:] + 1
             out = model(
                 input_ids=tok[:, None], attention_mask=mask, position_ids=position_ids,
-                past_key_values=past, use_cache=True,
+                use_cache=True, **{cache_kw: past},
             )
-            cache_kw = _cache_kwarg(model)
-        past = _output_cache(out)
+            past = _output_cache(out)
             next_logits = out.logits[:, -1].float()
         del past
 
@@ -592,8 +588,11 @@ def iter_generate(
             )
 
     device = _model_device(model)
-    probe_vocab = getattr(model.config, "vocab_size", None)
-    vocab = int(model.get_output_embeddings().weight.shape[0]) if model.get_output_embeddings() is not None else int(probe_vocab)
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if head is not None and getattr(head, "weight", None) is not None:
+        vocab = int(head.weight.shape[0])
+    else:
+        vocab = int(model.config.vocab_size)
     try:
         tok_len = len(tokenizer)
     except Exception:  # noqa: BLE001

@@ -1,0 +1,75 @@
+"""Pruning methods as pure functions on one weight matrix and its input statistics.
+
+:func:`prune_module` is the single dispatch point the pipeline calls for every linear module; it
+returns the new ``[out, in]`` weight (with zeros where pruned) and method-specific information.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ..config import PruneConfig
+from ..stats import InputStats, StatsNeeds
+from .basic import magnitude_mask, wanda_mask
+
+
+@dataclass
+class ModuleOutcome:
+    weight: torch.Tensor  # new [out, in] weight, zeros where pruned
+    mask: torch.Tensor  # bool [out, in], True = removed
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def stats_needs(cfg: PruneConfig) -> StatsNeeds | None:
+    """What the hooks must collect for ``cfg`` (None: no calibration forward pass at all)."""
+    method = cfg.dsnot_init if cfg.method == "dsnot" else cfg.method
+    if method == "magnitude" and cfg.method != "dsnot":
+        return None
+    needs = StatsNeeds(sq_norm=True)
+    if method == "sparsegpt":
+        needs = needs | StatsNeeds(sq_norm=True, hessian=True)
+    if cfg.method == "dsnot":
+        needs = needs | StatsNeeds(sq_norm=True, moments=True)
+    return needs
+
+
+def _initial(method: str, weight: torch.Tensor, stats: InputStats | None, sparsity: float,
+             n: int, m: int, cfg: PruneConfig) -> ModuleOutcome:
+    if method == "magnitude":
+        mask = magnitude_mask(weight, sparsity, n, m)
+        return ModuleOutcome(weight.masked_fill(mask, 0), mask)
+    if method == "wanda":
+        assert stats is not None
+        mask = wanda_mask(weight, stats, sparsity, n, m)
+        return ModuleOutcome(weight.masked_fill(mask, 0), mask)
+    if method == "sparsegpt":
+        from .sparsegpt import sparsegpt_prune
+
+        assert stats is not None and stats.hessian is not None
+        res = sparsegpt_prune(weight, stats.hessian, sparsity, n=n, m=m,
+                              blocksize=cfg.sparsegpt_blocksize, percdamp=cfg.sparsegpt_damp)
+        info = {"damping": res.damping, "damping_increased": res.damping_increased, "error": res.error}
+        return ModuleOutcome(res.weight, res.mask, info)
+    raise ValueError(f"not an initial-mask method: {method}")
+
+
+def prune_module(weight: torch.Tensor, stats: InputStats | None, sparsity: float,
+                 cfg: PruneConfig, n: int = 0, m: int = 0) -> ModuleOutcome:
+    """Prune one ``[out, in]`` float32 weight to ``sparsity`` (or N:M) with ``cfg.method``."""
+    if cfg.method != "dsnot":
+        return _initial(cfg.method, weight, stats, sparsity, n, m, cfg)
+    from .dsnot import dsnot_refine
+
+    init = _initial(cfg.dsnot_init, weight, stats, sparsity, n, m, cfg)
+    assert stats is not None
+    res = dsnot_refine(weight, init.mask, stats, sparsity, n=n, m=m,
+                       max_cycles=cfg.dsnot_max_cycles, update_threshold=cfg.dsnot_threshold)
+    # DSnoT changes only the mask. Weights kept by the initial mask keep the initial method's values
+    # (SparseGPT's compensated ones); weights DSnoT revives come back with their dense values.
+    base = torch.where(init.mask, weight, init.weight)
+    info = dict(init.info)
+    info.update({"swaps": res.swaps, "cycles": res.cycles})
+    return ModuleOutcome(base.masked_fill(res.mask, 0), res.mask, info)

@@ -26,6 +26,14 @@ As in the reference, each weight moves at most once (candidate lists are fixed a
 ``--without_same_sign``) and on for N:M. With the default ``skip_layer="mlp"`` the reference
 leaves MLP projections untouched; :func:`dsnot_skips` reproduces that by module name.
 
+One deliberate difference, ``require_decrease=True`` (default): a pair that would not reduce
+``|r|`` is not applied; its grow candidate is dropped and the row goes on with the next one. The
+reference applies every pair while ``|r|`` is above the threshold, so unstructured rows overshoot
+and oscillate around 0 (each useless swap adds variance error) and N:M rows can grow ``|r|`` when
+the group's lowest-Wanda partner has the wrong sign. ``require_decrease=False`` restores the
+reference's rule exactly. The reference's edge cases where a row runs out of candidates (it then
+indexes kept weights) end the row here instead.
+
 Units: the reference accumulates ``sum_tokens(x) / n_sequences`` (the mean times the sequence
 length) and compares it with ``--update_threshold 0.1``; here ``r`` uses the per-token mean
 (:attr:`InputStats.mean`), so the reference's threshold corresponds to
@@ -104,13 +112,16 @@ def dsnot_refine(
     skip_sub_layer: str = "no_skip",
     module_name: str = "",
     keep_sign: bool | None = None,
+    require_decrease: bool = True,
 ) -> DSnoTResult:
     """Refine a pruning mask of ``weight`` (out x in, dense values) with DSnoT swaps.
 
     ``mask`` (True = removed) is the initial mask; ``None`` builds the Wanda mask for ``sparsity``
     (or N:M). ``stats`` must hold ``sq_norm`` and the moments. ``keep_sign=None`` means the
-    reference's choice (off unstructured, on N:M). Returns a :class:`DSnoTResult`; the input
-    mask is not modified. See the module docstring for the criteria and units.
+    reference's choice (off unstructured, on N:M). ``module_name`` is matched against
+    ``skip_layer`` / ``skip_sub_layer`` (:func:`dsnot_skips`); a skipped module gets its mask back
+    unchanged. Returns a :class:`DSnoTResult`; the input mask is not modified. See the module
+    docstring for the criteria, ``require_decrease`` and the threshold's units.
     """
     del pow_of_var_pruning  # unused in the reference implementation as well
     if weight.dim() != 2:
@@ -194,6 +205,8 @@ def dsnot_refine(
         if keep_sign:
             active &= ~found | (torch.sign(r_after) == torch.sign(r))
         do = active & found
+        if require_decrease:
+            do &= r_after.abs() < r.abs()
 
         cur[row_ids, g_idx] = cur[row_ids, g_idx] & ~do
         cur[row_ids, p_idx] = cur[row_ids, p_idx] | do

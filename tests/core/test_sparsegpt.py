@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from prunestudio.core.errors import ConfigError, PruneStudioError
-from prunestudio.core.methods.masks import per_row_mask
+from prunestudio.core.methods.masks import nm_mask, per_row_mask
 from prunestudio.core.methods.sparsegpt import sparsegpt_prune
 from prunestudio.core.stats import InputStats, StatsNeeds
 
@@ -141,16 +141,12 @@ def test_lower_error_than_wanda(n: int, m: int) -> None:
     w, x, stats = _module(32, 128, 512, seed=6)
     res = sparsegpt_prune(w, stats.hessian, 0.5, n=n, m=m)
     wanda_scores = w.abs() * stats.col_norm
-    if n:
-        wanda_mask = wanda_scores.reshape(32, -1, m).argsort(dim=-1).argsort(dim=-1) < n
-        wanda_mask = wanda_mask.reshape(32, 128)
-    else:
-        wanda_mask = per_row_mask(wanda_scores, 0.5)
+    wanda_mask = nm_mask(wanda_scores, n, m) if n else per_row_mask(wanda_scores, 0.5)
     wanda_w = w.masked_fill(wanda_mask, 0.0)
     assert int(wanda_mask.sum()) == int(res.mask.sum())
     err_sgpt = _recon(w, res.weight, x)
     err_wanda = _recon(w, wanda_w, x)
-    assert err_sgpt < 0.9 * err_wanda
+    assert err_sgpt < 0.95 * err_wanda  # about 0.87 (unstructured) / 0.80 (2:4) here
 
 
 def test_dead_input_column() -> None:
