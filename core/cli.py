@@ -1,0 +1,246 @@
+"""``prunestudio`` command line: the same engine as the desktop app, headless.
+
+    prunestudio fetch-demo-model
+    prunestudio prune --model demo --method wanda --sparsity 0.5 --calibration selfgen --out DIR
+    prunestudio eval --model DIR --ppl wiki.test.raw --seqlen 512
+    prunestudio calib generate|score ...
+
+Errors are one readable line on stderr and a non-zero exit status (``--verbose`` adds details).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from .errors import PruneStudioError
+
+EXIT_ERROR = 1
+EXIT_CANCELLED = 130
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        import transformers
+
+        transformers.utils.logging.set_verbosity_error()
+        transformers.utils.logging.disable_progress_bar()
+    except Exception:  # pragma: no cover - cosmetic only
+        pass
+
+
+def _add_model_args(p: argparse.ArgumentParser, required: bool = True) -> None:
+    p.add_argument("--model", required=required, default=None if required else "demo",
+                   help="demo, a model folder, a .gguf file, or a hub id (owner/name)")
+    p.add_argument("--device", default=None, help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N")
+    p.add_argument("--dtype", default=None, help="auto, fp32, bf16 or fp16")
+    p.add_argument("--trust-remote-code", action="store_true", default=None,
+                   help="run Python code shipped with the model (only for models you trust)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="prunestudio", description="Post-training pruning of LLMs.")
+    parser.add_argument("--verbose", "-v", action="store_true", help="show details of errors")
+    parser.add_argument("--quiet", "-q", action="store_true", help="no progress output")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("fetch-demo-model", help="download and convert the embedded default model")
+
+    p = sub.add_parser("prune", help="prune a model and export it")
+    p.add_argument("--recipe", help="a recipe JSON file; other flags override its values")
+    p.add_argument("--model", default=None, help="demo, a model folder, a .gguf file, or a hub id")
+    p.add_argument("--device", default=None)
+    p.add_argument("--dtype", default=None)
+    p.add_argument("--trust-remote-code", action="store_true", default=None)
+    p.add_argument("--method", choices=["magnitude", "wanda", "sparsegpt", "dsnot"], default=None)
+    p.add_argument("--sparsity", type=float, default=None)
+    p.add_argument("--structure", default=None, help="unstructured, 2:4, 4:8 or any N:M")
+    p.add_argument("--calibration", default=None,
+                   help="selfgen, selfgen:SOURCE, a file, hf:NAME[:CONFIG[:SPLIT]], a preset, or a saved set")
+    p.add_argument("--nsamples", type=int, default=None)
+    p.add_argument("--seqlen", type=int, default=None)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--sampling", choices=["random", "document"], default=None,
+                   help="token windows over the joined corpus (random) or inside single documents")
+    p.add_argument("--batch-size", type=int, default=None, help="calibration samples per forward pass")
+    p.add_argument("--skip", action="append", default=None, help="leave modules whose name contains this dense")
+    p.add_argument("--owl", action="store_true", default=None, help="OWL layer-wise sparsity allocation")
+    p.add_argument("--owl-m", type=float, default=None)
+    p.add_argument("--owl-lambda", type=float, default=None)
+    p.add_argument("--dsnot-init", choices=["wanda", "magnitude", "sparsegpt"], default=None)
+    p.add_argument("--dsnot-max-cycles", type=int, default=None)
+    p.add_argument("--dsnot-threshold", type=float, default=None)
+    p.add_argument("--sparsegpt-blocksize", type=int, default=None)
+    p.add_argument("--sparsegpt-damp", type=float, default=None)
+    p.add_argument("--no-offload", action="store_true", default=None,
+                   help="keep the whole model on the compute device")
+    p.add_argument("--eval-ppl", default=None, help="perplexity set: a file, hf:NAME..., or a preset")
+    p.add_argument("--eval-seqlen", type=int, default=None)
+    p.add_argument("--out", help="export folder (written atomically)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing export folder")
+    p.add_argument("--report", help="also write the report JSON here")
+    p.add_argument("--save-recipe", help="write the effective recipe JSON here")
+    p.add_argument("--save-calibration", help="write the calibration set (.jsonl) here")
+    p.add_argument("--include-paths", action="store_true", help="keep absolute paths in reports")
+
+    e = sub.add_parser("eval", help="evaluate a model (perplexity, zero-shot tasks)")
+    _add_model_args(e)
+    e.add_argument("--ppl", action="append", default=[], help="perplexity set (repeatable)")
+    e.add_argument("--seqlen", type=int, default=512)
+    e.add_argument("--max-windows", type=int, default=None)
+    e.add_argument("--tasks", default=None, help="comma-separated zero-shot tasks")
+    e.add_argument("--task-data", default=None, help="folder with local task files")
+    e.add_argument("--limit", type=int, default=None, help="items per task")
+    e.add_argument("--batch-size", type=int, default=8)
+    e.add_argument("--report", help="write the report JSON here")
+
+    for mod in ("cli_calib", "cli_experiment"):
+        try:
+            module = __import__(f"{__package__}.{mod}", fromlist=["register"])
+        except ImportError:
+            continue
+        module.register(sub)
+    return parser
+
+
+def _recipe_from_args(args: argparse.Namespace) -> Any:
+    from dataclasses import replace
+
+    from .config import CalibConfig, PruneConfig, Recipe
+
+    recipe = Recipe.load(args.recipe) if args.recipe else Recipe(
+        prune=PruneConfig(), calibration=CalibConfig())
+    prune_kw = {k: v for k, v in {
+        "method": args.method, "sparsity": args.sparsity, "structure": args.structure,
+        "owl": args.owl, "owl_m": args.owl_m, "owl_lambda": args.owl_lambda,
+        "dsnot_init": args.dsnot_init, "dsnot_max_cycles": args.dsnot_max_cycles,
+        "dsnot_threshold": args.dsnot_threshold, "sparsegpt_blocksize": args.sparsegpt_blocksize,
+        "sparsegpt_damp": args.sparsegpt_damp, "batch_size": args.batch_size,
+        "skip_modules": tuple(args.skip) if args.skip else None,
+        "offload": (False if args.no_offload else None),
+    }.items() if v is not None}
+    cal_kw = {k: v for k, v in {
+        "source": args.calibration, "nsamples": args.nsamples, "seqlen": args.seqlen,
+        "seed": args.seed, "mode": args.sampling}.items() if v is not None}
+    top_kw = {k: v for k, v in {
+        "model": args.model, "device": args.device, "dtype": args.dtype,
+        "trust_remote_code": args.trust_remote_code,
+        "eval_ppl": (args.eval_ppl,) if args.eval_ppl else None,
+        "eval_seqlen": args.eval_seqlen}.items() if v is not None}
+    return replace(recipe, prune=replace(recipe.prune, **prune_kw),
+                   calibration=replace(recipe.calibration, **cal_kw), **top_kw)
+
+
+def _write_json(path: str, data: dict[str, Any]) -> None:
+    from .export import _json_default
+
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_name(f".{p.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=_json_default) + "\n", encoding="utf-8")
+    os.replace(tmp, p)
+
+
+def cmd_fetch(args: argparse.Namespace, progress: Any) -> int:
+    from .demo_model import demo_model_dir, iter_fetch_demo_model
+    from .pipeline import run_to_completion
+
+    path = run_to_completion(iter_fetch_demo_model(), progress)
+    print(path or demo_model_dir())
+    return 0
+
+
+def cmd_prune(args: argparse.Namespace, progress: Any) -> int:
+    from .job import iter_job
+    from .pipeline import run_to_completion
+
+    recipe = _recipe_from_args(args)
+    if args.save_recipe:
+        recipe.save(args.save_recipe)
+    res = run_to_completion(iter_job(recipe, args.out, overwrite=args.overwrite,
+                                     include_paths=args.include_paths), progress)
+    if args.report:
+        _write_json(args.report, res.report)
+    if args.save_calibration and res.calibration is not None:
+        res.calibration.save(args.save_calibration)
+    r = res.report
+    summary = f"global sparsity {r['global_sparsity']:.4f}"
+    if r.get("ppl_dense") is not None:
+        summary += f", perplexity {r['ppl_dense']:.3f} -> {r['ppl_pruned']:.3f}"
+    progress.say(summary)
+    if res.export_dir is not None:
+        progress.say(f"Pruned model written to {res.export_dir}")
+        print(res.export_dir)
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace, progress: Any) -> int:
+    from .job import iter_eval_ppl, public_source, versions
+    from .models import load_model
+    from .pipeline import run_to_completion
+
+    loaded = load_model(args.model, args.device or "auto", args.dtype or "auto", bool(args.trust_remote_code))
+    report: dict[str, Any] = {"format": "prunestudio-eval", "model": public_source(args.model),
+                              "seqlen": args.seqlen, "ppl": {}, "versions": versions()}
+    for src in args.ppl:
+        ppl = run_to_completion(iter_eval_ppl(loaded, src, args.seqlen, max_windows=args.max_windows), progress)
+        report["ppl"][public_source(src)] = ppl
+        progress.say(f"perplexity {public_source(src)}: {ppl:.3f}")
+    if args.ppl:
+        report["ppl_pruned"] = report["ppl"][public_source(args.ppl[0])]
+    if args.tasks:
+        from .job import place_model
+        from .zeroshot import iter_zeroshot
+
+        place_model(loaded)
+        tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+        res = run_to_completion(iter_zeroshot(loaded.model, loaded.tokenizer, tasks, args.task_data,
+                                              args.limit, args.batch_size), progress)
+        report["tasks"] = {k: v.to_dict() for k, v in res.items()}
+        for k, v in res.items():
+            progress.say(f"{k}: acc {v.acc:.4f}  acc_norm {v.acc_norm:.4f}  (n={v.n})")
+        accs = [v.acc for v in res.values()]
+        report["tasks_mean_acc"] = sum(accs) / len(accs) if accs else None
+    if args.report:
+        _write_json(args.report, report)
+    print(json.dumps({k: v for k, v in report.items() if k in ("ppl", "tasks")}, indent=2))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _quiet_libraries()
+    logging.basicConfig(level=logging.WARNING, format="warning: %(message)s", stream=sys.stderr)
+    from .progress import ProgressPrinter
+
+    progress = ProgressPrinter(quiet=args.quiet)
+    handlers = {"fetch-demo-model": cmd_fetch, "prune": cmd_prune, "eval": cmd_eval}
+    handler = handlers.get(args.command) or getattr(args, "handler", None)
+    try:
+        if handler in handlers.values():
+            return handler(args, progress)
+        return int(handler(args) or 0)
+    except KeyboardInterrupt:
+        progress.say("Cancelled.")
+        return EXIT_CANCELLED
+    except PruneStudioError as e:
+        from .errors import Cancelled
+
+        progress.say(f"error: {e}")
+        if args.verbose and (e.details or e.__cause__):
+            progress.say(e.details or repr(e.__cause__))
+        return EXIT_CANCELLED if isinstance(e, Cancelled) else EXIT_ERROR
+    except MemoryError:
+        progress.say("error: the machine ran out of memory. Use fewer samples or a shorter sequence length.")
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

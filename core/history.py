@@ -1,0 +1,135 @@
+"""The run history: every finished run in an embedded SQLite database.
+
+The GUI's compare view and the experiment grids read and write it. One row per run with the
+recipe, calibration provenance, metrics, timings and export path; the full report is kept as JSON
+so nothing is lost when the schema grows.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from contextlib import closing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    created REAL NOT NULL,
+    key TEXT,
+    model TEXT,
+    method TEXT,
+    structure TEXT,
+    sparsity REAL,
+    calib_source TEXT,
+    calib_nsamples INTEGER,
+    calib_seqlen INTEGER,
+    seed INTEGER,
+    global_sparsity REAL,
+    ppl_dense REAL,
+    ppl_pruned REAL,
+    seconds REAL,
+    export_path TEXT,
+    report TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS runs_key ON runs(key);
+"""
+
+
+def default_db_path() -> Path:
+    env = os.environ.get("PRUNESTUDIO_DATA")
+    if env:
+        base = Path(env)
+    else:
+        from platformdirs import user_data_dir
+
+        base = Path(user_data_dir("prunestudio", appauthor=False))
+    return base / "history.sqlite3"
+
+
+@dataclass(frozen=True)
+class RunRow:
+    id: int
+    created: float
+    key: str | None
+    model: str
+    method: str
+    structure: str
+    sparsity: float
+    calib_source: str
+    calib_nsamples: int
+    calib_seqlen: int
+    seed: int
+    global_sparsity: float
+    ppl_dense: float | None
+    ppl_pruned: float | None
+    seconds: float
+    export_path: str | None
+    report: dict[str, Any]
+
+
+class History:
+    def __init__(self, path: str | os.PathLike | None = None) -> None:
+        self.path = Path(path) if path is not None else default_db_path()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with closing(self._connect()) as con, con:
+            con.executescript(SCHEMA)
+
+    def _connect(self) -> sqlite3.Connection:
+        con = sqlite3.connect(self.path, timeout=30)
+        con.row_factory = sqlite3.Row
+        return con
+
+    def add(self, report: dict[str, Any], export_path: str | os.PathLike | None = None,
+            key: str | None = None) -> int:
+        cal = report.get("calibration", {}) or {}
+        secs = report.get("seconds", {}) or {}
+        total = secs.get("total") or sum(v for v in secs.values() if isinstance(v, (int, float)))
+        model = report.get("model", {})
+        row = (time.time(), key, model.get("name") if isinstance(model, dict) else str(model),
+               report.get("method"), report.get("structure"), report.get("sparsity_target"),
+               cal.get("source"), cal.get("nsamples"), cal.get("seqlen"), cal.get("seed"),
+               report.get("global_sparsity"), report.get("ppl_dense"), report.get("ppl_pruned"),
+               total, str(export_path) if export_path else None, json.dumps(report, default=str))
+        with closing(self._connect()) as con, con:
+            cur = con.execute(
+                "INSERT INTO runs (created, key, model, method, structure, sparsity, calib_source, "
+                "calib_nsamples, calib_seqlen, seed, global_sparsity, ppl_dense, ppl_pruned, seconds, "
+                "export_path, report) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", row)
+            return int(cur.lastrowid)
+
+    def runs(self, key_prefix: str | None = None) -> list[RunRow]:
+        q = "SELECT * FROM runs"
+        args: tuple[Any, ...] = ()
+        if key_prefix is not None:
+            q += " WHERE key LIKE ?"
+            args = (key_prefix + "%",)
+        q += " ORDER BY id"
+        with closing(self._connect()) as con:
+            return [self._row(r) for r in con.execute(q, args)]
+
+    def has_key(self, key: str) -> bool:
+        with closing(self._connect()) as con:
+            return con.execute("SELECT 1 FROM runs WHERE key = ? LIMIT 1", (key,)).fetchone() is not None
+
+    def get(self, run_id: int) -> RunRow | None:
+        with closing(self._connect()) as con:
+            r = con.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
+            return self._row(r) if r else None
+
+    def delete(self, run_id: int) -> None:
+        with closing(self._connect()) as con, con:
+            con.execute("DELETE FROM runs WHERE id = ?", (run_id,))
+
+    def __iter__(self) -> Iterator[RunRow]:
+        return iter(self.runs())
+
+    @staticmethod
+    def _row(r: sqlite3.Row) -> RunRow:
+        d = dict(r)
+        d["report"] = json.loads(d["report"])
+        return RunRow(**d)

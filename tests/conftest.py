@@ -1,0 +1,114 @@
+"""Shared fixtures: tiny random models of several architectures and an offline tokenizer."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+ARCHS = ("llama", "qwen2", "mistral", "gemma", "phi3", "opt", "gpt2")
+
+CORPUS = (
+    "Pruning removes the weights that matter least. Calibration data decides which weights look "
+    "important, so the choice of data matters. The model writes its own text, and we keep the "
+    "samples it finds most likely. A quick brown fox jumps over the lazy dog while the cat sleeps. "
+    "Numbers like 1, 2, 3 and 42 appear in text too; so do commas, full stops and questions? "
+)
+
+
+def tiny_config(arch: str, vocab_size: int = 96):
+    from transformers import (GemmaConfig, GPT2Config, LlamaConfig, MistralConfig, OPTConfig,
+                              Phi3Config, Qwen2Config)
+
+    common = dict(vocab_size=vocab_size, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    if arch == "llama":
+        return LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=3,
+                           num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, **common)
+    if arch == "qwen2":
+        return Qwen2Config(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                           num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, **common)
+    if arch == "mistral":
+        return MistralConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                             sliding_window=None, **common)
+    if arch == "gemma":
+        return GemmaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, head_dim=16,
+                           num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, **common)
+    if arch == "phi3":
+        return Phi3Config(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                          num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=512,
+                          original_max_position_embeddings=512, **common)
+    if arch == "opt":
+        return OPTConfig(hidden_size=64, ffn_dim=128, num_hidden_layers=2, num_attention_heads=4,
+                         word_embed_proj_dim=64, max_position_embeddings=512, **common)
+    if arch == "gpt2":
+        return GPT2Config(n_embd=64, n_layer=2, n_head=4, n_positions=512, **common)
+    raise ValueError(arch)
+
+
+def tiny_model(arch: str = "llama", vocab_size: int = 96, seed: int = 0):
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(tiny_config(arch, vocab_size))
+    model.eval()
+    return model
+
+
+def byte_tokenizer(vocab_size: int = 96):
+    """A byte-level BPE tokenizer trained offline on a tiny corpus (any text encodes)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tk = Tokenizer(models.BPE(unk_token=None))
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<pad>", "<s>", "</s>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    # the byte alphabet alone is 256 symbols: keep the model vocabulary in step with it
+    tk.train_from_iterator([CORPUS] * 4, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>", bos_token="<s>", eos_token="</s>")
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    return byte_tokenizer(300)
+
+
+@pytest.fixture
+def make_model(tokenizer):
+    def factory(arch: str = "llama", seed: int = 0):
+        return tiny_model(arch, vocab_size=len(tokenizer), seed=seed)
+
+    return factory
+
+
+@pytest.fixture
+def corpus_file(tmp_path):
+    """A small text file with enough tokens for a few calibration windows."""
+    p = tmp_path / "corpus.txt"
+    p.write_text((CORPUS + "\n") * 60, encoding="utf-8")
+    return p
+
+
+@pytest.fixture(scope="session")
+def shared_data():
+    if not SHARED_DATA.exists():
+        pytest.skip("../shared/data is not present")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def demo_loaded():
+    """The real default model (downloaded and converted once into the user cache)."""
+    from prunestudio.core.models import load_model
+
+    return load_model("demo", device="cpu", dtype="fp32")

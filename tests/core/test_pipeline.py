@@ -1,0 +1,203 @@
+"""The layer-by-layer pipeline on tiny random models of several architectures."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from prunestudio.core import architecture
+from prunestudio.core.capture import capture_first_block_inputs, restore_outside, run_block
+from prunestudio.core.config import PruneConfig
+from prunestudio.core.errors import Cancelled, ConfigError
+from prunestudio.core.events import BlockDone, ModulePruned, RunFinished, RunStarted
+from prunestudio.core.pipeline import is_incomplete, iter_prune, run_to_completion
+
+from conftest import ARCHS
+
+
+def _ids(vocab: int, n: int = 6, seqlen: int = 24, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(3, vocab, (n, seqlen), generator=g)
+
+
+def _brute_force_wanda(model, ids, sparsity, n=0, m=0):
+    """Independent Wanda: for block i, run the whole (partly pruned) model and hook module inputs."""
+    lay = architecture.layout(model)
+    for block in lay.blocks:
+        seen: dict[str, list[torch.Tensor]] = {name: [] for name in lay.module_names}
+        handles = [block.get_submodule(name).register_forward_pre_hook(
+            lambda mod, args, name=name: seen[name].append(args[0].detach().clone()))
+            for name in lay.module_names]
+        with torch.no_grad():
+            model(input_ids=ids, use_cache=False)
+        for h in handles:
+            h.remove()
+        for name in lay.module_names:
+            mod = block.get_submodule(name)
+            x = torch.cat([t.reshape(-1, t.shape[-1]) for t in seen[name]]).double()
+            norm = torch.sqrt((x * x).sum(0))
+            w = architecture.get_weight_2d(mod).detach().double()
+            score = w.abs() * norm[None, :]
+            mask = torch.zeros_like(w, dtype=torch.bool)
+            for r in range(w.shape[0]):
+                if n:
+                    for g in range(0, w.shape[1], m):
+                        order = torch.argsort(score[r, g:g + m])
+                        mask[r, g + order[:n]] = True
+                else:
+                    order = torch.argsort(score[r])
+                    mask[r, order[: int(w.shape[1] * sparsity)]] = True
+            architecture.apply_mask(mod, mask)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("structure", ["unstructured", "2:4"])
+def test_wanda_equals_brute_force(make_model, tokenizer, arch, structure):
+    model = make_model(arch)
+    ref = make_model(arch)
+    ids = _ids(len(tokenizer))
+    cfg = PruneConfig(method="wanda", sparsity=0.5, structure=structure, batch_size=4)
+    res = run_to_completion(iter_prune(model, ids, cfg))
+    n, m = cfg.nm
+    _brute_force_wanda(ref, ids, 0.5, n, m)
+    lay, lay_ref = architecture.layout(model), architecture.layout(ref)
+    for b, b_ref in zip(lay.blocks, lay_ref.blocks):
+        for name in lay.module_names:
+            w = architecture.get_weight_2d(b.get_submodule(name))
+            w_ref = architecture.get_weight_2d(b_ref.get_submodule(name))
+            agree = ((w == 0) == (w_ref == 0)).float().mean().item()
+            assert agree > 0.999, f"{arch} {name}: masks agree on {agree:.4%}"
+            torch.testing.assert_close(w, w_ref)
+    assert res.global_sparsity == pytest.approx(0.5)
+    assert not is_incomplete(model)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "opt"])
+@pytest.mark.parametrize("sparsity", [0.3, 0.5, 0.7])
+def test_wanda_rows_have_exact_zero_count(make_model, tokenizer, arch, sparsity):
+    model = make_model(arch)
+    run_to_completion(iter_prune(model, _ids(len(tokenizer)), PruneConfig(method="wanda", sparsity=sparsity)))
+    lay = architecture.layout(model)
+    for block in lay.blocks:
+        for name in lay.module_names:
+            w = architecture.get_weight_2d(block.get_submodule(name))
+            zeros = (w == 0).sum(dim=1)
+            assert torch.all(zeros == math.floor(w.shape[1] * sparsity)), name
+
+
+@pytest.mark.parametrize("method", ["magnitude", "wanda"])
+@pytest.mark.parametrize("nm", [(2, 4), (4, 8), (1, 4), (3, 8)])
+def test_nm_groups(make_model, tokenizer, method, nm):
+    n, m = nm
+    model = make_model("llama")
+    run_to_completion(iter_prune(model, _ids(len(tokenizer)),
+                                 PruneConfig(method=method, sparsity=n / m, structure=f"{n}:{m}")))
+    lay = architecture.layout(model)
+    for block in lay.blocks:
+        for name in lay.module_names:
+            w = architecture.get_weight_2d(block.get_submodule(name))
+            groups = (w == 0).reshape(w.shape[0], -1, m).sum(-1)
+            assert torch.all(groups >= n), name
+
+
+def test_magnitude_hits_target_per_matrix_and_needs_no_data(make_model):
+    model = make_model("qwen2")
+    dense = {k: v.clone() for k, v in model.state_dict().items()}
+    res = run_to_completion(iter_prune(model, None, PruneConfig(method="magnitude", sparsity=0.6)))
+    lay = architecture.layout(model)
+    for bi, block in enumerate(lay.blocks):
+        for name in lay.module_names:
+            w = architecture.get_weight_2d(block.get_submodule(name))
+            assert (w == 0).sum().item() == int(w.numel() * 0.6)
+            # the removed weights are the smallest in magnitude of the whole matrix
+            orig = dense[f"{lay.path}.{bi}.{name}.weight"]
+            kept_min = orig.abs()[w != 0].min()
+            removed_max = orig.abs()[w == 0].max()
+            assert removed_max <= kept_min
+    assert "capture" not in res.seconds
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_captured_block_replay_equals_full_forward(make_model, tokenizer, arch):
+    model = make_model(arch)
+    ids = _ids(len(tokenizer), n=5)
+    lay = architecture.layout(model)
+    with torch.no_grad():
+        full = model(input_ids=ids, output_hidden_states=True, use_cache=False).hidden_states
+        inputs, where = capture_first_block_inputs(model, lay.path, lay.blocks[0], ids, 2, torch.device("cpu"))
+        restore_outside(model, where)
+        torch.testing.assert_close(torch.cat(inputs.hidden), full[0])
+        for bi, block in enumerate(lay.blocks[:-1]):
+            for i in range(len(inputs.hidden)):
+                inputs.hidden[i] = run_block(block, inputs, i)
+            torch.testing.assert_close(torch.cat(inputs.hidden), full[bi + 1], rtol=1e-5, atol=1e-5)
+
+
+def test_zero_sparsity_pipeline_leaves_model_identical(make_model, tokenizer):
+    model = make_model("llama")
+    ids = _ids(len(tokenizer))
+    with torch.no_grad():
+        before = model(input_ids=ids).logits
+    nb = len(architecture.layout(model).blocks)
+    cfg = PruneConfig(method="wanda", sparsity=0.5, block_sparsity=(0.0,) * nb)
+    res = run_to_completion(iter_prune(model, ids, cfg))
+    with torch.no_grad():
+        after = model(input_ids=ids).logits
+    torch.testing.assert_close(before, after, rtol=0, atol=0)
+    assert res.global_sparsity == 0.0
+
+
+def test_events_describe_the_run(make_model, tokenizer):
+    model = make_model("llama")
+    events = []
+    res = run_to_completion(iter_prune(model, _ids(len(tokenizer)), PruneConfig(method="wanda")), events.append)
+    started = [e for e in events if isinstance(e, RunStarted)][0]
+    pruned = [e for e in events if isinstance(e, ModulePruned)]
+    done = [e for e in events if isinstance(e, BlockDone)]
+    assert len(pruned) == started.num_blocks * len(started.module_names)
+    assert [d.index for d in done] == list(range(started.num_blocks))
+    assert isinstance(events[-1], RunFinished)
+    for e in pruned:
+        assert res.layers[e.block]["modules"][e.name] == e.sparsity
+        assert e.info["mask_image"].dtype.name == "float32"
+        assert e.info["row_sparsity"].shape == (e.shape[0],)
+
+
+def test_cancel_between_modules_marks_model_incomplete(make_model, tokenizer):
+    model = make_model("llama")
+    seen = []
+
+    def stop():
+        return len(seen) >= 3
+
+    gen = iter_prune(model, _ids(len(tokenizer)), PruneConfig(method="wanda"), should_stop=stop)
+    with pytest.raises(Cancelled):
+        for ev in gen:
+            if isinstance(ev, ModulePruned):
+                seen.append(ev)
+    assert len(seen) == 3
+    assert is_incomplete(model)
+
+
+def test_nm_with_indivisible_inputs_names_the_module(make_model, tokenizer):
+    model = make_model("llama")  # hidden 64, intermediate 128: 3:7 divides neither
+    with pytest.raises(ConfigError, match="multiple of 7"):
+        run_to_completion(iter_prune(model, _ids(len(tokenizer)), PruneConfig(structure="3:7", sparsity=0.4)))
+
+
+@pytest.mark.parametrize("bad", [0.0, 1.0, -0.1, 1.5])
+def test_impossible_sparsity_is_refused(bad):
+    with pytest.raises(ConfigError, match="between 0 and 1"):
+        PruneConfig(sparsity=bad)
+
+
+def test_skip_modules_stay_dense(make_model, tokenizer):
+    model = make_model("llama")
+    res = run_to_completion(iter_prune(model, _ids(len(tokenizer)),
+                                       PruneConfig(method="wanda", skip_modules=("down_proj",))))
+    lay = architecture.layout(model)
+    assert all("down_proj" not in n for n in res.layers[0]["modules"])
+    w = lay.blocks[0].get_submodule("mlp.down_proj").weight
+    assert (w == 0).sum() == 0
