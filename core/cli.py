@@ -82,6 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep the whole model on the compute device")
     p.add_argument("--eval-ppl", default=None, help="perplexity set: a file, hf:NAME..., or a preset")
     p.add_argument("--eval-seqlen", type=int, default=None)
+    p.add_argument("--eval-max-windows", type=int, default=None,
+                   help="evaluate on at most this many windows (default: the whole set)")
     p.add_argument("--out", help="export folder (written atomically)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing export folder")
     p.add_argument("--report", help="also write the report JSON here")
@@ -132,7 +134,7 @@ def _recipe_from_args(args: argparse.Namespace) -> Any:
         "model": args.model, "device": args.device, "dtype": args.dtype,
         "trust_remote_code": args.trust_remote_code,
         "eval_ppl": (args.eval_ppl,) if args.eval_ppl else None,
-        "eval_seqlen": args.eval_seqlen}.items() if v is not None}
+        "eval_seqlen": args.eval_seqlen, "eval_max_windows": args.eval_max_windows}.items() if v is not None}
     return replace(recipe, prune=replace(recipe.prune, **prune_kw),
                    calibration=replace(recipe.calibration, **cal_kw), **top_kw)
 

@@ -160,6 +160,8 @@ class Recipe:
     calibration: CalibConfig = field(default_factory=CalibConfig)
     eval_ppl: tuple[str, ...] = ()
     eval_seqlen: int | None = None
+    eval_max_windows: int | None = None
+    """Evaluate perplexity on at most this many windows (None: the whole set, as the papers do)."""
     device: str = "auto"
     dtype: str = "auto"
     trust_remote_code: bool = False

@@ -126,7 +126,8 @@ def build_report(loaded: LoadedModel, recipe: Recipe, calib: CalibrationSet | No
         "ppl_dense": ppl_dense,
         "ppl_pruned": ppl_pruned,
         "eval": {"ppl_source": ", ".join(public_source(s, include_paths) for s in recipe.eval_ppl) or None,
-                 "seqlen": recipe.eval_seqlen or recipe.calibration.seqlen},
+                 "seqlen": recipe.eval_seqlen or recipe.calibration.seqlen,
+                 "max_windows": recipe.eval_max_windows},
         "calibration": prov,
         "recipe": recipe.to_dict(),
         "device": str(loaded.device),
@@ -168,7 +169,8 @@ def iter_job(recipe: Recipe, out_dir: str | Path | None = None, overwrite: bool 
     ppl_dense = ppl_pruned = None
     if recipe.eval_ppl:
         t0 = time.perf_counter()
-        ppl_dense = yield from iter_eval_ppl(loaded, recipe.eval_ppl[0], eval_seqlen, should_stop, "ppl-dense")
+        ppl_dense = yield from iter_eval_ppl(loaded, recipe.eval_ppl[0], eval_seqlen, should_stop, "ppl-dense",
+                                            recipe.eval_max_windows)
         seconds["eval_dense"] = time.perf_counter() - t0
         yield Message(f"Dense perplexity: {ppl_dense:.3f}")
 
@@ -177,7 +179,8 @@ def iter_job(recipe: Recipe, out_dir: str | Path | None = None, overwrite: bool 
 
     if recipe.eval_ppl:
         t0 = time.perf_counter()
-        ppl_pruned = yield from iter_eval_ppl(loaded, recipe.eval_ppl[0], eval_seqlen, should_stop, "ppl-pruned")
+        ppl_pruned = yield from iter_eval_ppl(loaded, recipe.eval_ppl[0], eval_seqlen, should_stop, "ppl-pruned",
+                                             recipe.eval_max_windows)
         seconds["eval_pruned"] = time.perf_counter() - t0
         yield Message(f"Pruned perplexity: {ppl_pruned:.3f}")
 

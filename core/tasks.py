@@ -250,6 +250,8 @@ def read_piqa(path: Path) -> Iterator[MCItem]:
             item = piqa_item(row, int(labels[count]))
         except (KeyError, ValueError, TypeError) as exc:
             raise _BadRow(f"line {lineno}", f"bad PIQA row ({exc})") from None
+        except EvaluationError as exc:
+            raise _BadRow(f"line {lineno}", exc.message) from None
         count += 1
         yield item
     if count != len(labels):

@@ -39,6 +39,8 @@ __all__ = [
     "TaskResult",
     "TASKS",
     "load_task",
+    "encode_pairs",
+    "model_max_length",
     "loglikelihoods",
     "iter_loglikelihoods",
     "iter_evaluate_items",
@@ -46,6 +48,7 @@ __all__ = [
     "iter_zeroshot",
     "evaluate_zeroshot",
     "evaluate_with_lm_eval",
+    "lm_eval_available",
 ]
 
 # What transformers' tokenizers use as "no limit" for ``model_max_length``.
@@ -220,9 +223,23 @@ def iter_loglikelihoods(
         cont_lens.append(n)
         targets.append(cont_enc[len(cont_enc) - n :])
 
+    # Requests with the same model input (e.g. single-token choices after one context, as in
+    # BoolQ) share one row of a batch, as lm-eval's grouping by context does.
+    row_of: dict[tuple[int, ...], int] = {}
+    rows: list[list[int]] = []  # model input of each distinct row
+    members: list[list[int]] = []  # the requests each row scores
+    for i, inp in enumerate(inputs):
+        if cont_lens[i] == 0:
+            continue  # nothing to score: log-likelihood 0
+        r = row_of.setdefault(tuple(inp), len(rows))
+        if r == len(rows):
+            rows.append(inp)
+            members.append([])
+        members[r].append(i)
+    span = [max(cont_lens[i] for i in m) for m in members]  # logit positions each row needs
+
     # Longest first (a too-big batch fails at once), as lm-eval orders them.
-    order = sorted(range(len(inputs)), key=lambda i: -len(inputs[i]))
-    order = [i for i in order if cont_lens[i] > 0]
+    order = sorted(range(len(rows)), key=lambda r: -len(rows[r]))
     batches = [order[k : k + batch_size] for k in range(0, len(order), batch_size)]
     results = [0.0] * len(inputs)
 
@@ -237,14 +254,14 @@ def iter_loglikelihoods(
         for b, batch in enumerate(batches):
             if should_stop():
                 raise Cancelled()
-            width = max(len(inputs[i]) for i in batch)
+            width = max(len(rows[r]) for r in batch)
             # Logit positions needed: from the first continuation-predicting one to the end.
-            keep = max(width - (len(inputs[i]) - cont_lens[i]) for i in batch)
+            keep = max(width - len(rows[r]) + span[r] for r in batch)
             ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
             mask = torch.zeros((len(batch), width), dtype=torch.long)
-            for row, i in enumerate(batch):
-                ids[row, : len(inputs[i])] = torch.tensor(inputs[i], dtype=torch.long)
-                mask[row, : len(inputs[i])] = 1
+            for k, r in enumerate(batch):
+                ids[k, : len(rows[r])] = torch.tensor(rows[r], dtype=torch.long)
+                mask[k, : len(rows[r])] = 1
             kwargs: dict[str, Any] = {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
             if takes_keep:
                 kwargs["logits_to_keep"] = keep
@@ -255,12 +272,22 @@ def iter_loglikelihoods(
                     logits = _logits_of(model(**kwargs))
                     logits = logits[:, -keep:, :]
                     offset = width - keep
-                    for row, i in enumerate(batch):
-                        end = len(inputs[i]) - offset
-                        start = end - cont_lens[i]
-                        logp = torch.log_softmax(logits[row, start:end].float(), dim=-1)
-                        tgt = torch.tensor(targets[i], dtype=torch.long, device=logp.device)
-                        results[i] = float(logp.gather(-1, tgt[:, None]).sum())
+                    scored: list[int] = []
+                    sums: list[torch.Tensor] = []
+                    for k, r in enumerate(batch):
+                        end = len(rows[r]) - offset
+                        logp = torch.log_softmax(logits[k, end - span[r] : end].float(), dim=-1)
+                        # Target tokens, right-aligned to the row's last positions.
+                        tgt = torch.tensor(
+                            [[0] * (span[r] - cont_lens[i]) + targets[i] for i in members[r]],
+                            dtype=torch.long,
+                        ).to(logp.device)
+                        picked = logp.gather(-1, tgt.T)  # (span, members)
+                        for j, i in enumerate(members[r]):
+                            sums.append(picked[span[r] - cont_lens[i] :, j].sum())
+                            scored.append(i)
+                    for i, value in zip(scored, torch.stack(sums).tolist()):
+                        results[i] = value
                     del logits
             except EvaluationError:
                 raise
@@ -271,11 +298,12 @@ def iter_loglikelihoods(
                         hint="Lower the evaluation batch size.",
                         details=traceback.format_exc(),
                     ) from None
+                first_line = (str(exc).strip().splitlines() or [""])[0][:200]
                 raise EvaluationError(
-                    f"The model failed during evaluation ({exc.__class__.__name__}: {exc}).",
+                    f"The model failed during evaluation ({exc.__class__.__name__}: {first_line}).",
                     details=traceback.format_exc(),
                 ) from None
-            yield PhaseProgress(phase, done=b + 1, total=len(batches), detail=f"{len(order)} requests")
+            yield PhaseProgress(phase, done=b + 1, total=len(batches), detail=f"{len(inputs)} requests")
     finally:
         if was_training and hasattr(model, "train"):
             model.train()
@@ -354,10 +382,7 @@ def iter_evaluate_items(
         lls.append(flat[k : k + item.num_choices])
         k += item.num_choices
     acc, acc_norm = score_items(items, lls, acc_only=acc_only)
-    result = TaskResult(name=name, acc=acc, acc_norm=acc_norm, n=len(items))
-    norm = "" if acc_only else f", acc_norm {acc_norm:.4f}"
-    yield Message(f"{name}: acc {acc:.4f}{norm} on {len(items)} questions")
-    return result
+    return TaskResult(name=name, acc=acc, acc_norm=acc_norm, n=len(items))
 
 
 def _task_list(tasks: Sequence[str] | str) -> list[str]:
@@ -382,14 +407,17 @@ def iter_zeroshot(
     """Evaluate ``model`` on zero-shot ``tasks`` (names from :data:`TASKS`).
 
     All task files are loaded first, so a missing one fails before any compute. Yields, per
-    task, ``PhaseStarted("evaluate:<task>", total=batches)``, a ``PhaseProgress`` per batch,
-    ``PhaseDone`` and a ``Message`` with the scores; returns ``{task: TaskResult}``.
+    task, ``PhaseStarted("evaluate:<task>", total=batches)``, a ``PhaseProgress`` per batch and
+    ``PhaseDone`` (and, without ``data_dir``, a ``Message`` before each hub download);
+    returns ``{task: TaskResult}``.
     """
     names = _task_list(tasks)
     loaded: dict[str, list[MCItem]] = {}
     for name in names:
         if should_stop():
             raise Cancelled()
+        if data_dir is None:
+            yield Message(f"Fetching the {name} questions from the Hugging Face hub")
         loaded[name] = load_task(name, data_dir=data_dir, limit=limit)
     results: dict[str, TaskResult] = {}
     for name in names:

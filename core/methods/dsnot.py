@@ -144,6 +144,8 @@ def dsnot_refine(
     wanda = w.abs() * stats.col_norm.to(device=device, dtype=torch.float32)
 
     if mask is None:
+        if not nm and not 0.0 <= sparsity < 1.0:
+            raise ConfigError(f"Sparsity must be in [0, 1), got {sparsity}.")
         mask = mask_for(wanda, sparsity, n, m)
     elif mask.shape != weight.shape or mask.dtype != torch.bool:
         raise ConfigError("DSnoT: the initial mask must be a bool tensor shaped like the weight.")
@@ -211,7 +213,8 @@ def dsnot_refine(
         cur[row_ids, g_idx] = cur[row_ids, g_idx] & ~do
         cur[row_ids, p_idx] = cur[row_ids, p_idx] | do
         r = torch.where(do, r_after, r)
-        # The grow candidate is used up (swapped, or skipped when its N:M group has no partner).
+        # The grow candidate is used up: swapped, or dropped (its pair would not reduce |r|, or
+        # its N:M group has no kept weight left to trade).
         g_pos += active & pos
         g_neg += active & ~pos
         if not nm:

@@ -51,7 +51,13 @@ def sparsegpt_reference_slow(
             h[j, j] = 1.0
             w[:, j] = 0.0
     h = h + percdamp * torch.diag(h).mean() * torch.eye(cols, dtype=torch.float64)
-    g00 = [torch.linalg.inv(h[j:, j:])[0, 0] for j in range(cols)]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny LAPACK calls are 100x slower multi-threaded on a busy CPU
+    try:
+        inverses = [torch.linalg.inv(h[j:, j:]) for j in range(cols)]
+    finally:
+        torch.set_num_threads(threads)
+    g00 = [g[0, 0] for g in inverses]
     mask = torch.zeros(rows, cols, dtype=torch.bool)
     error = 0.0
     for j in range(cols):
@@ -67,7 +73,7 @@ def sparsegpt_reference_slow(
             sal = torch.stack([w[:, c] ** 2 / g00[c] for c in range(j, j + m)], dim=1)
             for row in range(rows):
                 mask[row, j + torch.argsort(sal[row])[:n]] = True
-        g = torch.linalg.inv(h[j:, j:])
+        g = inverses[j]
         q = torch.where(mask[:, j], torch.zeros_like(w[:, j]), w[:, j])
         err = (w[:, j] - q) / g[0, 0]
         error += float(((w[:, j] - q) ** 2 / g[0, 0]).sum()) / 2

@@ -20,6 +20,7 @@ from prunestudio.core.zeroshot import (
     evaluate_with_lm_eval,
     evaluate_zeroshot,
     iter_evaluate_items,
+    iter_loglikelihoods,
     iter_zeroshot,
     lm_eval_available,
     load_task,
@@ -33,6 +34,15 @@ except ImportError:
     from _zeroshot_helpers import DATA_EVAL, BigramLM, brute_loglik, make_llama, make_tokenizer
 
 needs_data = pytest.mark.skipif(not DATA_EVAL.is_dir(), reason="shared/data/eval is not present")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models run fastest on one thread, and two threads thrash on a busy 2-core box."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -79,15 +89,23 @@ REQUESTS = [
     ("The trophy did not fit in the suitcase because the trophy", " was too big."),
     ("The trophy did not fit in the suitcase because the suitcase", " was too big."),
     ("x", " y"),
+    # Same model input as REQUESTS[3] but a shorter continuation: they share one row.
+    ("A man is", " sitting on a roof."),
+    ("Passage -- a passage.\nQuestion: is it true?\nAnswer:", " no"),
+    ("Passage -- a passage.\nQuestion: is it true?\nAnswer:", " yes"),
 ]
 
 
+@pytest.fixture(scope="module")
+def brute(tok, llama):
+    return [brute_loglik(llama, tok, c, x) for c, x in REQUESTS]
+
+
 @pytest.mark.parametrize("batch_size", [1, 3, 16])
-def test_loglikelihoods_equal_brute_force_single_forward(tok, llama, batch_size):
+def test_loglikelihoods_equal_brute_force_single_forward(tok, llama, brute, batch_size):
     got = loglikelihoods(llama, tok, REQUESTS, batch_size=batch_size)
-    want = [brute_loglik(llama, tok, c, x) for c, x in REQUESTS]
-    assert got == pytest.approx(want, abs=1e-4)
-    assert len(set(round(v, 3) for v in got)) > 3  # the model does tell them apart
+    assert got == pytest.approx(brute, abs=1e-4)
+    assert len(set(round(v, 3) for v in got)) > 5  # the model does tell them apart
 
 
 def test_loglikelihoods_model_without_logits_to_keep(tok):
@@ -98,6 +116,21 @@ def test_loglikelihoods_model_without_logits_to_keep(tok):
     got = loglikelihoods(model, tok, REQUESTS, batch_size=4)
     want = [brute_loglik(model, tok, c, x) for c, x in REQUESTS]
     assert got == pytest.approx(want, abs=1e-4)
+
+
+def test_single_token_choices_share_one_forward_row(tok, llama):
+    ctx = REQUESTS[-1][0]
+    assert REQUESTS[-1] == (ctx, " yes")
+    assert len(tok.encode(" no")) == len(tok.encode(" yes")) == 1
+    gen = iter_loglikelihoods(llama, tok, [(ctx, " no"), (ctx, " yes")], batch_size=1)
+    events, got = drain(gen)
+    assert events[0].total == 1  # one row holds both requests
+    assert got == pytest.approx([brute_loglik(llama, tok, ctx, " no"), brute_loglik(llama, tok, ctx, " yes")], abs=1e-4)
+    # Continuations of different lengths after the same model input share a row too.
+    pair = [REQUESTS[3], REQUESTS[-3]]
+    events, got = drain(iter_loglikelihoods(llama, tok, pair, batch_size=1))
+    assert events[0].total == 1
+    assert got == pytest.approx([brute_loglik(llama, tok, c, x) for c, x in pair], abs=1e-4)
 
 
 def test_left_truncation_to_max_length(tok, llama):
@@ -222,13 +255,15 @@ def test_mcitem_validation():
 
 
 def test_events_and_result(tok, llama):
-    items = HAND_ITEMS * 3  # 30 requests
-    events, result = drain(iter_evaluate_items(llama, tok, "hand", items, batch_size=8))
+    # 30 requests but 9 distinct model inputs: repeats, and " no"/" yes" after one context,
+    # share a row -> 3 batches of 3.
+    items = HAND_ITEMS * 3
+    events, result = drain(iter_evaluate_items(llama, tok, "hand", items, batch_size=3))
     assert isinstance(events[0], PhaseStarted) and events[0].phase == "evaluate:hand"
-    assert events[0].total == 4
+    assert events[0].total == 3
     progress = [e for e in events if isinstance(e, PhaseProgress)]
-    assert [p.done for p in progress] == [1, 2, 3, 4] and all(p.total == 4 for p in progress)
-    assert isinstance(events[-2], PhaseDone) and isinstance(events[-1], Message)
+    assert [p.done for p in progress] == [1, 2, 3] and all(p.total == 3 for p in progress)
+    assert isinstance(events[-1], PhaseDone) and len(events) == 5
     assert result.n == len(items)
 
 
@@ -412,7 +447,7 @@ def test_hub_failure_is_one_clear_sentence(monkeypatch):
     assert "ConnectionError" in err.value.details
 
 
-def test_hub_rows_are_mapped(monkeypatch):
+def test_hub_rows_are_mapped(monkeypatch, tok):
     import datasets
 
     rows = [{"sentence": "A _ b.", "option1": "x", "option2": "y", "answer": "1"}] * 3
@@ -424,6 +459,9 @@ def test_hub_rows_are_mapped(monkeypatch):
     monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: FakeDS(rows))
     items = load_task("winogrande", limit=2)
     assert len(items) == 2 and items[0].contexts == ("A x", "A y") and items[0].continuations[0] == " b."
+    events, results = drain(iter_zeroshot(BigramLM(len(tok)), tok, ["winogrande"], limit=2))
+    assert isinstance(events[0], Message) and "hub" in events[0].text
+    assert results["winogrande"].n == 2
 
 
 # ---------------------------------------------------------------------------------------------
@@ -433,10 +471,10 @@ def test_hub_rows_are_mapped(monkeypatch):
 
 @needs_data
 def test_every_task_end_to_end(tok, llama):
-    events, results = drain(iter_zeroshot(llama, tok, TASKS, data_dir=DATA_EVAL, limit=3, batch_size=8))
+    events, results = drain(iter_zeroshot(llama, tok, TASKS, data_dir=DATA_EVAL, limit=2, batch_size=8))
     assert list(results) == list(TASKS)
     for name, r in results.items():
-        assert r.n == 3 and 0.0 <= r.acc <= 1.0 and 0.0 <= r.acc_norm <= 1.0
+        assert r.n == 2 and 0.0 <= r.acc <= 1.0 and 0.0 <= r.acc_norm <= 1.0
         if name in ("winogrande", "boolq"):
             assert r.acc_norm == r.acc
     started = [e.phase for e in events if isinstance(e, PhaseStarted)]
