@@ -272,9 +272,9 @@ def iter_prune(
                         st = stats.stats[name] if stats is not None else None
                         if n and m:
                             n_blk = max(1, min(m - 1, round(s * m))) if cfg.owl else n
-                            outcome = prune_module(w, st, n_blk / m, cfg, n_blk, m)
+                            outcome = prune_module(w, st, n_blk / m, cfg, n_blk, m, seqlen, name)
                         else:
-                            outcome = prune_module(w, st, s, cfg)
+                            outcome = prune_module(w, st, s, cfg, seqlen=seqlen, name=name)
                         architecture.set_weight_2d(mod, outcome.weight)
                         architecture.apply_mask(mod, outcome.mask)  # exact zeros whatever the dtype
                         z = int(outcome.mask.sum().item())

@@ -57,16 +57,25 @@ def _initial(method: str, weight: torch.Tensor, stats: InputStats | None, sparsi
 
 
 def prune_module(weight: torch.Tensor, stats: InputStats | None, sparsity: float,
-                 cfg: PruneConfig, n: int = 0, m: int = 0) -> ModuleOutcome:
-    """Prune one ``[out, in]`` float32 weight to ``sparsity`` (or N:M) with ``cfg.method``."""
+                 cfg: PruneConfig, n: int = 0, m: int = 0, seqlen: int = 1,
+                 name: str = "") -> ModuleOutcome:
+    """Prune one ``[out, in]`` float32 weight to ``sparsity`` (or N:M) with ``cfg.method``.
+
+    ``seqlen`` converts DSnoT's threshold from the reference's units (an error summed over a
+    sequence) to ours (per token); ``name`` is the module's name, for messages.
+    """
     if cfg.method != "dsnot":
         return _initial(cfg.method, weight, stats, sparsity, n, m, cfg)
     from .dsnot import dsnot_refine
 
     init = _initial(cfg.dsnot_init, weight, stats, sparsity, n, m, cfg)
     assert stats is not None
+    # Unlike the reference's default (skip_layer="mlp"), every module is refined: the MLP is where
+    # most weights are, and "mlp" does not name the same modules in every architecture.
     res = dsnot_refine(weight, init.mask, stats, sparsity, n=n, m=m,
-                       max_cycles=cfg.dsnot_max_cycles, update_threshold=cfg.dsnot_threshold)
+                       max_cycles=cfg.dsnot_max_cycles,
+                       update_threshold=cfg.dsnot_threshold / max(seqlen, 1),
+                       skip_layer="no_skip", module_name=name)
     # DSnoT changes only the mask. Weights kept by the initial mask keep the initial method's values
     # (SparseGPT's compensated ones); weights DSnoT revives come back with their dense values.
     base = torch.where(init.mask, weight, init.weight)

@@ -1,0 +1,104 @@
+"""Export: atomic, loads back with plain transformers, same logits and sparsity."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from prunestudio.core import architecture
+from prunestudio.core.config import PruneConfig
+from prunestudio.core.errors import Cancelled, ExportError
+from prunestudio.core.export import REPORT_NAME, iter_export
+from prunestudio.core.pipeline import iter_prune, run_to_completion
+
+
+def _prune(model, tokenizer, structure="unstructured"):
+    ids = torch.randint(3, len(tokenizer), (4, 24), generator=torch.Generator().manual_seed(0))
+    return run_to_completion(iter_prune(model, ids, PruneConfig(method="wanda", structure=structure)))
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "qwen2"])
+def test_round_trip_same_logits_same_sparsity(make_model, tokenizer, tmp_path, arch):
+    model = make_model(arch)
+    res = _prune(model, tokenizer)
+    out = run_to_completion(iter_export(model, tokenizer, tmp_path / "pruned", res.to_dict()))
+    assert sorted(p.name for p in out.iterdir() if p.suffix == ".safetensors")
+    assert not list(out.glob("*.bin"))
+    back = AutoModelForCausalLM.from_pretrained(out).eval()
+    ids = torch.randint(3, len(tokenizer), (2, 16))
+    with torch.no_grad():
+        torch.testing.assert_close(back(ids).logits, model(ids).logits)
+    lay = architecture.layout(back)
+    for layer in res.layers:
+        for name, s in layer["modules"].items():
+            w = architecture.get_weight_2d(lay.blocks[layer["index"]].get_submodule(name))
+            assert (w == 0).float().mean().item() == pytest.approx(s)
+    report = json.loads((out / REPORT_NAME).read_text())
+    assert report["global_sparsity"] == res.global_sparsity
+    assert "does not make these files smaller" in (out / "README.md").read_text()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_existing_folder_is_left_untouched(make_model, tokenizer, tmp_path):
+    model = make_model()
+    res = _prune(model, tokenizer)
+    target = tmp_path / "taken"
+    target.mkdir()
+    (target / "keep.txt").write_text("mine")
+    with pytest.raises(ExportError, match="already exists"):
+        run_to_completion(iter_export(model, tokenizer, target, res.to_dict()))
+    assert [p.name for p in target.iterdir()] == ["keep.txt"]
+
+
+def test_cancel_leaves_nothing(make_model, tokenizer, tmp_path):
+    model = make_model()
+    res = _prune(model, tokenizer)
+    calls = []
+
+    def stop():
+        calls.append(1)
+        return len(calls) > 1  # after the weights are written
+
+    with pytest.raises(Cancelled):
+        run_to_completion(iter_export(model, tokenizer, tmp_path / "x", res.to_dict(), should_stop=stop))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_disk_error_leaves_no_partial_export(make_model, tokenizer, tmp_path, monkeypatch):
+    model = make_model()
+    res = _prune(model, tokenizer)
+
+    def full(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(tokenizer, "save_pretrained", full)
+    with pytest.raises(ExportError, match="disk is full"):
+        run_to_completion(iter_export(model, tokenizer, tmp_path / "x", res.to_dict()))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unwritable_folder(make_model, tokenizer, tmp_path):
+    if os.geteuid() == 0:
+        pytest.skip("root can write anywhere")
+    model = make_model()
+    res = _prune(model, tokenizer)
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    with pytest.raises(ExportError):
+        run_to_completion(iter_export(model, tokenizer, ro / "x", res.to_dict()))
+
+
+def test_incomplete_model_is_not_exported(make_model, tokenizer, tmp_path):
+    model = make_model()
+    ids = torch.randint(3, len(tokenizer), (4, 24))
+    gen = iter_prune(model, ids, PruneConfig(method="wanda"), should_stop=lambda: True)
+    with pytest.raises(Cancelled):
+        run_to_completion(gen)
+    with pytest.raises(ExportError, match="partly pruned"):
+        run_to_completion(iter_export(model, tokenizer, tmp_path / "x", {}))
+    assert list(tmp_path.iterdir()) == []
