@@ -1,0 +1,58 @@
+"""A few tests on the real default model (SmolLM2-135M-Instruct from its GGUF package)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from prunestudio.core import architecture
+from prunestudio.core.config import CalibConfig, PruneConfig, Recipe
+from prunestudio.core.job import iter_job
+from prunestudio.core.perplexity import perplexity
+from prunestudio.core.pipeline import run_to_completion
+
+pytestmark = pytest.mark.slow
+
+
+def test_demo_model_is_a_plain_llama(demo_loaded):
+    info = demo_loaded.info
+    assert info["architecture"] == "LlamaForCausalLM"
+    assert info["blocks"] == 30
+    assert info["modules_per_block"] == ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
+                                         "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"]
+    assert getattr(demo_loaded.model, "hf_quantizer", None) is None
+    ids = demo_loaded.tokenizer("The capital of France is", return_tensors="pt")
+    with torch.no_grad():
+        out = demo_loaded.model.generate(**ids, max_new_tokens=3, do_sample=False)
+    assert "Paris" in demo_loaded.tokenizer.decode(out[0])
+
+
+@pytest.mark.parametrize("structure", ["unstructured", "2:4"])
+def test_prune_export_reload_reproduces_perplexity(shared_data, tmp_path, structure):
+    wiki = str(shared_data / "wikitext-2" / "wiki.test.raw")
+    c4 = str(shared_data / "c4" / "c4-en-train.00000-of-01024.first1000.jsonl.gz")
+    recipe = Recipe(model="demo", device="cpu", dtype="fp32",
+                    prune=PruneConfig(method="wanda", sparsity=0.5, structure=structure, batch_size=4),
+                    calibration=CalibConfig(source=c4, nsamples=8, seqlen=128),
+                    eval_ppl=(wiki,), eval_max_windows=4)
+    res = run_to_completion(iter_job(recipe, tmp_path / "out"))
+    r = res.report
+    assert r["global_sparsity"] == pytest.approx(0.5)
+    assert r["ppl_pruned"] > r["ppl_dense"] > 1
+    back = AutoModelForCausalLM.from_pretrained(tmp_path / "out").eval()
+    lay = architecture.layout(back)
+    for block in lay.blocks:
+        for name in lay.module_names:
+            w = architecture.get_weight_2d(block.get_submodule(name))
+            if structure == "2:4":
+                assert torch.all((w == 0).reshape(w.shape[0], -1, 4).sum(-1) >= 2)
+            else:
+                assert torch.all((w == 0).sum(1) == w.shape[1] // 2)
+    ppl = perplexity(back, res.loaded.tokenizer, wiki, 128, max_windows=4)
+    assert ppl == pytest.approx(r["ppl_pruned"], rel=1e-4)
+    saved = json.loads((tmp_path / "out" / "prunestudio.json").read_text())
+    assert saved["calibration"]["sha256"] == res.calibration.sha256()
+    assert str(tmp_path) not in (tmp_path / "out" / "prunestudio.json").read_text()
