@@ -1,10 +1,11 @@
 """Self-generated calibration data (Ji et al., ICLR 2025, "Beware of Calibration Data for Pruning LLMs").
 
-The model writes its own calibration text. Each sample starts from a short prefix (the first
-``prefix_tokens`` tokens of a source text, or, in zero-data mode, nothing but a document-start
-token), the model continues it by sampling (temperature 0.6, top-p 0.95, top-k 50, repetition
-penalty 1.2) up to exactly ``seqlen`` tokens, and the ``drop_top`` fraction of samples with the
-highest perplexity under the model is filtered out. The rest is what the pruner calibrates on.
+The model writes its own calibration text. Each sample starts with the model's document start
+(:func:`document_start`) followed by a short prefix (the first ``prefix_tokens`` tokens of a
+source text; in zero-data mode, the product's default, no prefix at all), the model continues it
+by sampling (temperature 0.6, top-p 0.95, top-k 50, repetition penalty 1.2) up to exactly
+``seqlen`` tokens, and the ``drop_top`` fraction of samples with the highest perplexity under the
+model is filtered out (``floor(n * drop_top)`` samples). The rest is what the pruner calibrates on.
 
 Everything here is Qt-free. :func:`iter_generate` is a generator of :mod:`events` (the GUI shows
 each sample's text as soon as its batch is done) that returns the :class:`CalibrationSet`;
@@ -13,7 +14,8 @@ each sample's text as soon as its batch is done) that returns the :class:`Calibr
 Design notes
 ------------
 * The sampling loop is our own (not ``model.generate``): left-padded prompts with an attention
-  mask and explicit ``position_ids``, the KV cache (``use_cache=True`` / ``past_key_values``),
+  mask and explicit ``position_ids``, the KV cache (``use_cache=True``; the cache is passed back
+  as ``cache=``, or ``past_key_values=`` on models whose forward() still uses that name),
   HF-equivalent logits processing (repetition penalty, temperature, top-k, then top-p), and a
   cancel check between decoding steps.
 * Randomness is per *sample*, not per batch: sample ``i`` draws its uniforms from a
@@ -51,6 +53,7 @@ __all__ = [
     "sample_perplexities",
     "sample_tokens",
     "start_token",
+    "document_start",
     "suppressed_token_ids",
     "prefixes_from_texts",
 ]
@@ -181,11 +184,10 @@ def start_token(tokenizer: Any) -> tuple[int, str]:
     if bos is not None and _tokenizer_adds_bos(tokenizer):
         return int(bos), "bos"
     try:
-        eot = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+        eot = tokenizer.get_vocab().get("<|endoftext|>")
     except Exception:  # noqa: BLE001
         eot = None
-    unk = getattr(tokenizer, "unk_token_id", None)
-    if isinstance(eot, int) and eot >= 0 and (unk is None or eot != unk):
+    if isinstance(eot, int) and eot >= 0:
         return int(eot), "endoftext"
     eos = getattr(tokenizer, "eos_token_id", None)
     if eos is not None:
@@ -196,6 +198,42 @@ def start_token(tokenizer: Any) -> tuple[int, str]:
         "The tokenizer has no beginning- or end-of-text token to start self-generation from.",
         hint="Use a prefix source (texts whose first tokens start each sample) instead.",
     )
+
+
+# A generic end of a previous document, put before a separator-style start token (see
+# :func:`document_start`). Punctuation and a paragraph break: no content, no data.
+LEAD_IN_TEXT = ".\n\n"
+
+
+def document_start(tokenizer: Any) -> tuple[list[int], str]:
+    """The tokens every sample starts with: where a new document starts in pre-training.
+
+    * BOS-trained models (the tokenizer adds BOS by itself): ``[BOS]``, as in Ji et al.
+    * Separator-trained models (GPT-2, Qwen2, SmolLM2): in their packed pre-training streams a
+      document start is the end of the previous document, the ``<|endoftext|>`` separator, then the
+      new text. A separator alone at position 0 is not such a context: position 0 of a training
+      window was an arbitrary token, and models learn little there (SmolLM2-135M predicts "-"
+      with 40% after a lone ``<|endoftext|>`` and writes code-like junk from it). So the start is
+      ``LEAD_IN_TEXT`` (".\n\n", the end of a generic previous document) + separator, which
+      gives the model's own document openings (titles, prose). Lead-in tokens the vocabulary
+      lacks (unknown or special tokens) are left out.
+
+    Returns ``(token ids, rule)`` with rule ``"bos"``, ``"endoftext"`` or ``"eos"`` (see
+    :func:`start_token`).
+    """
+    start, rule = start_token(tokenizer)
+    if rule == "bos":
+        return [start], rule
+    try:
+        lead = [int(t) for t in tokenizer(LEAD_IN_TEXT, add_special_tokens=False)["input_ids"]]
+    except Exception:  # noqa: BLE001
+        lead = []
+    bad = set(_as_id_list(getattr(tokenizer, "unk_token_id", None)))
+    try:
+        bad.update(int(i) for i in tokenizer.all_special_ids)
+    except Exception:  # noqa: BLE001
+        pass
+    return [t for t in lead if t not in bad] + [start], rule
 
 
 def _as_id_list(v: Any) -> list[int]:
@@ -310,26 +348,26 @@ def _sample_uniforms(seeds: Sequence[int], length: int) -> torch.Tensor:
     return torch.stack(rows) if rows else torch.empty(0, length, dtype=torch.float64)
 
 
-def _process_and_sample(
+def _candidates(
     logits: torch.Tensor,
     seen: torch.Tensor,
     suppress: torch.Tensor,
-    u: torch.Tensor,
     temperature: float,
     top_k: int,
     top_p: float,
     repetition_penalty: float,
-) -> torch.Tensor:
-    """One sampling step for a batch, as HF's sampling processors then inverse-CDF sampling.
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The sampling distribution of one step, as HF's sampling processors compute it.
 
     ``logits`` [B, V] float32 raw; ``seen`` [B, V] bool (tokens in the sequence so far);
-    ``suppress`` [V] bool; ``u`` [B] float64 uniforms. Returns [B] token ids.
+    ``suppress`` [V] bool. Returns ``(ids, probs)`` [B, C]: candidate token ids, most likely
+    first, and their probabilities (zero for the ones top-p removed; rows sum to 1).
 
-    Order as in transformers: repetition penalty (CTRL: seen logits divided by the penalty when
-    positive, multiplied when negative), suppressed tokens to -inf, temperature, top-k, top-p
-    (a token is kept while the probability mass of the tokens ranked above it is below ``top_p``;
-    the most likely token is always kept). Top-k keeps exactly ``k`` candidates (HF keeps ties
-    with the k-th logit too; the difference has measure zero with float logits).
+    Order as in transformers: repetition penalty (CTRL: logits of seen tokens divided by the
+    penalty when positive, multiplied when negative), suppressed tokens to -inf, temperature,
+    top-k, top-p (a token is kept while the probability mass of the tokens ranked above it is
+    below ``top_p``; the most likely token is always kept). Top-k keeps exactly ``k`` candidates
+    (HF also keeps exact ties with the k-th logit; with float logits that has measure zero).
     """
     if repetition_penalty != 1.0:
         penalized = torch.where(logits < 0, logits * repetition_penalty, logits / repetition_penalty)
@@ -348,9 +386,18 @@ def _process_and_sample(
         keep = mass_above < top_p
         keep[:, 0] = True
         probs = probs * keep
-    cdf = torch.cumsum(probs.to(torch.float64), dim=-1)
-    target = (u.to(cdf.device) * cdf[:, -1]).unsqueeze(-1)
-    # First candidate whose cumulative mass exceeds u * total: it has a positive probability.
+        probs = probs / probs.sum(-1, keepdim=True)
+    return idx, probs
+
+
+def _inverse_cdf(idx: torch.Tensor, probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """Draw one candidate per row: the first whose cumulative probability exceeds ``u`` [B].
+
+    The chosen candidate always has a positive probability (``right=True`` skips zero-mass ones).
+    """
+    wide = torch.float32 if probs.device.type == "mps" else torch.float64  # MPS has no float64
+    cdf = torch.cumsum(probs.to(wide), dim=-1)
+    target = (u.to(cdf.device, wide) * cdf[:, -1]).unsqueeze(-1)
     j = torch.searchsorted(cdf, target, right=True).clamp_(max=cdf.shape[-1] - 1)
     return idx.gather(1, j).squeeze(1)
 
@@ -420,7 +467,8 @@ def sample_tokens(
         mask[b, plen - len(p):] = 1
     ids, mask = ids.to(device), mask.to(device)
     position_ids = (mask.cumsum(-1) - 1).clamp_(min=0)
-    uniforms = _sample_uniforms(sample_seeds, max(steps, 1)).to(device)
+    wide = torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
+    uniforms = _sample_uniforms(sample_seeds, max(steps, 1)).to(device, wide)
 
     model.eval()
     with torch.inference_mode():
@@ -440,12 +488,12 @@ def sample_tokens(
         seen = seen > 0
 
         # NLL of prompt tokens 1.. (predicted from the prompt's earlier tokens).
-        nll = torch.zeros(bsz, dtype=torch.float64, device=device)
+        nll = torch.zeros(bsz, dtype=wide, device=device)
         count = torch.zeros(bsz, dtype=torch.long, device=device)
         if plen > 1:
             lp = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, ids[:, 1:, None]).squeeze(-1)
             valid = (mask[:, :-1] * mask[:, 1:]).bool()
-            nll -= torch.where(valid, lp, 0.0).sum(-1).double()
+            nll -= torch.where(valid, lp, 0.0).sum(-1).to(wide)
             count += valid.sum(-1)
         next_logits = logits[:, -1]
         del logits
@@ -457,13 +505,14 @@ def sample_tokens(
         for s in range(steps):
             if should_stop():
                 raise Cancelled()
-            tok = _process_and_sample(
-                next_logits, seen, sup, uniforms[:, s],
+            cand, probs = _candidates(
+                next_logits, seen, sup,
                 settings.temperature, settings.top_k, settings.top_p, settings.repetition_penalty,
             )
+            tok = _inverse_cdf(cand, probs, uniforms[:, s])
             active = s < need
             lp = torch.log_softmax(next_logits, dim=-1)[rows, tok]
-            nll -= torch.where(active, lp, 0.0).double()
+            nll -= torch.where(active, lp, 0.0).to(wide)
             count += active.long()
             gen[:, s] = tok
             seen[rows, tok] = True
@@ -481,7 +530,7 @@ def sample_tokens(
 
     gen_list = gen.tolist()
     tokens = [list(map(int, p)) + gen_list[b][: length - len(p)] for b, p in enumerate(prompts)]
-    ppl = torch.exp(nll / count.clamp(min=1).double()).tolist()
+    ppl = torch.exp(nll / count.clamp(min=1).to(wide)).tolist()
     return tokens, [float(x) for x in ppl]
 
 
@@ -517,8 +566,8 @@ def sample_perplexities(
                 raise Cancelled()
             x = input_ids[i : i + mb].to(device)
             logits = model(input_ids=x, attention_mask=torch.ones_like(x), use_cache=False).logits[:, :-1].float()
-            nll = F.cross_entropy(logits.transpose(1, 2), x[:, 1:], reduction="none").double().mean(-1)
-            out.extend(float(v) for v in torch.exp(nll).tolist())
+            nll = F.cross_entropy(logits.transpose(1, 2), x[:, 1:], reduction="none").mean(-1)
+            out.extend(math.exp(v) for v in nll.tolist())
     return out
 
 
@@ -551,10 +600,13 @@ def iter_generate(
 ) -> Generator[Event, None, CalibrationSet]:
     """Generate, score and filter a self-generated calibration set, yielding progress events.
 
-    ``prefixes`` None is zero-data mode: every sample starts from the document-start token (see
-    :func:`start_token`) and the model writes all the rest. Otherwise each sample starts with the
-    first ``settings.prefix_tokens`` tokens of a text chosen with the seed (with the tokenizer's
-    BOS in front if the tokenizer normally adds one). Yields ``PhaseStarted/Progress/Done`` for
+    ``source_name`` names the prefix source for provenance: the set's source becomes
+    ``selfgen:<source_name>`` (a name that already starts with ``selfgen`` is kept as is).
+    Every sample starts with the model's document start (:func:`document_start`: BOS for
+    BOS-trained models, ".\\n\\n<|endoftext|>" for separator-trained ones). ``prefixes`` None is
+    zero-data mode: the model writes all the rest, the first tokens included. Otherwise the
+    document start is followed by the first ``settings.prefix_tokens`` tokens of a text chosen
+    with the seed (:func:`prefixes_from_texts`), and the model continues from there. Yields ``PhaseStarted/Progress/Done`` for
     the ``generate`` and ``filter`` phases, one :class:`SampleGenerated` per sample as soon as its
     batch is done, and :class:`FilteringDone`; returns the :class:`CalibrationSet` (all samples,
     the filtered ones marked ``dropped`` with a reason). Raises :class:`Cancelled` between
@@ -566,26 +618,24 @@ def iter_generate(
         raise ConfigError(
             f"Samples of {st.seqlen} tokens are longer than this model's context ({maxpos} tokens)."
         )
-    start_id, start_kind = start_token(tokenizer) if prefixes is None else (None, "")
+    doc_start, start_kind = document_start(tokenizer)
+    start_id = doc_start[-1]
     suppress_ids = suppressed_token_ids(model, tokenizer, start_id)
 
     if prefixes is None:
         prefix_mode = "none"
-        prompts = [[start_id] for _ in range(st.n)]
+        prompts = [list(doc_start) for _ in range(st.n)]
     else:
         prefix_mode = "texts"
         if st.prefix_tokens < 1:
             raise ConfigError("With a prefix source the prefix length must be at least 1 token.")
-        bos = getattr(tokenizer, "bos_token_id", None)
-        prepend = bos is not None and _tokenizer_adds_bos(tokenizer)
-        if prepend:
-            start_id, start_kind = int(bos), "bos"
         heads = prefixes_from_texts(tokenizer, prefixes, st.prefix_tokens, st.n, st.seed)
-        prompts = [([int(bos)] if prepend else []) + h for h in heads]
-        if any(len(p) > st.seqlen for p in prompts):
-            raise ConfigError(
-                f"The prefix ({st.prefix_tokens} tokens plus BOS) does not fit in {st.seqlen} tokens."
-            )
+        prompts = [list(doc_start) + h for h in heads]
+    if len(prompts[0]) >= st.seqlen:
+        raise ConfigError(
+            f"Samples of {st.seqlen} tokens leave no room to generate after the "
+            f"{len(prompts[0])}-token start (document start and prefix)."
+        )
 
     device = _model_device(model)
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
@@ -651,18 +701,24 @@ def iter_generate(
     yield FilteringDone(dropped=tuple(dropped), threshold=threshold)
     yield PhaseDone("filter", seconds=time.perf_counter() - t1)
 
+    if not source_name or source_name == "selfgen":
+        source = "selfgen"
+    elif source_name.startswith("selfgen:"):
+        source = source_name  # already a calibration source string ("selfgen:c4")
+    else:
+        source = f"selfgen:{source_name}"
     cfg = st.to_dict()
     cfg.update(
         method="selfgen",
         prefix_mode=prefix_mode,
-        prefix_source=source_name if prefixes is not None else None,
+        prefix_source=(source.split(":", 1)[1] if ":" in source else None) if prefixes is not None else None,
         start_token_id=start_id,
-        start_token=(tokenizer.convert_ids_to_tokens(start_id) if start_id is not None else None),
-        start_token_rule=start_kind or None,
+        start_token=tokenizer.convert_ids_to_tokens(start_id),
+        start_token_rule=start_kind,
+        start_ids=list(doc_start),
         suppressed_token_ids=[i for i in suppress_ids if i < vocab],
         drop_count=k,
     )
-    source = "selfgen" if not source_name else f"selfgen:{source_name}"
     return CalibrationSet(
         samples=samples,
         seqlen=st.seqlen,

@@ -19,7 +19,7 @@ SENTENCES = [
 
 
 def _words() -> list[str]:
-    seen: dict[str, None] = {}
+    seen: dict[str, None] = {".": None}  # "." makes the gpt2-style lead-in ".\n\n" encodable
     for s in SENTENCES:
         for w in s.split():
             seen.setdefault(w, None)

@@ -1,0 +1,333 @@
+"""Self-generated calibration data: determinism, filtering, lengths, prefixes, cancel, batching."""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _selfgen_helpers import make_model, make_tokenizer  # noqa: E402
+
+from prunestudio.core import selfgen as sg  # noqa: E402
+from prunestudio.core.calibset import CalibrationSet  # noqa: E402
+from prunestudio.core.errors import CalibrationError, Cancelled, ConfigError  # noqa: E402
+from prunestudio.core.events import PhaseDone, PhaseProgress, PhaseStarted  # noqa: E402
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models: with one thread, OpenMP hand-offs no longer dominate (5-10x faster on 2 cores)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+TEXTS = [
+    "the quick brown fox jumps over the lazy dog",
+    "pruning removes weights that matter least",
+    "one",  # shorter than 2 tokens: never used as a prefix
+    "",
+    "language models learn the statistics of their training data",
+    "every sample must have the same number of tokens",
+]
+
+
+@pytest.fixture(scope="module")
+def llama():
+    tok = make_tokenizer("llama")
+    return make_model("llama", tok), tok
+
+
+@pytest.fixture(scope="module")
+def gpt2():
+    tok = make_tokenizer("gpt2")
+    return make_model("gpt2", tok, seed=1), tok
+
+
+def _settings(**kw):
+    base = dict(n=6, seqlen=16, batch_size=4, seed=0)
+    base.update(kw)
+    return sg.GenerationSettings(**base)
+
+
+def _ids(cs: CalibrationSet) -> list[list[int]]:
+    return [s.input_ids for s in cs.samples]
+
+
+def test_same_seed_same_set_and_different_seeds_differ(llama):
+    model, tok = llama
+    a = sg.generate_calibration_set(model, tok, _settings(seed=3))
+    b = sg.generate_calibration_set(model, tok, _settings(seed=3))
+    c = sg.generate_calibration_set(model, tok, _settings(seed=4))
+    assert _ids(a) == _ids(b)
+    assert [s.dropped for s in a.samples] == [s.dropped for s in b.samples]
+    assert _ids(a) != _ids(c)
+    # Samples within one set differ too (zero-data mode: same start token, own randomness).
+    assert len({tuple(x) for x in _ids(a)}) == len(a.samples)
+
+
+def test_sample_does_not_depend_on_batch_size(llama):
+    model, tok = llama
+    a = sg.generate_calibration_set(model, tok, _settings(batch_size=1))
+    b = sg.generate_calibration_set(model, tok, _settings(batch_size=4))
+    assert _ids(a) == _ids(b)
+
+
+@pytest.mark.parametrize("fixture", ["llama", "gpt2"])
+def test_exact_length_and_no_eos(fixture, request):
+    model, tok = request.getfixturevalue(fixture)
+    st = _settings(n=5, seqlen=24, batch_size=2, temperature=1.5, top_k=0, top_p=1.0)
+    cs = sg.generate_calibration_set(model, tok, st)
+    start = cs.settings["start_ids"]
+    assert start == sg.document_start(tok)[0]
+    forbidden = set(sg.suppressed_token_ids(model, tok)) | {tok.eos_token_id, tok.pad_token_id}
+    assert cs.seqlen == 24
+    for s in cs.samples:
+        assert len(s.input_ids) == 24
+        assert s.input_ids[: len(start)] == start
+        assert not forbidden & set(s.input_ids[len(start):])
+    if fixture == "llama":  # the start token is BOS, not EOS: no EOS anywhere
+        assert all(tok.eos_token_id not in s.input_ids for s in cs.samples)
+    assert cs.input_ids().shape == (len(cs), 24)
+
+
+def test_drops_exactly_the_highest_perplexity_fraction(llama):
+    model, tok = llama
+    st = _settings(n=10, drop_top=0.3)
+    events = []
+    gen = sg.iter_generate(model, tok, st)
+    while True:
+        try:
+            events.append(next(gen))
+        except StopIteration as stop:
+            cs = stop.value
+            break
+    dropped = [s for s in cs.samples if s.dropped]
+    kept = [s for s in cs.samples if not s.dropped]
+    assert len(dropped) == 3 == st.num_dropped  # floor(10 * 0.3)
+    assert len(cs) == 7
+    assert min(s.perplexity for s in dropped) >= max(s.perplexity for s in kept)
+    assert all(s.perplexity is not None and math.isfinite(s.perplexity) for s in cs.samples)
+    assert all("in the highest 30%" in s.drop_reason for s in dropped)
+    fd = [e for e in events if isinstance(e, sg.FilteringDone)]
+    assert len(fd) == 1
+    assert fd[0].dropped == tuple(i for i, s in enumerate(cs.samples) if s.dropped)
+    assert fd[0].threshold == pytest.approx(max(s.perplexity for s in kept))
+    gens = [e for e in events if isinstance(e, sg.SampleGenerated)]
+    assert [e.index for e in gens] == list(range(10))
+    assert [e.perplexity for e in gens] == [s.perplexity for s in cs.samples]
+    assert [e.text for e in gens] == [s.text for s in cs.samples]
+    phases = [(type(e).__name__, e.phase) for e in events if isinstance(e, (PhaseStarted, PhaseDone))]
+    assert phases == [("PhaseStarted", "generate"), ("PhaseDone", "generate"),
+                      ("PhaseStarted", "filter"), ("PhaseDone", "filter")]
+    assert [e.done for e in events if isinstance(e, PhaseProgress) and e.phase == "generate"] == [4, 8, 10]
+
+
+def test_floor_of_drop_fraction():
+    assert sg.GenerationSettings(n=3, drop_top=0.2).num_dropped == 0
+    assert sg.GenerationSettings(n=10, drop_top=0.2).num_dropped == 2
+    assert sg.GenerationSettings(n=128, drop_top=0.2).num_dropped == 25
+    assert sg.GenerationSettings(n=10, drop_top=0.0).num_dropped == 0
+
+
+def test_save_and_load_roundtrip(llama, tmp_path):
+    model, tok = llama
+    cs = sg.generate_calibration_set(model, tok, _settings(), prefixes=TEXTS, source_name="mine.txt")
+    path = cs.save(tmp_path / "set.jsonl")
+    again = CalibrationSet.load(path, tokenizer=tok)
+    assert _ids(again) == _ids(cs)
+    assert [s.dropped for s in again.samples] == [s.dropped for s in cs.samples]
+    assert again.sha256() == cs.sha256()
+    assert again.source == "selfgen:mine.txt"
+    assert again.settings["prefix_mode"] == "texts"
+    assert again.settings["temperature"] == 0.6 and again.settings["seed"] == 0
+    assert again.tokenizer_fingerprint == cs.tokenizer_fingerprint != ""
+
+
+def test_zero_data_mode(gpt2):
+    model, tok = gpt2
+    cs = sg.generate_calibration_set(model, tok, _settings(n=4, seqlen=12))
+    assert cs.source == "selfgen"
+    assert cs.settings["prefix_mode"] == "none"
+    assert cs.settings["start_token"] == "<|endoftext|>"
+    assert cs.settings["start_token_rule"] == "endoftext"
+    # a separator-trained model starts after a generic document end: ".\n\n" + <|endoftext|>
+    start = [tok.convert_tokens_to_ids("."), tok.convert_tokens_to_ids("<|endoftext|>")]
+    assert cs.settings["start_ids"] == start
+    assert all(s.input_ids[:2] == start for s in cs.samples)
+    assert all(s.text for s in cs.samples)
+
+
+@pytest.mark.parametrize("fixture", ["llama", "gpt2"])
+def test_prefix_mode_starts_with_text_prefixes(fixture, request):
+    model, tok = request.getfixturevalue(fixture)
+    st = _settings(n=8, seqlen=12, prefix_tokens=2)
+    cs = sg.generate_calibration_set(model, tok, st, prefixes=iter(TEXTS))
+    heads = {tuple(tok(t, add_special_tokens=False)["input_ids"][:2]) for t in TEXTS if len(t.split()) >= 2}
+    # the document start: BOS (llama-style tokenizer adds it), else "." + <|endoftext|>
+    bos = [tok.bos_token_id] if fixture == "llama" else [tok.convert_tokens_to_ids(t) for t in (".", "<|endoftext|>")]
+    for s in cs.samples:
+        assert s.input_ids[: len(bos)] == bos
+        assert tuple(s.input_ids[len(bos): len(bos) + 2]) in heads
+    used = {tuple(s.input_ids[len(bos): len(bos) + 2]) for s in cs.samples}
+    assert used == heads  # 4 usable texts, 8 samples: every text is used (cycled)
+    assert cs.settings["prefix_mode"] == "texts"
+    # the choice of texts is deterministic in the seed
+    again = sg.generate_calibration_set(model, tok, st, prefixes=iter(TEXTS))
+    assert _ids(again) == _ids(cs)
+
+
+def test_prefix_mode_without_usable_text(llama):
+    model, tok = llama
+    with pytest.raises(CalibrationError):
+        sg.generate_calibration_set(model, tok, _settings(prefix_tokens=3), prefixes=["one", "two words"])
+
+
+def test_cancel_between_batches(llama):
+    model, tok = llama
+    state = {"batches": 0}
+    gen = sg.iter_generate(model, tok, _settings(n=8, batch_size=4), should_stop=lambda: state["batches"] >= 1)
+    seen = []
+    with pytest.raises(Cancelled):
+        for ev in gen:
+            if isinstance(ev, sg.SampleGenerated):
+                seen.append(ev.index)
+            if isinstance(ev, PhaseProgress) and ev.phase == "generate":
+                state["batches"] += 1
+    assert seen == [0, 1, 2, 3]
+
+
+def test_cancel_between_decoding_steps(llama):
+    model, tok = llama
+    calls = {"n": 0}
+
+    def stop():
+        calls["n"] += 1
+        return calls["n"] > 5
+
+    with pytest.raises(Cancelled):
+        sg.generate_calibration_set(model, tok, _settings(n=4, seqlen=64, batch_size=4), should_stop=stop)
+    assert calls["n"] == 6
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "opt", "qwen2"])
+def test_left_padded_batch_equals_each_prompt_alone(arch):
+    tok = make_tokenizer("gpt2" if arch in ("gpt2", "qwen2") else "llama")
+    model = make_model(arch, tok, seed=2)
+    st = sg.GenerationSettings(n=1, seqlen=14, top_k=1, repetition_penalty=1.2)
+    words = [w for t in TEXTS for w in t.split()]
+    ids = tok(" ".join(words), add_special_tokens=False)["input_ids"]
+    prompts = [ids[:1], ids[3:8], ids[10:13], ids[20:22]]
+    seeds = [11, 12, 13, 14]
+    sup = sg.suppressed_token_ids(model, tok)
+    batched, ppl_b = sg.sample_tokens(model, prompts, 14, st, seeds, suppress=sup, pad_id=tok.pad_token_id)
+    for p, seed, row, pb in zip(prompts, seeds, batched, ppl_b):
+        alone, ppl_a = sg.sample_tokens(model, [p], 14, st, [seed], suppress=sup, pad_id=tok.pad_token_id)
+        assert row == alone[0]
+        assert len(row) == 14 and row[: len(p)] == p
+        assert pb == pytest.approx(ppl_a[0], rel=1e-4)
+    # full sampling (temperature, top-k, top-p) with the same seeds is also batch-independent
+    st2 = sg.GenerationSettings(n=1, seqlen=14)
+    batched2, _ = sg.sample_tokens(model, prompts, 14, st2, seeds, suppress=sup, pad_id=tok.pad_token_id)
+    for p, seed, row in zip(prompts, seeds, batched2):
+        assert row == sg.sample_tokens(model, [p], 14, st2, [seed], suppress=sup, pad_id=tok.pad_token_id)[0][0]
+
+
+def test_greedy_matches_transformers_generate(llama):
+    """top_k=1 with a repetition penalty is HF's greedy search with the same penalty."""
+    model, tok = llama
+    st = sg.GenerationSettings(n=1, seqlen=20, top_k=1, repetition_penalty=1.3)
+    prompt = tok("the quick brown", add_special_tokens=True)["input_ids"]
+    sup = sg.suppressed_token_ids(model, tok)
+    ours, _ = sg.sample_tokens(model, [prompt], 20, st, [0], suppress=sup, pad_id=tok.pad_token_id)
+    with torch.inference_mode():
+        ref = model.generate(
+            torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+            do_sample=False, max_new_tokens=20 - len(prompt), repetition_penalty=1.3,
+            suppress_tokens=sup, pad_token_id=tok.pad_token_id, top_k=None, top_p=None, temperature=None,
+        )
+    assert ours[0] == ref[0].tolist()
+
+
+def test_candidates_match_hf_logits_processors():
+    from transformers.generation.logits_process import (
+        RepetitionPenaltyLogitsProcessor, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper,
+    )
+
+    g = torch.Generator().manual_seed(0)
+    vocab = 300
+    logits = torch.randn(3, vocab, generator=g) * 3
+    input_ids = torch.randint(0, vocab, (3, 12), generator=g)
+    seen = torch.zeros(3, vocab, dtype=torch.bool)
+    seen.scatter_(1, input_ids, True)
+    suppress = torch.zeros(vocab, dtype=torch.bool)
+    scores = RepetitionPenaltyLogitsProcessor(1.2)(input_ids, logits.clone())
+    scores = TemperatureLogitsWarper(0.6)(input_ids, scores)
+    scores = TopKLogitsWarper(50)(input_ids, scores)
+    scores = TopPLogitsWarper(0.95)(input_ids, scores)
+    ref = torch.softmax(scores, -1)
+    idx, probs = sg._candidates(logits, seen, suppress, 0.6, 50, 0.95, 1.2)
+    ours = torch.zeros_like(ref).scatter(1, idx, probs)
+    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-6)
+
+
+def test_inverse_cdf_sampling_follows_the_distribution():
+    idx = torch.tensor([[7, 3, 5]]).repeat(20000, 1)
+    probs = torch.tensor([[0.5, 0.3, 0.2]]).repeat(20000, 1)
+    u = torch.rand(20000, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    draws = sg._inverse_cdf(idx, probs, u)
+    freq = [(draws == t).double().mean().item() for t in (7, 3, 5)]
+    assert freq == pytest.approx([0.5, 0.3, 0.2], abs=0.02)
+    # zero-probability candidates are never drawn, even at u -> 0 or 1
+    z = sg._inverse_cdf(torch.tensor([[1, 2, 3]] * 2), torch.tensor([[0.0, 1.0, 0.0]] * 2),
+                        torch.tensor([0.0, 1.0 - 1e-12], dtype=torch.float64))
+    assert z.tolist() == [2, 2]
+
+
+def test_perplexities_equal_brute_force(llama):
+    model, tok = llama
+    cs = sg.generate_calibration_set(model, tok, _settings(n=5, seqlen=16, batch_size=3))
+    ids = torch.tensor(_ids(cs))
+    fast = sg.sample_perplexities(model, ids, batch_size=2)
+    brute = []
+    with torch.no_grad():
+        for row in ids:
+            logits = model(input_ids=row[None]).logits[0].double()
+            nll = 0.0
+            for t in range(1, len(row)):
+                nll -= torch.log_softmax(logits[t - 1], -1)[row[t]].item()
+            brute.append(math.exp(nll / (len(row) - 1)))
+    assert fast == pytest.approx(brute, rel=1e-4)
+    # the perplexities recorded while generating (from the decoding loop) agree
+    assert [s.perplexity for s in cs.samples] == pytest.approx(brute, rel=1e-4)
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [dict(n=0), dict(seqlen=2, prefix_tokens=2), dict(drop_top=1.0), dict(drop_top=-0.1),
+     dict(temperature=0), dict(top_p=0), dict(top_p=1.1), dict(top_k=-1), dict(repetition_penalty=0),
+     dict(batch_size=0), dict(n=2.5)],
+)
+def test_invalid_settings_raise_config_error(kw):
+    with pytest.raises(ConfigError):
+        sg.GenerationSettings(**kw)
+
+
+def test_seqlen_beyond_context_is_refused(llama):
+    model, tok = llama
+    with pytest.raises(ConfigError):
+        sg.generate_calibration_set(model, tok, _settings(seqlen=1000))
+
+
+def test_start_token_rule():
+    llama_tok = make_tokenizer("llama")
+    gpt2_tok = make_tokenizer("gpt2")
+    assert sg.start_token(llama_tok) == (llama_tok.bos_token_id, "bos")
+    eot = gpt2_tok.convert_tokens_to_ids("<|endoftext|>")
+    assert sg.start_token(gpt2_tok) == (eot, "endoftext")
+    assert sg.document_start(llama_tok) == ([llama_tok.bos_token_id], "bos")
+    assert sg.document_start(gpt2_tok) == ([gpt2_tok.convert_tokens_to_ids("."), eot], "endoftext")
