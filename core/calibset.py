@@ -154,35 +154,53 @@ class CalibrationSet:
                 for lineno, line in enumerate(f, start=2):
                     if not line.strip():
                         continue
-                    d = json.loads(line)
-                    samples.append(
-                        CalibSample(
-                            input_ids=[int(t) for t in d["input_ids"]],
-                            text=str(d.get("text", "")),
-                            perplexity=d.get("perplexity"),
-                            dropped=bool(d.get("dropped", False)),
-                            drop_reason=str(d.get("drop_reason", "")),
+                    try:
+                        d = json.loads(line)
+                        if not isinstance(d, dict) or not isinstance(d.get("input_ids"), list):
+                            raise ValueError("not a sample with input_ids")
+                        ppl = d.get("perplexity")
+                        samples.append(
+                            CalibSample(
+                                input_ids=[_token_id(t) for t in d["input_ids"]],
+                                text=str(d.get("text", "")),
+                                perplexity=float(ppl) if ppl is not None else None,
+                                dropped=bool(d.get("dropped", False)),
+                                drop_reason=str(d.get("drop_reason", "")),
+                            )
                         )
-                    )
+                    except (ValueError, TypeError, OverflowError, RecursionError) as e:
+                        raise CalibrationError(
+                            f"Could not read calibration set {path.name}: line {lineno} is not a valid "
+                            f"sample ({str(e)[:200]})."
+                        ) from e
+            settings = header.get("settings", {})
+            cs = cls(
+                samples=samples,
+                seqlen=int(header.get("seqlen", 0)),
+                source=str(header.get("source", "")),
+                seed=int(header.get("seed", 0)),
+                settings=dict(settings) if isinstance(settings, dict) else {},
+                tokenizer_name=str(header.get("tokenizer_name", "")),
+                tokenizer_fingerprint=str(header.get("tokenizer_fingerprint", "")),
+            )
         except CalibrationError:
             raise
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-            raise CalibrationError(f"Could not read calibration set {path.name}: {e}") from e
-        cs = cls(
-            samples=samples,
-            seqlen=int(header.get("seqlen", 0)),
-            source=str(header.get("source", "")),
-            seed=int(header.get("seed", 0)),
-            settings=dict(header.get("settings", {})),
-            tokenizer_name=str(header.get("tokenizer_name", "")),
-            tokenizer_fingerprint=str(header.get("tokenizer_fingerprint", "")),
-        )
+        except (OSError, ValueError, KeyError, TypeError, OverflowError, RecursionError) as e:
+            # ValueError covers JSONDecodeError and UnicodeDecodeError
+            raise CalibrationError(f"Could not read calibration set {path.name}: {str(e)[:200]}") from e
         if tokenizer is not None and cs.tokenizer_fingerprint:
             fp = tokenizer_fingerprint(tokenizer)
             if fp != cs.tokenizer_fingerprint:
                 raise CalibrationError(
                     f"{path.name} was made for another tokenizer ({cs.tokenizer_name or 'unknown'}); "
                     "its token ids mean nothing to this model. Generate or sample a new set."
+                )
+        if tokenizer is not None and cs.samples:
+            top = max((max(s.input_ids, default=0) for s in cs.samples), default=0)
+            if top >= len(tokenizer):
+                raise CalibrationError(
+                    f"{path.name} holds token id {top}, beyond this tokenizer's {len(tokenizer)} tokens: "
+                    "it was made for another model. Generate or sample a new set."
                 )
         return cs
 
@@ -195,6 +213,12 @@ class CalibrationSet:
             return f'"format": "{FORMAT}"' in first or f'"format":"{FORMAT}"' in first
         except (OSError, UnicodeDecodeError):
             return False
+
+
+def _token_id(t: Any) -> int:
+    if isinstance(t, bool) or not isinstance(t, int) or t < 0:
+        raise ValueError(f"token id {str(t)[:40]} is not a non-negative integer")
+    return t
 
 
 def distinct_ngram_ratio(sequences: Iterable[list[int]], n: int) -> float | None:

@@ -5,7 +5,9 @@
     prunestudio eval --model DIR --ppl wiki.test.raw --seqlen 512
     prunestudio calib generate|score ...
 
-Errors are one readable line on stderr and a non-zero exit status (``--verbose`` adds details).
+Errors are one readable line on stderr and a non-zero exit status (``--verbose`` adds details
+and the traceback): 1 for a bad input or setting, 2 for an unexpected failure (a bug), 130 when
+cancelled.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Any, Sequence
 from .errors import PruneStudioError
 
 EXIT_ERROR = 1
+EXIT_UNEXPECTED = 2
 EXIT_CANCELLED = 130
 
 
@@ -78,9 +81,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dsnot-threshold", type=float, default=None)
     p.add_argument("--sparsegpt-blocksize", type=int, default=None)
     p.add_argument("--sparsegpt-damp", type=float, default=None)
+    p.add_argument("--offload", choices=["none", "cpu", "disk"], default=None,
+                   help="where blocks wait while one is pruned: none (all on the compute device), "
+                        "cpu (host memory, default) or disk (memory-mapped from the safetensors "
+                        "files: models larger than RAM)")
+    p.add_argument("--offload-dir", default=None, help="disk offload: folder for the pruned blocks")
     p.add_argument("--no-offload", action="store_true", default=None,
-                   help="keep the whole model on the compute device")
-    p.add_argument("--eval-ppl", default=None, help="perplexity set: a file, hf:NAME..., or a preset")
+                   help="keep the whole model on the compute device (same as --offload none)")
+    p.add_argument("--eval-ppl", default=None,
+                   help="perplexity set: wikitext2 or c4 (the papers' suites), a file, or hf:NAME...")
     p.add_argument("--eval-seqlen", type=int, default=None)
     p.add_argument("--eval-max-windows", type=int, default=None,
                    help="evaluate on at most this many windows (default: the whole set)")
@@ -93,10 +102,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("eval", help="evaluate a model (perplexity, zero-shot tasks)")
     _add_model_args(e)
-    e.add_argument("--ppl", action="append", default=[], help="perplexity set (repeatable)")
+    e.add_argument("--ppl", action="append", default=[],
+                   help="perplexity set (repeatable): wikitext2, c4 (the papers' suites), a file or hf:NAME")
+    e.add_argument("--ppl-data", default=None,
+                   help="folder with wikitext-2/wiki.test.raw and c4/*.jsonl.gz for the wikitext2 and c4 "
+                        "suites (default: --task-data, then $PRUNESTUDIO_EVAL_DATA, then the hub)")
     e.add_argument("--seqlen", type=int, default=512)
     e.add_argument("--max-windows", type=int, default=None)
-    e.add_argument("--tasks", default=None, help="comma-separated zero-shot tasks")
+    e.add_argument("--tasks", default=None, help="comma-separated zero-shot tasks, or all")
     e.add_argument("--task-data", default=None, help="folder with local task files")
     e.add_argument("--limit", type=int, default=None, help="items per task")
     e.add_argument("--batch-size", type=int, default=8)
@@ -126,7 +139,12 @@ def _recipe_from_args(args: argparse.Namespace) -> Any:
         "sparsegpt_damp": args.sparsegpt_damp, "batch_size": args.batch_size,
         "skip_modules": tuple(args.skip) if args.skip else None,
         "offload": (False if args.no_offload else None),
+        "offload_dir": args.offload_dir,
     }.items() if v is not None}
+    if args.offload is not None:
+        off_kw = {"none": {"offload": False}, "cpu": {"offload": True, "offload_to": "cpu"},
+                  "disk": {"offload": True, "offload_to": "disk"}}[args.offload]
+        prune_kw.update(off_kw)
     cal_kw = {k: v for k, v in {
         "source": args.calibration, "nsamples": args.nsamples, "seqlen": args.seqlen,
         "seed": args.seed, "mode": args.sampling}.items() if v is not None}
@@ -182,6 +200,14 @@ def cmd_prune(args: argparse.Namespace, progress: Any) -> int:
     return 0
 
 
+def _suite_dir(task_data: str | None) -> str | None:
+    """The --task-data folder doubles as the perplexity data folder when it holds suite files."""
+    if not task_data:
+        return None
+    base = Path(task_data)
+    return task_data if (base / "wikitext-2").is_dir() or (base / "c4").is_dir() else None
+
+
 def cmd_eval(args: argparse.Namespace, progress: Any) -> int:
     from .job import iter_eval_ppl, public_source, versions
     from .models import load_model
@@ -190,8 +216,10 @@ def cmd_eval(args: argparse.Namespace, progress: Any) -> int:
     loaded = load_model(args.model, args.device or "auto", args.dtype or "auto", bool(args.trust_remote_code))
     report: dict[str, Any] = {"format": "prunestudio-eval", "model": public_source(args.model),
                               "seqlen": args.seqlen, "ppl": {}, "versions": versions()}
+    ppl_data = args.ppl_data or _suite_dir(args.task_data)
     for src in args.ppl:
-        ppl = run_to_completion(iter_eval_ppl(loaded, src, args.seqlen, max_windows=args.max_windows), progress)
+        ppl = run_to_completion(iter_eval_ppl(loaded, src, args.seqlen, max_windows=args.max_windows,
+                                              data_dir=ppl_data), progress)
         report["ppl"][public_source(src)] = ppl
         progress.say(f"perplexity {public_source(src)}: {ppl:.3f}")
     if args.ppl:
@@ -201,7 +229,9 @@ def cmd_eval(args: argparse.Namespace, progress: Any) -> int:
         from .zeroshot import iter_zeroshot
 
         place_model(loaded)
-        tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+        from .tasks import TASKS
+
+        tasks = list(TASKS) if args.tasks.strip() == "all" else [t.strip() for t in args.tasks.split(",") if t.strip()]
         res = run_to_completion(iter_zeroshot(loaded.model, loaded.tokenizer, tasks, args.task_data,
                                               args.limit, args.batch_size), progress)
         report["tasks"] = {k: v.to_dict() for k, v in res.items()}
@@ -215,12 +245,71 @@ def cmd_eval(args: argparse.Namespace, progress: Any) -> int:
     return 0
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to the ``sys.stderr`` of the moment (tests and embedding code swap it)."""
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: Any) -> None:
+        pass
+
+
+class _LevelFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        record.levelname_lower = record.levelname.lower()
+        return super().format(record)
+
+
+def _setup_logging(verbose: bool) -> logging.Logger:
+    """Warnings (and with -v, debug records and tracebacks) as ``level: message`` lines on stderr."""
+    root = logging.getLogger()
+    for h in [h for h in root.handlers if isinstance(h, _StderrHandler)]:
+        root.removeHandler(h)
+    handler = _StderrHandler()
+    handler.setLevel(logging.DEBUG if verbose else logging.WARNING)
+    handler.setFormatter(_LevelFormatter("%(levelname_lower)s: %(message)s"))
+    root.addHandler(handler)
+    log = logging.getLogger("prunestudio")
+    log.setLevel(logging.DEBUG if verbose else logging.NOTSET)
+    return log
+
+
+def _teardown_logging() -> None:
+    """Leave no handler behind when main() is called in-process (tests, scripts)."""
+    root = logging.getLogger()
+    for h in [h for h in root.handlers if isinstance(h, _StderrHandler)]:
+        root.removeHandler(h)
+    logging.getLogger("prunestudio").setLevel(logging.NOTSET)
+
+
+def _first_line(text: str) -> str:
+    text = text.strip()
+    return text.splitlines()[0] if text else ""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command. Exit status: 0 done, 1 an error the user can fix (one line on stderr),
+    2 an unexpected failure (a bug: one line, the traceback with ``-v``), 130 cancelled."""
     parser = build_parser()
     args = parser.parse_args(argv)
     _quiet_libraries()
-    logging.basicConfig(level=logging.WARNING, format="warning: %(message)s", stream=sys.stderr)
+    _setup_logging(args.verbose)
+    try:
+        return _run(args)
+    finally:
+        _teardown_logging()
+
+
+def _run(args: argparse.Namespace) -> int:
+    log = logging.getLogger("prunestudio")
     from .progress import ProgressPrinter
+
+    def err(text: str) -> None:  # errors are shown even with --quiet
+        sys.stderr.write(text + "\n")
+        sys.stderr.flush()
 
     progress = ProgressPrinter(quiet=args.quiet)
     handlers = {"fetch-demo-model": cmd_fetch, "prune": cmd_prune, "eval": cmd_eval}
@@ -230,18 +319,28 @@ def main(argv: Sequence[str] | None = None) -> int:
             return handler(args, progress)
         return int(handler(args) or 0)
     except KeyboardInterrupt:
-        progress.say("Cancelled.")
+        err("Cancelled.")
         return EXIT_CANCELLED
     except PruneStudioError as e:
         from .errors import Cancelled
 
-        progress.say(f"error: {e}")
-        if args.verbose and (e.details or e.__cause__):
-            progress.say(e.details or repr(e.__cause__))
+        log.debug("%s failed", args.command, exc_info=True)
+        more = bool(e.details or e.__cause__) and not isinstance(e, Cancelled)
+        err(f"error: {' '.join(str(e).splitlines())}"
+            + (" (rerun with -v for details)" if more and not args.verbose else ""))
+        if args.verbose and e.details and "Traceback (most recent call last)" not in e.details:
+            err(e.details)
         return EXIT_CANCELLED if isinstance(e, Cancelled) else EXIT_ERROR
     except MemoryError:
-        progress.say("error: the machine ran out of memory. Use fewer samples or a shorter sequence length.")
+        log.debug("%s ran out of memory", args.command, exc_info=True)
+        err("error: the machine ran out of memory. Use fewer samples or a shorter sequence length.")
         return EXIT_ERROR
+    except Exception as e:  # a bug: one line, the traceback only on request
+        log.debug("%s failed unexpectedly", args.command, exc_info=True)
+        msg = _first_line(str(e))
+        err(f"error: unexpected failure ({type(e).__name__}{': ' + msg if msg else ''}); "
+            "rerun with -v for the traceback")
+        return EXIT_UNEXPECTED
 
 
 if __name__ == "__main__":  # pragma: no cover

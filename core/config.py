@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,8 @@ from .errors import ConfigError
 
 METHODS = ("magnitude", "wanda", "sparsegpt", "dsnot")
 DSNOT_INITS = ("wanda", "magnitude", "sparsegpt")
+OFFLOAD_TARGETS = ("cpu", "disk")
+OFFLOAD_MODES = ("none", "cpu", "disk")
 _NM = re.compile(r"^\s*(\d+)\s*:\s*(\d+)\s*$")
 
 
@@ -64,6 +66,12 @@ class PruneConfig:
     """Calibration samples per forward pass."""
     offload: bool = True
     """Keep only the block being pruned (and its activations) on the compute device."""
+    offload_to: str = "cpu"
+    """Where the other blocks live when ``offload`` is on: ``cpu`` (host memory) or ``disk``
+    (memory-mapped from the model's safetensors; pruned blocks are written to ``offload_dir``, so
+    host memory holds about one block plus the activations: models larger than RAM)."""
+    offload_dir: str | None = None
+    """Disk offload: folder for the pruned blocks (default: a temporary folder in the cache)."""
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -93,6 +101,8 @@ class PruneConfig:
             raise ConfigError("SparseGPT's dampening must be in [0, 1).")
         if self.batch_size <= 0:
             raise ConfigError("The calibration batch size must be at least 1.")
+        if self.offload_to not in OFFLOAD_TARGETS:
+            raise ConfigError(f"Offload target must be {' or '.join(OFFLOAD_TARGETS)}, got '{self.offload_to}'.")
         object.__setattr__(self, "skip_modules", tuple(self.skip_modules))
         if n and m:
             object.__setattr__(self, "structure", f"{n}:{m}")
@@ -102,6 +112,19 @@ class PruneConfig:
     @property
     def nm(self) -> tuple[int, int]:
         return parse_structure(self.structure)
+
+    @property
+    def offload_mode(self) -> str:
+        """``none``, ``cpu`` or ``disk`` (the CLI's ``--offload``)."""
+        return self.offload_to if self.offload else "none"
+
+    def with_offload_mode(self, mode: str) -> "PruneConfig":
+        """A copy with ``--offload MODE`` applied (``none``, ``cpu`` or ``disk``)."""
+        if mode not in OFFLOAD_MODES:
+            raise ConfigError(f"Offload must be one of {', '.join(OFFLOAD_MODES)}, got '{mode}'.")
+        if mode == "none":
+            return replace(self, offload=False)
+        return replace(self, offload=True, offload_to=mode)
 
     @property
     def needs_calibration(self) -> bool:
@@ -184,6 +207,9 @@ class Recipe:
         calib = _build(CalibConfig, d.pop("calibration", {}) or {})
         if "eval_ppl" in d:
             v = d["eval_ppl"]
+            if not (v is None or isinstance(v, (str, list))) or (
+                    isinstance(v, list) and not all(isinstance(x, str) for x in v)):
+                raise ConfigError("The recipe's eval_ppl must be a source or a list of sources.")
             d["eval_ppl"] = (v,) if isinstance(v, str) else tuple(v or ())
         return _build(cls, {**d, "prune": prune, "calibration": calib})
 
@@ -191,12 +217,14 @@ class Recipe:
     def load(cls, path: str | Path) -> "Recipe":
         try:
             data = json.loads(Path(path).read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise ConfigError(f"Could not read the recipe {Path(path).name}: {e}") from e
+        except (OSError, ValueError, RecursionError) as e:  # ValueError: JSONDecodeError, UnicodeDecodeError
+            raise ConfigError(f"Could not read the recipe {Path(path).name}: {str(e)[:200]}") from e
         return cls.from_dict(data)
 
 
 def _build(cls: type, d: dict[str, Any]) -> Any:
+    if not isinstance(d, dict):
+        raise ConfigError(f"The {cls.__name__} settings of a recipe must be a JSON object.")
     known = {f.name for f in fields(cls)}
     unknown = sorted(set(d) - known)
     if unknown:
@@ -205,10 +233,37 @@ def _build(cls: type, d: dict[str, Any]) -> Any:
     for key in ("block_sparsity", "skip_modules"):
         if key in d and isinstance(d[key], list):
             d[key] = tuple(d[key])
+    for f in fields(cls):  # a value of the wrong JSON type is refused here, with its name
+        if f.name in d and f.default is not MISSING and f.default is not None:
+            d[f.name] = _typed(cls.__name__, f.name, f.default, d[f.name])
+        elif f.name in d and f.default is None and d[f.name] is not None:  # "int | None" and the like
+            kind = {"int": 0, "float": 0.0, "str": ""}.get(str(f.type).split("|")[0].strip())
+            if kind is not None:
+                d[f.name] = _typed(cls.__name__, f.name, kind, d[f.name])
     try:
         return cls(**d)
-    except TypeError as e:
-        raise ConfigError(f"Bad {cls.__name__} settings: {e}") from e
+    except (TypeError, ValueError, AttributeError, OverflowError) as e:  # wrong value types
+        raise ConfigError(f"Bad {cls.__name__} settings: {str(e)[:200]}") from e
+
+
+def _typed(where: str, name: str, default: Any, value: Any) -> Any:
+    if isinstance(default, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(default, int):
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif isinstance(default, float):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    elif isinstance(default, str):
+        ok = isinstance(value, str)
+    else:
+        ok = True
+    if not ok:
+        kind = {"bool": "true or false", "int": "a whole number", "float": "a number", "str": "a string"}
+        raise ConfigError(f"The {where} setting '{name}' must be {kind[type(default).__name__]}, "
+                          f"got {value!r:.60}.")
+    return value
 
 
 def with_updates(cfg: Any, **kw: Any) -> Any:

@@ -6,6 +6,7 @@ The CLI and experiment grids call :func:`iter_job`; the GUI calls the same build
 
 from __future__ import annotations
 
+import os
 import platform
 import time
 from dataclasses import dataclass
@@ -14,15 +15,15 @@ from typing import Any, Callable, Generator
 
 import torch
 
-from . import __version__
+from . import __version__, architecture
 from .calibset import CalibrationSet
 from .config import CalibConfig, Recipe
-from .errors import CalibrationError
+from .errors import CalibrationError, ConfigError
 from .events import Event, Message, PhaseDone, PhaseStarted
 from .models import LoadedModel, load_model
-from .perplexity import eval_text, iter_perplexity, tokenize_eval
+from .perplexity import eval_ids, iter_perplexity
 from .pipeline import PruneResult, iter_prune
-from .textsources import describe_source
+from .textsources import describe_source, split_field
 
 StopFn = Callable[[], bool]
 
@@ -43,12 +44,49 @@ class JobResult:
 def place_model(loaded: LoadedModel) -> None:
     """Put the whole model on the compute device when it is not the CPU (generation, evaluation)."""
     if loaded.device.type != "cpu":
-        loaded.model.to(loaded.device)
+        from .offload import place_outside
+
+        place_outside(loaded.model, loaded.device)  # a disk-offloaded model keeps its blocks on disk
+
+
+def check_seqlen(loaded: LoadedModel, seqlen: int, what: str = "calibration") -> None:
+    """Refuse a sequence length beyond the model's context window (``max_position_embeddings``)."""
+    ctx = loaded.info.get("max_context")
+    if ctx and seqlen > ctx:
+        raise ConfigError(
+            f"The {what} sequence length {seqlen} is longer than the {ctx} tokens {loaded.name} can "
+            f"read at once (its max_position_embeddings); use {ctx} or less."
+        )
+
+
+def validate_recipe(loaded: LoadedModel, recipe: Recipe) -> None:
+    """Settings that are only impossible for this model, checked before any long step."""
+    cal, prune = recipe.calibration, recipe.prune
+    if prune.needs_calibration:
+        check_seqlen(loaded, cal.seqlen, "calibration")
+    if recipe.eval_ppl:
+        check_seqlen(loaded, recipe.eval_seqlen or cal.seqlen, "evaluation")
+    lay = architecture.layout(loaded.model, prune.skip_modules)
+    if prune.block_sparsity is not None and len(prune.block_sparsity) != len(lay.blocks):
+        raise ConfigError(f"{len(prune.block_sparsity)} per-block sparsities given, "
+                          f"{loaded.name} has {len(lay.blocks)} blocks.")
+    n, m = prune.nm
+    if n and m:
+        bad = [f"{name} ({architecture.in_features(lay.blocks[0].get_submodule(name))})"
+               for name in lay.module_names
+               if architecture.in_features(lay.blocks[0].get_submodule(name)) % m]
+        if bad:
+            raise ConfigError(
+                f"N:M structure {n}:{m} needs the input size of every pruned module to be a multiple "
+                f"of {m}; not so for {', '.join(bad)}.",
+                hint="Choose another M, or leave those modules dense (CLI: --skip NAME).",
+            )
 
 
 def build_calibration(loaded: LoadedModel, cal: CalibConfig,
                       should_stop: StopFn = _never) -> Generator[Event, None, CalibrationSet]:
     """Calibration set for ``cal``: self-generated, sampled from text, or a saved set."""
+    check_seqlen(loaded, cal.seqlen, "calibration")
     if cal.is_selfgen:
         from .selfgen import GenerationSettings, iter_generate
         from .textsources import iter_texts
@@ -83,9 +121,10 @@ def _n_before_filter(n_keep: int, drop: float) -> int:
 
 def iter_eval_ppl(loaded: LoadedModel, source: str, seqlen: int, should_stop: StopFn = _never,
                   phase: str = "perplexity", max_windows: int | None = None,
-                  batch_size: int = 4) -> Generator[Event, None, float]:
+                  batch_size: int = 4, data_dir: str | Path | None = None) -> Generator[Event, None, float]:
+    check_seqlen(loaded, seqlen, "evaluation")
     place_model(loaded)
-    ids = tokenize_eval(loaded.tokenizer, eval_text(source))
+    ids = eval_ids(loaded.tokenizer, source, seqlen, data_dir)
     return (yield from iter_perplexity(loaded.model, ids, seqlen, batch_size=batch_size,
                                        max_windows=max_windows, device=loaded.device,
                                        should_stop=should_stop, phase=phase))
@@ -140,7 +179,48 @@ def build_report(loaded: LoadedModel, recipe: Recipe, calib: CalibrationSet | No
         r["model"] = report["model"]["name"] if loaded.spec != "demo" else "demo"
         r["calibration"]["source"] = public_source(r["calibration"]["source"])
         r["eval_ppl"] = [public_source(s) for s in r["eval_ppl"]]
+        report = _scrub_paths(report, _private_paths(loaded, recipe, calib))
     return report
+
+
+def _private_paths(loaded: LoadedModel, recipe: Recipe, calib: CalibrationSet | None) -> dict[str, str]:
+    """The user's local paths a report could mention, each mapped to its last component."""
+    cands = [loaded.spec, str(loaded.path or ""), str(getattr(loaded.tokenizer, "name_or_path", "") or ""),
+             str(getattr(getattr(loaded.model, "config", None), "_name_or_path", "") or ""),
+             recipe.calibration.source, calib.source if calib is not None else "", *recipe.eval_ppl]
+    out: dict[str, str] = {}
+    for c in cands:
+        c = c.split(":", 1)[1] if c.startswith("selfgen:") else c
+        c, _ = split_field(c)
+        if not c or c.startswith("hf:") or ("/" not in c and "\\" not in c):
+            continue
+        full = os.path.expanduser(c)
+        variants = {c, full, os.path.abspath(full)}
+        try:
+            variants.add(str(Path(full).resolve()))
+        except OSError:  # pragma: no cover
+            pass
+        for v in variants:
+            name = Path(v).name
+            if len(v) > 1 and v != name:
+                out[v.rstrip("/\\") or v] = name
+    return out
+
+
+def _scrub_paths(obj: Any, paths: dict[str, str]) -> Any:
+    """``obj`` with every occurrence of a private path replaced by its file or folder name."""
+    if not paths:
+        return obj
+    if isinstance(obj, str):
+        for full in sorted(paths, key=len, reverse=True):
+            if full in obj:
+                obj = obj.replace(full, paths[full])
+        return obj
+    if isinstance(obj, dict):
+        return {k: _scrub_paths(v, paths) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_scrub_paths(v, paths) for v in obj)
+    return obj
 
 
 def iter_job(recipe: Recipe, out_dir: str | Path | None = None, overwrite: bool = False,
@@ -151,11 +231,14 @@ def iter_job(recipe: Recipe, out_dir: str | Path | None = None, overwrite: bool 
     if loaded is None:
         t0 = time.perf_counter()
         yield PhaseStarted("load", total=1)
-        loaded = load_model(recipe.model, recipe.device, recipe.dtype, recipe.trust_remote_code)
+        loaded = load_model(recipe.model, recipe.device, recipe.dtype, recipe.trust_remote_code,
+                            should_stop=should_stop, offload=recipe.prune.offload_mode,
+                            offload_dir=recipe.prune.offload_dir)
         seconds["load"] = time.perf_counter() - t0
         yield PhaseDone("load", seconds["load"])
         yield Message(f"Loaded {loaded.name}: {loaded.info['blocks']} blocks, "
                       f"{loaded.info['parameters'] / 1e6:.1f}M parameters, on {loaded.device}")
+    validate_recipe(loaded, recipe)
 
     calib: CalibrationSet | None = None
     if recipe.prune.needs_calibration:

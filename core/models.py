@@ -9,17 +9,18 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import re
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
 from . import architecture
 from .devices import dtype_name, resolve_device, resolve_dtype
-from .errors import ModelLoadError
+from .errors import Cancelled, ModelLoadError
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 
@@ -70,26 +71,68 @@ def _max_context(cfg: Any) -> int | None:
 def _wrap(e: BaseException, what: str) -> ModelLoadError:
     msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     text = f"{what}: {msg}"
-    low = text.lower()
+    low = str(e).lower()
+    details = traceback.format_exc()
+    if isinstance(e, pickle.UnpicklingError) or "weights only load failed" in low or "weights_only" in low:
+        return ModelLoadError(
+            f"{what}: the pickled .bin weights contain more than plain tensors and were refused "
+            "for safety (torch.load with weights_only=True failed).",
+            hint="Convert them to safetensors with a tool you trust, or use a safetensors copy of the model.",
+            details=details,
+        )
     if "trust_remote_code" in low or "custom code" in low:
         return ModelLoadError(
             f"{what}: this model needs its own Python code from the model folder, which Prune "
             "Studio does not run by default.",
-            hint="Only if you trust its author, enable 'trust remote code' (CLI: --trust-remote-code).",
-            details=traceback.format_exc(),
+            hint=_REMOTE_CODE_HINT,
+            details=details,
+        )
+    gguf_arch = re.search(r"gguf model with architecture (\S+) is not supported", low)
+    if gguf_arch:
+        return ModelLoadError(
+            f"{what}: transformers {_tf_version()} cannot read GGUF models of the "
+            f"'{gguf_arch.group(1)}' architecture (it reads {_gguf_archs()}).",
+            hint="Use the model's Hugging Face folder (safetensors) instead.",
+            details=details,
+        )
+    if "ignore_mismatched_sizes" in low or "size mismatch" in low:
+        return ModelLoadError(
+            f"{what}: the weights do not have the shapes its configuration describes "
+            "(a broken conversion, or files of two different models).",
+            details=details,
         )
     if "does not recognize this architecture" in low or "unrecognized" in low or "model_type" in low:
         return ModelLoadError(
-            f"{what}: this installation of transformers does not know the model's architecture.",
-            details=traceback.format_exc(),
+            f"{what}: this installation of transformers ({_tf_version()}) does not know the model's "
+            "architecture.",
+            hint="Upgrade transformers, or use a model of a supported architecture.",
+            details=details,
         )
-    if "weights_only" in low or "unpickl" in low:
-        return ModelLoadError(
-            f"{what}: the pickled .bin weights contain more than plain tensors and were refused "
-            "for safety (torch.load with weights_only=True failed). Convert them to safetensors.",
-            details=traceback.format_exc(),
-        )
-    return ModelLoadError(text, details=traceback.format_exc())
+    return ModelLoadError(text, details=details)
+
+
+_REMOTE_CODE_HINT = (
+    "Only if you trust its author, allow it with --trust-remote-code (CLI) or the 'trust remote "
+    "code' option (app): the model's Python files then run on this machine with your rights."
+)
+
+
+def _tf_version() -> str:
+    try:
+        import transformers
+
+        return transformers.__version__
+    except Exception:  # pragma: no cover
+        return "?"
+
+
+def _gguf_archs() -> str:
+    try:
+        from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
+
+        return ", ".join(sorted(a for a in GGUF_SUPPORTED_ARCHITECTURES if a not in ("general", "tokenizer")))
+    except Exception:  # pragma: no cover
+        return "a fixed list of architectures"
 
 
 def _strip_quantization(config: Any) -> Any:
@@ -114,6 +157,7 @@ def load_gguf_as_plain(gguf: Path, dtype: torch.dtype = torch.float32) -> tuple[
         import gguf as _gguf  # noqa: F401
     except ImportError as e:  # pragma: no cover - gguf is a dependency
         raise ModelLoadError("Reading GGUF files needs the 'gguf' package.") from e
+    _check_gguf(gguf)
     try:
         loaded = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=dtype)
         tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
@@ -159,16 +203,53 @@ def _check_folder(path: Path) -> None:
         raise ModelLoadError(
             f"The folder {path.name} has no config.json, so it is not a Hugging Face model folder."
         )
-    try:
-        json.loads((path / "config.json").read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ModelLoadError(f"config.json in {path.name} is not valid JSON: {e}") from e
+    _read_config(path)
     weights = list(path.glob("*.safetensors")) + list(path.glob("pytorch_model*.bin"))
     if not weights:
         raise ModelLoadError(f"The folder {path.name} has a config.json but no weight files "
                              "(*.safetensors or pytorch_model*.bin).")
     for st in path.glob("*.safetensors"):
         _check_safetensors(st)
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    try:
+        cfg = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise ModelLoadError(f"config.json in {path.name} is not valid JSON: {e}") from e
+    if not isinstance(cfg, dict):
+        raise ModelLoadError(f"config.json in {path.name} is not a JSON object, so it is not a model configuration.")
+    return cfg
+
+
+def _check_config(path: Path, trust_remote_code: bool) -> None:
+    """Refuse, with the reason, what transformers would refuse or misread: no or an unknown
+    ``model_type``, or custom code (``auto_map``) that is not allowed to run."""
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+
+    cfg = _read_config(path)
+    model_type = cfg.get("model_type")
+    auto_map = cfg.get("auto_map")
+    known = isinstance(model_type, str) and model_type in CONFIG_MAPPING_NAMES
+    if known:
+        return  # transformers' own class is used; shipped custom code is ignored without trust
+    if auto_map and not trust_remote_code:
+        raise ModelLoadError(
+            f"The model in {path.name} (model type '{model_type}') is defined by Python code shipped "
+            "with it (auto_map in config.json), which Prune Studio does not run by default.",
+            hint=_REMOTE_CODE_HINT,
+        )
+    if auto_map:
+        return  # trusted custom code: transformers loads it
+    if not model_type:
+        raise ModelLoadError(
+            f"config.json in {path.name} has no model_type, so the model's architecture is unknown."
+        )
+    raise ModelLoadError(
+        f"The model in {path.name} has the architecture '{model_type}', which this installation of "
+        f"transformers ({_tf_version()}) does not know.",
+        hint="Upgrade transformers, or use a model of a supported architecture.",
+    )
 
 
 def _check_safetensors(path: Path) -> None:
@@ -183,12 +264,46 @@ def _check_safetensors(path: Path) -> None:
             if n <= 0 or n > size - 8:
                 raise ValueError("header length is impossible")
             header = json.loads(f.read(n))
-        end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+        if not isinstance(header, dict):
+            raise ValueError("the header is not a JSON object")
+        end = 0
+        for k, v in header.items():
+            if k == "__metadata__":
+                continue
+            offsets = v.get("data_offsets") if isinstance(v, dict) else None
+            if (not isinstance(offsets, list) or len(offsets) != 2
+                    or not all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)
+                    or not 0 <= offsets[0] <= offsets[1]):
+                raise ValueError(f"tensor {str(k)[:60]!r} has no valid data_offsets")
+            end = max(end, offsets[1])
         if 8 + n + end > size:
             raise ValueError(f"{size} bytes on disk but the header describes {8 + n + end}")
-    except (OSError, ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
+    except (OSError, ValueError, RecursionError) as e:  # JSONDecodeError, UnicodeDecodeError are ValueErrors
         raise ModelLoadError(
             f"The weight file {path.name} is truncated or corrupt ({e}); download it again."
+        ) from e
+
+
+def _check_gguf(path: Path) -> None:
+    """A readable GGUF header: the magic bytes and metadata parse (catches truncated files)."""
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(4)
+    except OSError as e:
+        raise ModelLoadError(f"Could not read {path.name}: {e.strerror or e}.") from e
+    if magic != b"GGUF":
+        raise ModelLoadError(f"{path.name} is not a GGUF file (it does not start with the GGUF signature).")
+    try:
+        from gguf import GGUFReader
+
+        GGUFReader(str(path))
+    except ImportError:  # pragma: no cover - gguf is a dependency
+        return
+    except Exception as e:  # the reader raises ValueError, struct errors, IndexError ... on junk
+        raise ModelLoadError(
+            f"The GGUF file {path.name} is truncated or corrupt ({type(e).__name__}: "
+            f"{str(e).splitlines()[0][:200] if str(e) else ''}); download it again.",
+            details=traceback.format_exc(),
         ) from e
 
 
@@ -229,8 +344,9 @@ def _download_hub(repo_id: str) -> Path:
         return Path(snapshot_download(repo_id, allow_patterns=patterns))
     except Exception as e:
         raise ModelLoadError(
-            f"Could not download {repo_id} from the Hugging Face hub and it is not in the local "
-            "cache (offline, a private model without a token, or a wrong id).",
+            f"Model not found: {repo_id} is not a local folder, and it could not be downloaded from "
+            "the Hugging Face hub nor found in the local cache (offline, a private model without a "
+            "token, or a wrong id).",
             details=f"{type(e).__name__}: {e}",
         ) from e
 
@@ -240,28 +356,81 @@ def load_model(
     device: str = "auto",
     dtype: str = "auto",
     trust_remote_code: bool = False,
+    should_stop: Callable[[], bool] | None = None,
+    offload: str = "cpu",
+    offload_dir: str | None = None,
 ) -> LoadedModel:
-    """Load a causal LM and its tokenizer on the CPU, ready for layer-wise pruning."""
+    """Load a causal LM and its tokenizer on the CPU, ready for layer-wise pruning.
+
+    ``offload="disk"`` reads only what lies outside the decoder blocks; the blocks stay in the
+    safetensors files until used (see :mod:`offload`), so the model may be larger than RAM.
+
+    ``should_stop`` is checked between the steps (finding or downloading the files, reading the
+    weights, reading the tokenizer); a step itself is not interrupted, so a cancel takes effect
+    when the step in progress ends. Raises :class:`Cancelled` then.
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    def check_stop() -> None:
+        if should_stop is not None and should_stop():
+            raise Cancelled()
+
+    check_stop()
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
     folder, gguf_name, name = resolve_spec(spec, trust_remote_code)
     assert folder is not None
-    if gguf_name is not None:
-        model, tokenizer = load_gguf_as_plain(folder / gguf_name, dtype=dt)
-    else:
-        try:
-            model = AutoModelForCausalLM.from_pretrained(
-                str(folder), dtype=dt, trust_remote_code=trust_remote_code, low_cpu_mem_usage=True,
-            )
-        except Exception as e:
-            raise _wrap(e, f"Could not load the model in {folder.name}") from e
+    check_stop()
+    if offload == "disk":
+        if gguf_name is not None:
+            raise ModelLoadError("Disk offload reads safetensors folders; a GGUF file must be "
+                                 "dequantised in memory.", hint="Use offload cpu for GGUF models.")
+        from .offload import load_model_lazy
+
+        _check_config(folder, trust_remote_code)
+        model = load_model_lazy(folder, dt, trust_remote_code, offload_dir)
+        check_stop()
         try:
             tokenizer = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=trust_remote_code)
         except Exception as e:
             raise _wrap(e, f"Could not load the tokenizer in {folder.name}") from e
+        check_stop()
+    elif gguf_name is not None:
+        model, tokenizer = load_gguf_as_plain(folder / gguf_name, dtype=dt)
+        check_stop()
+    else:
+        _check_config(folder, trust_remote_code)
+        try:
+            model, loading = AutoModelForCausalLM.from_pretrained(
+                str(folder), dtype=dt, trust_remote_code=trust_remote_code, low_cpu_mem_usage=True,
+                weights_only=True, output_loading_info=True,
+            )
+        except Exception as e:
+            raise _wrap(e, f"Could not load the model in {folder.name}") from e
+        missing = sorted(loading.get("missing_keys") or ())
+        if missing:
+            raise ModelLoadError(
+                f"The weights in {folder.name} do not match its config.json: {len(missing)} tensors "
+                f"are missing (e.g. {', '.join(missing[:3])}), so they would be random.",
+                hint="The files may belong to another model or be an incomplete download.",
+            )
+        check_stop()
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=trust_remote_code)
+        except Exception as e:
+            if not any((folder / f).exists() for f in _TOKENIZER_FILES):
+                raise ModelLoadError(
+                    f"The folder {folder.name} has no tokenizer files ({', '.join(_TOKENIZER_FILES[:3])}, ...).",
+                    hint="Copy the tokenizer files of the original model into it.",
+                    details=traceback.format_exc(),
+                ) from e
+            raise _wrap(e, f"Could not load the tokenizer in {folder.name}") from e
+        check_stop()
     model.eval()
     info = describe(model)
     return LoadedModel(model=model, tokenizer=tokenizer, name=name, spec=spec, path=folder,
                        device=dev, dtype=dt, info=info)
+
+
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json",
+                    "spiece.model", "vocab.txt")

@@ -20,15 +20,26 @@ from .events import Event, PhaseDone, PhaseProgress, PhaseStarted
 from .textsources import iter_texts, split_field
 
 
-def eval_text(source: str, max_chars: int | None = None) -> str:
-    """The single evaluation string for a source (file path, ``hf:...`` or preset)."""
+def eval_text(source: str, max_chars: int | None = None, data_dir: str | Path | None = None) -> str:
+    """The single evaluation string for a source: a suite name (``wikitext2``, ``c4``: see
+    :mod:`ppl_suites`, read from ``data_dir`` or the default places), a file path, ``hf:...``
+    or a preset."""
+    from .ppl_suites import is_suite, ppl_suite_text
+
+    if is_suite(source):
+        return ppl_suite_text(source, data_dir)
     base, field = split_field(source)
     p = Path(base)
     if p.suffix.lower() in (".txt", ".raw", ".tokens") and p.is_file():
         rows = []
-        with open(p, encoding="utf-8", errors="strict") as f:
-            for line in f:
-                rows.append("" if not line.strip() else line)
+        try:
+            with open(p, encoding="utf-8", errors="strict") as f:
+                for line in f:
+                    rows.append("" if not line.strip() else line)
+        except UnicodeDecodeError as e:
+            raise EvaluationError(f"The evaluation file {p.name} is not UTF-8 text; save it as UTF-8.") from e
+        except OSError as e:
+            raise EvaluationError(f"Could not read the evaluation file {p.name}: {e.strerror or e}.") from e
         text = "\n\n".join(rows)
     else:
         parts: list[str] = []
@@ -46,6 +57,16 @@ def eval_text(source: str, max_chars: int | None = None) -> str:
 
 def tokenize_eval(tokenizer: Any, text: str) -> torch.Tensor:
     return torch.tensor(tokenizer(text)["input_ids"], dtype=torch.long)
+
+
+def eval_ids(tokenizer: Any, source: str, seqlen: int, data_dir: str | Path | None = None) -> torch.Tensor:
+    """Token ids to evaluate for ``source``; a suite keeps only the tokens its convention keeps
+    (C4: the first 256 * seqlen)."""
+    from .ppl_suites import suite_max_windows
+
+    ids = tokenize_eval(tokenizer, eval_text(source, data_dir=data_dir))
+    mw = suite_max_windows(source)
+    return ids[: mw * seqlen] if mw else ids
 
 
 def iter_perplexity(
@@ -90,8 +111,8 @@ def iter_perplexity(
 
 
 def perplexity(model: Any, tokenizer: Any, source: str, seqlen: int, batch_size: int = 4,
-               max_windows: int | None = None) -> float:
-    ids = tokenize_eval(tokenizer, eval_text(source))
+               max_windows: int | None = None, data_dir: str | Path | None = None) -> float:
+    ids = eval_ids(tokenizer, source, seqlen, data_dir)
     gen = iter_perplexity(model, ids, seqlen, batch_size, max_windows)
     while True:
         try:

@@ -89,8 +89,12 @@ def sample_calibration(
             stream.extend(ids)
         total = len(stream)
         if total < seqlen + 1:
+            per = total // nsamples
+            possible = (f" Possible: {nsamples} samples of {per} tokens (sequence length {per}), or more text."
+                        if per >= 2 else " Add more text.")
             raise CalibrationError(
-                f"{describe_source(source)} has only {total} tokens; one window of {seqlen} needs more."
+                f"{describe_source(source)} has only {total:,} tokens, not enough for one window of "
+                f"{seqlen}.{possible}"
             )
         if total < nsamples * seqlen:
             raise CalibrationError(

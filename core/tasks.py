@@ -220,6 +220,8 @@ def _jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
                 row = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise _BadRow(f"line {lineno}", f"not valid JSON ({exc.msg})") from None
+            except (ValueError, RecursionError) as exc:
+                raise _BadRow(f"line {lineno}", f"not valid JSON ({str(exc)[:100]})") from None
             if not isinstance(row, dict):
                 raise _BadRow(f"line {lineno}", "not a JSON object")
             yield lineno, row
@@ -229,7 +231,7 @@ def _from_jsonl(path: Path, make: Callable[[dict[str, Any]], MCItem]) -> Iterato
     for lineno, row in _jsonl(path):
         try:
             yield make(row)
-        except (KeyError, ValueError, TypeError, IndexError, AttributeError) as exc:
+        except (KeyError, ValueError, TypeError, IndexError, AttributeError, OverflowError) as exc:
             why = f"missing field {exc}" if isinstance(exc, KeyError) else str(exc)
             raise _BadRow(f"line {lineno}", why) from None
         except EvaluationError as exc:
@@ -401,6 +403,12 @@ def _load_local(name: str, data_dir: str | Path, limit: int | None) -> list[MCIt
         raise EvaluationError(
             f"The {name} file {path} could not be read ({exc.__class__.__name__}).",
             details=str(exc),
+        ) from None
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError, OverflowError,
+            RecursionError, csv.Error) as exc:  # junk the row parsers did not expect
+        raise EvaluationError(
+            f"The {name} file {path} is malformed ({exc.__class__.__name__}: {str(exc)[:200]}).",
+            details=traceback.format_exc(),
         ) from None
     if not items:
         raise EvaluationError(f"The {name} file {path} holds no questions.")

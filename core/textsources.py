@@ -19,6 +19,7 @@ import gzip
 import io
 import json
 import os
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -93,8 +94,10 @@ def _open_text(path: Path) -> io.TextIOBase:
     try:
         raw = gzip.open(path, "rb") if path.suffix.lower() == ".gz" else open(path, "rb")
         head = raw.read(8192)
-    except (OSError, EOFError) as e:
-        raise CalibrationError(f"Could not read {path.name}: {e}") from e
+    except (gzip.BadGzipFile, EOFError, zlib.error) as e:
+        raise CalibrationError(f"{path.name} is not a valid gzip file ({e or 'it ends too early'}).") from e
+    except OSError as e:
+        raise CalibrationError(f"Could not read {path.name}: {e.strerror or e}") from e
     if not head:
         raw.close()
         raise CalibrationError(f"{path.name} is empty.")
@@ -140,10 +143,18 @@ def iter_file_texts(path: Path, field: str | None = None) -> Iterator[str]:
             yield from _iter_txt(path)
     except UnicodeDecodeError as e:
         raise CalibrationError(
-            f"{path.name} is not UTF-8 text (invalid byte at position {e.start} of a chunk)."
+            f"{path.name} is not UTF-8 text (invalid byte 0x{e.object[e.start]:02x}); "
+            "save it as UTF-8."
         ) from e
-    except (OSError, EOFError, gzip.BadGzipFile) as e:
-        raise CalibrationError(f"Could not read {path.name}: {e}") from e
+    except (gzip.BadGzipFile, EOFError, zlib.error) as e:
+        raise CalibrationError(f"{path.name} is not a valid gzip file ({e or 'it ends too early'}).") from e
+    except OSError as e:
+        raise CalibrationError(f"Could not read {path.name}: {e.strerror or e}") from e
+    except csv.Error as e:
+        raise CalibrationError(f"{path.name} is not a readable CSV file ({e}).") from e
+    except (ValueError, RecursionError) as e:  # e.g. a JSON number too long, nesting too deep
+        raise CalibrationError(f"{path.name} could not be read as {kind.upper()} ({type(e).__name__}: "
+                               f"{str(e)[:200]}).") from e
 
 
 def _iter_txt(path: Path) -> Iterator[str]:
@@ -173,37 +184,54 @@ def pick_field(record: dict[str, Any], field: str | None, where: str) -> str:
 
 
 def _iter_jsonl(path: Path, field: str | None) -> Iterator[str]:
+    """One document per line; broken or text-less lines are skipped and listed in a warning,
+    and a file with no usable line at all is an error."""
     bad: list[int] = []
     good = 0
+    fields_seen: list[str] = []
     with _open_text(path) as f:
         for lineno, line in enumerate(f, start=1):
             if not line.strip():
                 continue
             try:
                 rec = json.loads(line)
-            except json.JSONDecodeError:
+            except (ValueError, RecursionError):
                 bad.append(lineno)
                 continue
             if not isinstance(rec, dict):
                 bad.append(lineno)
                 continue
             if field is None:
-                field = pick_field(rec, None, f"{path.name} line {lineno}")
+                try:
+                    field = pick_field(rec, None, f"{path.name} line {lineno}")
+                except CalibrationError:
+                    fields_seen = fields_seen or [str(k) for k in rec][:10]
+                    bad.append(lineno)
+                    continue
             text = rec.get(field)
             if not isinstance(text, str):
+                fields_seen = fields_seen or [str(k) for k in rec][:10]
                 bad.append(lineno)
                 continue
             good += 1
-            yield text
+            try:
+                yield text
+            except GeneratorExit:  # the reader has enough (a huge file): still report what was skipped
+                if bad:
+                    _warn(f"{path.name}: skipped {len(bad)} broken or text-less lines in the part read "
+                          f"({', '.join(map(str, bad[:10]))}{' ...' if len(bad) > 10 else ''}).")
+                raise
+    lines = ", ".join(map(str, bad[:10])) + (" ..." if len(bad) > 10 else "")
     if bad and good == 0:
+        what = f"a '{field}' text field" if field else "a text field"
+        seen = f" Fields seen: {', '.join(fields_seen)}; name the text field with #field." if fields_seen else ""
         raise CalibrationError(
-            f"{path.name}: no line holds a JSON object with a text field "
-            f"({len(bad)} unusable lines, first at line {bad[0]})."
+            f"{path.name}: no line holds a JSON object with {what} "
+            f"({len(bad)} unusable lines: {lines}).{seen}"
         )
     if good == 0:
         raise CalibrationError(f"{path.name} is empty.")
     if bad:
-        lines = ", ".join(map(str, bad[:10])) + (" ..." if len(bad) > 10 else "")
         _warn(f"{path.name}: skipped {len(bad)} broken or text-less lines ({lines}).")
 
 
@@ -220,13 +248,18 @@ def _iter_json(path: Path, field: str | None) -> Iterator[str]:
                 break
     if not isinstance(data, list) or not data:
         raise CalibrationError(f"{path.name} is not a list of records or strings.")
+    found = 0
     for i, rec in enumerate(data):
         if isinstance(rec, str):
+            found += 1
             yield rec
         elif isinstance(rec, dict):
             field = field or pick_field(rec, None, f"{path.name} record {i}")
             if isinstance(rec.get(field), str):
+                found += 1
                 yield rec[field]
+    if not found:
+        raise CalibrationError(f"{path.name} holds no text: no string or record with a text field.")
 
 
 def _iter_csv(path: Path, field: str | None) -> Iterator[str]:
@@ -241,9 +274,13 @@ def _iter_csv(path: Path, field: str | None) -> Iterator[str]:
             col = cands[0] if cands else reader.fieldnames[-1]
         if col not in reader.fieldnames:
             raise CalibrationError(f"{path.name} has no column '{col}' (columns: {', '.join(reader.fieldnames)}).")
+        found = 0
         for row in reader:
             if row.get(col):
+                found += 1
                 yield row[col]
+        if not found:
+            raise CalibrationError(f"{path.name}: the column '{col}' is empty in every row.")
 
 
 def _iter_parquet(path: Path, field: str | None) -> Iterator[str]:
@@ -259,7 +296,14 @@ def _iter_parquet(path: Path, field: str | None) -> Iterator[str]:
     col = field or next((c for c in TEXT_FIELDS if c in names), None)
     if col is None or col not in names:
         raise CalibrationError(f"{path.name} has no text column (columns: {', '.join(names)}); name one with #field.")
-    for batch in pf.iter_batches(columns=[col], batch_size=512):
+    batches = pf.iter_batches(columns=[col], batch_size=512)
+    while True:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        except Exception as e:  # pyarrow: ArrowInvalid, ArrowIOError ... on a damaged file
+            raise CalibrationError(f"{path.name} is a damaged Parquet file: {e}") from e
         for text in batch.column(0).to_pylist():
             if isinstance(text, str):
                 yield text
