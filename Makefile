@@ -28,7 +28,7 @@ test: $(READY)
 	QT_QPA_PLATFORM=offscreen $(PY) -m pytest -q
 
 package: $(READY)
-	$(PY) -m pip install -q --disable-pip-version-check "pyinstaller==6.17.0"
+	$(PY) -m pip install -q --disable-pip-version-check "pyinstaller==6.22.3" "pyinstaller-hooks-contrib==2026.9"
 	$(PY) -m PyInstaller --noconfirm --distpath dist --workpath build/pyinstaller packaging/prunestudio.spec
 
 clean-venv:

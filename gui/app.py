@@ -1,0 +1,109 @@
+"""Starting Prune Studio: ``prunestudio-gui`` / ``python -m prunestudio.gui``.
+
+``main()`` guards the standard streams (a windowed build has none), creates the QApplication with
+the organisation and application names, logs to a file in the user log folder, routes every
+uncaught exception to the error sink (:mod:`errors`), shows the window, and on quit cancels the
+running job and waits for its thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import logging.handlers
+import os
+import sys
+from pathlib import Path
+
+log = logging.getLogger("prunestudio")
+
+
+def guard_std_streams() -> None:
+    """Give ``print``, tqdm and warnings somewhere to write when the app has no console."""
+    for name in ("stdout", "stderr"):
+        if getattr(sys, name) is None:
+            setattr(sys, name, open(os.devnull, "w", encoding="utf-8"))  # noqa: SIM115 - lives as long as the app
+
+
+def log_dir() -> Path:
+    env = os.environ.get("PRUNESTUDIO_LOG_DIR")
+    if env:
+        return Path(env)
+    from platformdirs import user_log_dir
+
+    return Path(user_log_dir("prunestudio", appauthor=False))
+
+
+def setup_logging(level: int = logging.INFO) -> Path | None:
+    """Rotating log file in the user log folder; returns its path (None if it cannot be written)."""
+    root = logging.getLogger("prunestudio")
+    root.setLevel(level)
+    path = None
+    try:
+        d = log_dir()
+        d.mkdir(parents=True, exist_ok=True)
+        path = d / "prunestudio.log"
+        handler = logging.handlers.RotatingFileHandler(path, maxBytes=2_000_000, backupCount=3, encoding="utf-8")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(threadName)s] %(message)s"))
+        root.addHandler(handler)
+    except OSError:
+        path = None
+    logging.captureWarnings(True)
+    return path
+
+
+def configure_application(app) -> None:  # noqa: ANN001 - QApplication
+    """Names, icon and style sheet; QSettings are INI files (see :mod:`settings`)."""
+    from PySide6.QtCore import QSettings
+
+    from .resources import app_icon, style_sheet
+    from .settings import APPLICATION, DISPLAY_NAME, ORGANIZATION
+
+    app.setOrganizationName(ORGANIZATION)
+    app.setApplicationName(APPLICATION)
+    app.setApplicationDisplayName(DISPLAY_NAME)
+    app.setDesktopFileName("prunestudio")
+    from ..core import __version__
+
+    app.setApplicationVersion(__version__)
+    QSettings.setDefaultFormat(QSettings.Format.IniFormat)
+    app.setWindowIcon(app_icon())
+    qss = style_sheet()
+    if qss:
+        app.setStyleSheet(qss)
+
+
+def main(argv: list[str] | None = None) -> int:
+    guard_std_streams()
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    log_file = setup_logging()
+
+    from PySide6.QtWidgets import QApplication
+
+    from . import errors
+    from .main_window import MainWindow
+    from .settings import sync_all
+    from .worker import wait_for_workers
+
+    app = QApplication.instance() or QApplication(list(argv if argv is not None else sys.argv))
+    configure_application(app)
+    undo_hooks = errors.install_hooks()
+    app.aboutToQuit.connect(lambda: wait_for_workers(15000))
+    app.aboutToQuit.connect(sync_all)
+    log.info("Prune Studio starting; log file %s", log_file)
+    window = MainWindow()
+    window.show()
+    args = list(argv if argv is not None else sys.argv)
+    if "--smoke-test" in args:  # start, show, quit: checks that an installed or frozen app runs
+        from PySide6.QtCore import QTimer
+
+        QTimer.singleShot(0, window.close)
+        QTimer.singleShot(0, app.quit)
+    try:
+        return int(app.exec())
+    finally:
+        undo_hooks()
+        log.info("Prune Studio closed")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
