@@ -14,7 +14,7 @@ import json
 import math
 import os
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -57,6 +57,11 @@ class CalibrationSet:
     settings: dict[str, Any] = field(default_factory=dict)
     tokenizer_name: str = ""
     tokenizer_fingerprint: str = ""
+
+    def copy(self) -> "CalibrationSet":
+        """An independent copy (samples included): later edits of one never change the other."""
+        return replace(self, samples=[replace(s, input_ids=list(s.input_ids)) for s in self.samples],
+                       settings=dict(self.settings))
 
     # ---- the samples the pruner uses --------------------------------------------------------
     def kept(self) -> list[CalibSample]:

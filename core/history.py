@@ -102,6 +102,23 @@ class History:
                 "export_path, report) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", row)
             return int(cur.lastrowid)
 
+    def update(self, run_id: int, report: dict[str, Any] | None = None,
+               export_path: str | os.PathLike | None = None) -> None:
+        """Replace a run's report (e.g. after a later evaluation) and/or record where it was exported."""
+        sets: list[str] = []
+        args: list[Any] = []
+        if report is not None:
+            sets += ["report = ?", "ppl_dense = ?", "ppl_pruned = ?", "global_sparsity = ?"]
+            args += [json.dumps(report, default=str), report.get("ppl_dense"), report.get("ppl_pruned"),
+                     report.get("global_sparsity")]
+        if export_path is not None:
+            sets.append("export_path = ?")
+            args.append(str(export_path))
+        if not sets:
+            return
+        with closing(self._connect()) as con, con:
+            con.execute(f"UPDATE runs SET {', '.join(sets)} WHERE id = ?", (*args, run_id))
+
     def runs(self, key_prefix: str | None = None) -> list[RunRow]:
         q = "SELECT * FROM runs"
         args: tuple[Any, ...] = ()

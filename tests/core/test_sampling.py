@@ -95,3 +95,13 @@ def test_set_for_another_tokenizer_is_refused(tokenizer, corpus_file, tmp_path):
 def test_zero_samples_is_refused(tokenizer, corpus_file):
     with pytest.raises(ConfigError):
         sample_calibration(tokenizer, str(corpus_file), 0, 16)
+
+
+def test_calibration_set_copy_is_independent(tokenizer, corpus_file):
+    cs = sample_calibration(tokenizer, str(corpus_file), 4, 16, seed=0)
+    original = list(cs.samples[1].input_ids)
+    cp = cs.copy()
+    cp.samples[0].dropped = True
+    cp.samples[1].input_ids[0] = original[0] + 1
+    assert not cs.samples[0].dropped and len(cs) == 4 and len(cp) == 3
+    assert cs.samples[1].input_ids == original
