@@ -217,6 +217,8 @@ class AppState(QObject):
             self.run.ppl_pruned = ppl
             self.run.ppl_dense = self.cached_dense(es)
             self.run.eval = es
+            if self.run.report is not None:
+                self._update_history({**self.run.report, "ppl_pruned": ppl, "ppl_dense": self.run.ppl_dense})
         self.run_changed.emit()
 
     def ppl_table(self) -> list[tuple[str, int, int | None, float | None, float | None]]:
@@ -279,9 +281,17 @@ class AppState(QObject):
         self.export_path = Path(path)
         if self.run is not None:
             self.run.report = report
-        # History has no update yet: the run's row was written when it finished (export path
-        # empty). Asked the engine for History.set_export_path(run_id, path).
+        self._update_history(report, path)
         self.run_changed.emit()
+
+    def _update_history(self, report: dict[str, Any] | None, path: Path | None = None) -> None:
+        """Keep the run's history row in step with later evaluations and the export."""
+        if self.history_id is None:
+            return
+        try:
+            self.history().update(self.history_id, report, export_path=path)
+        except Exception as e:  # noqa: BLE001 - a broken history must not lose the run
+            errors.report(e, context="updating the run in the history")
 
     def history(self) -> History:
         if self._history is None:

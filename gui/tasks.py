@@ -13,7 +13,7 @@ the model was pruned or partly pruned, and reloads it from its spec first (:func
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Generator
 
@@ -177,18 +177,13 @@ class RunOutcome:
     eval: EvalSettings | None = None  # what ppl_dense / ppl_pruned were measured with
 
 
-def _frozen_copy(cs: CalibrationSet) -> CalibrationSet:
-    """Shallow copies of the samples (token lists are never mutated, only the dropped flags)."""
-    return replace(cs, samples=[replace(s) for s in cs.samples], settings=dict(cs.settings))
-
-
 def run(req: RunRequest, should_stop: StopFn = _never) -> Generator[Event, None, RunOutcome]:
     """(Reload,) dense perplexity if wanted and not cached, prune, pruned perplexity, report."""
     seconds: dict[str, float] = {}
     loaded = yield from ensure_dense(req.loaded, req.args, should_stop)
     prune_cfg = req.recipe.prune
     # a private copy: the report must describe the samples this run used, whatever is edited later
-    calib = _frozen_copy(req.calib) if prune_cfg.needs_calibration and req.calib is not None else None
+    calib = req.calib.copy() if prune_cfg.needs_calibration and req.calib is not None else None
     ids = calib.input_ids() if calib is not None else None
 
     ppl_dense = req.cached_dense
