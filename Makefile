@@ -30,6 +30,7 @@ test: $(READY)
 package: $(READY)
 	$(PY) -m pip install -q --disable-pip-version-check "pyinstaller==6.22.3" "pyinstaller-hooks-contrib==2026.9"
 	$(PY) -m PyInstaller --noconfirm --distpath dist --workpath build/pyinstaller packaging/prunestudio.spec
+	bash packaging/smoke_test.sh
 
 clean-venv:
 	rm -rf $(VENV)

@@ -90,9 +90,16 @@ def main(argv: list[str] | None = None) -> int:
     app.aboutToQuit.connect(lambda: wait_for_workers(15000))
     app.aboutToQuit.connect(sync_all)
     log.info("Prune Studio starting; log file %s", log_file)
+    args = list(argv if argv is not None else sys.argv)
+    if "--self-test" in args:  # a tiny prune end to end, no window: proves a frozen bundle works
+        from .selftest import run_self_test
+
+        try:
+            return run_self_test(app)
+        finally:
+            undo_hooks()
     window = MainWindow()
     window.show()
-    args = list(argv if argv is not None else sys.argv)
     if "--smoke-test" in args:  # start, show, quit: checks that an installed or frozen app runs
         from PySide6.QtCore import QTimer
 
