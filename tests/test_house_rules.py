@@ -45,10 +45,15 @@ def test_core_does_not_print():
 def test_no_hard_coded_cuda_device_or_layer_path():
     offenders = []
     for path in _core_files():
-        text = path.read_text(encoding="utf-8")
-        for bad in ('"cuda:0"', "'cuda:0'", "model.model.layers"):
-            if bad in text:
-                offenders.append(f"{path.relative_to(REPO)}: {bad}")
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        docstrings = {id(n.value) for n in ast.walk(tree) if isinstance(n, ast.Expr)}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings:
+                if node.value.startswith("cuda:0"):
+                    offenders.append(f"{path.relative_to(REPO)}:{node.lineno} cuda:0")
+            if isinstance(node, ast.Attribute) and ast.unparse(node).endswith("model.layers") \
+                    and ast.unparse(node).count(".") >= 2:
+                offenders.append(f"{path.relative_to(REPO)}:{node.lineno} {ast.unparse(node)}")
     assert not offenders, offenders
 
 
