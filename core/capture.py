@@ -90,7 +90,8 @@ def capture_first_block_inputs(
         kwargs_l.append(_clean_kwargs(kwargs))
         raise _StopForward
 
-    handle = first_block.register_forward_pre_hook(hook, with_kwargs=True)
+    # prepend: runs before any other pre-hook of the block (a disk-offloaded block is not read)
+    handle = first_block.register_forward_pre_hook(hook, with_kwargs=True, prepend=True)
     try:
         for i in range(0, input_ids.shape[0], batch_size):
             if should_stop():

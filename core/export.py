@@ -97,7 +97,12 @@ def iter_export(
             raise Cancelled()
         yield PhaseProgress("export", 0, 4, "weights (safetensors)")
         gen_cfg = getattr(model, "generation_config", None)
-        model.save_pretrained(tmp, safe_serialization=True)
+        from .offload import save_lazy_model, store_of
+
+        if store_of(model) is not None:  # disk offload: blocks are streamed from their files
+            save_lazy_model(model, tmp)
+        else:
+            model.save_pretrained(tmp, safe_serialization=True)
         if should_stop():
             raise Cancelled()
         yield PhaseProgress("export", 1, 4, "tokenizer")

@@ -21,10 +21,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import architecture
+from . import architecture, offload
 from .capture import BlockInputs, capture_first_block_inputs, restore_outside, run_block
 from .config import PruneConfig
-from .devices import empty_cache
+from .devices import empty_cache, limit_host_allocator_retention, one_cpu_thread
 from .errors import Cancelled, ConfigError, PruneStudioError
 from .events import (AllocationComputed, BlockDone, BlockStarted, Event, Message, ModulePruned,
                      PhaseDone, PhaseStarted, RunFinished, RunStarted)
@@ -33,6 +33,11 @@ from .methods.masks import check_nm, nm_for_sparsity
 from .stats import InputStats, StatsNeeds
 
 INCOMPLETE_FLAG = "_prunestudio_incomplete"
+
+# Read module results back from the device once per block instead of once per module. None: on
+# every device but the CPU (where reading back costs nothing). Tests set it to exercise the
+# accelerator path on the CPU.
+DEFER_HOST_READS: bool | None = None
 
 
 class BlockOutOfMemory(PruneStudioError):
@@ -83,29 +88,74 @@ def is_incomplete(model: nn.Module) -> bool:
     return bool(getattr(model, INCOMPLETE_FLAG, False))
 
 
-class _BlockStats:
-    """Hooks that feed :class:`InputStats`; modules seeing the same input tensor share one."""
+class _StopBlock(Exception):
+    """Raised by a statistics hook once the last module of a block has recorded its input."""
 
-    def __init__(self, block: nn.Module, names: tuple[str, ...], needs: StatsNeeds, device: torch.device):
+
+class _BlockStats:
+    """Hooks that feed :class:`InputStats`; modules seeing the same input tensor share one.
+
+    The statistics pass needs the inputs of the block's modules, not its output: each batch stops
+    as soon as the block's last module has recorded its input, so e.g. Llama's ``down_proj``
+    product and the residual after it are never computed in this pass. The last module is learnt
+    from the first block's first batch (a full forward) and passed on to the next blocks
+    (``last_hint``; same class, same order; a wrong hint falls back to a full first batch).
+    """
+
+    def __init__(self, block: nn.Module, names: tuple[str, ...], needs: StatsNeeds, device: torch.device,
+                 early_stop: bool = True, last_hint: tuple[str, int] | None = None):
         self.block, self.names, self.needs, self.device = block, names, needs, device
+        self.early_stop = early_stop
+        self._hint = last_hint if early_stop else None
         self.stats: dict[str, InputStats] = {}
         self._handles: list[Any] = []
         self._first: dict[str, torch.Tensor] = {}
+        self._order: list[str] = []  # hook firings of the first batch, in order
+        # the module that runs last, and how often it runs per batch: learnt from the first batch,
+        # or given by the previous block (same class, same order) so even the first batch stops early
+        self._last: str | None = self._hint[0] if self._hint else None
+        self._last_calls = self._hint[1] if self._hint else 0
+        self._seen_last = 0
         for name in names:
             mod = block.get_submodule(name)
             self._handles.append(mod.register_forward_pre_hook(self._recorder(name)))
         self._grouped = False
 
-    def _recorder(self, name: str) -> Callable[..., None]:
+    def _recorder(self, name: str, record: bool = True) -> Callable[..., None]:
         def hook(module: nn.Module, args: tuple[Any, ...]) -> None:
             x = args[0]
             if not self._grouped:
-                self._first[name] = x  # kept alive until grouping, so storage identity is exact
-            elif name in self.stats:
+                self._first.setdefault(name, x)  # kept alive until grouping, so storage identity is exact
+                self._order.append(name)
+            elif record and name in self.stats:
                 self.stats[name].add(x)
+            if name == self._last:
+                self._seen_last += 1
+                if self._seen_last >= self._last_calls:
+                    raise _StopBlock
             return None
 
         return hook
+
+    def run(self, inputs: BlockInputs, i: int) -> None:
+        """Forward batch ``i`` through the block for its statistics (the output is not needed)."""
+        self._seen_last = 0
+        try:
+            run_block(self.block, inputs, i)
+        except _StopBlock:
+            pass
+        if not self._grouped and self._hint and any(n not in self._first for n in self.names):
+            # the hint was wrong for this block: run the first batch to the end instead
+            self._hint, self._last, self._last_calls = None, None, 0
+            self._first.clear()
+            self._order.clear()
+            run_block(self.block, inputs, i)
+        self.after_batch()
+
+    @property
+    def last_module(self) -> tuple[str, int] | None:
+        """(name, calls per batch) of the block's last module, once known: a hint for the next block."""
+        return (self._last, self._last_calls) if self._last is not None else None
 
     def after_batch(self) -> None:
         if self._grouped:
@@ -127,14 +177,21 @@ class _BlockStats:
                 self.stats[name] = st
         for name, leader in shared.items():
             self.stats[name] = self.stats[leader]
-        # only leaders keep hooks from now on
+        # only leaders keep recording hooks from now on (plus a stop-only hook on the last module)
         for h in self._handles:
             h.remove()
         self._handles = []
+        last = self._hint[0] if self._hint else (self._order[-1] if self._order else None)
         for name in leaders.values():
             mod = self.block.get_submodule(name)
             self._handles.append(mod.register_forward_pre_hook(self._recorder(name)))
+        if self.early_stop and last is not None and last not in leaders.values():
+            mod = self.block.get_submodule(last)
+            self._handles.append(mod.register_forward_pre_hook(self._recorder(last, record=False)))
+        if self.early_stop and last is not None and self._hint is None:
+            self._last, self._last_calls = last, self._order.count(last)
         self._first.clear()
+        self._order.clear()
         self._grouped = True
 
     def close(self) -> None:
@@ -150,13 +207,110 @@ def _is_oom(e: BaseException) -> bool:
     )
 
 
-def _preview(mask: torch.Tensor, size: int = 96) -> dict[str, np.ndarray]:
-    """Downsampled density image and per-row sparsity of a mask, for the GUI."""
+def _prune_one(mod: nn.Module, st: InputStats | None, s: float, cfg: PruneConfig, n_blk: int, m: int,
+               seqlen: int, name: str, sync: bool) -> Any:
+    """Prune one module in place (weights written back, exact zeros applied); returns the outcome."""
+    w = architecture.get_weight_2d(mod).detach().to(torch.float32)
+    with one_cpu_thread(w.device):  # small kernels: see devices.one_cpu_thread
+        if n_blk and m:
+            outcome = prune_module(w, st, n_blk / m, cfg, n_blk, m, seqlen, name, sync=sync)
+        else:
+            outcome = prune_module(w, st, s, cfg, seqlen=seqlen, name=name, sync=sync)
+        architecture.set_weight_2d(mod, outcome.weight)
+        architecture.apply_mask(mod, outcome.mask)  # exact zeros whatever the dtype
+    return outcome
+
+
+class _Pending:
+    """A pruned module's outcome until its numbers are on the host."""
+
+    def __init__(self, name: str, outcome: Any, seconds: float, original: torch.Tensor | None,
+                 n_blk: int) -> None:
+        self.name, self.outcome, self.seconds, self.original, self.n_blk = name, outcome, seconds, original, n_blk
+        outcome.weight = None  # already written into the module
+        self.numel = outcome.mask.numel()
+        self._preview_host: dict[str, np.ndarray] | None = None
+        self.shape = tuple(outcome.mask.shape)
+        self.zeros = 0
+        self._z: torch.Tensor | None = None
+        self._preview: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def defer(self, previews: bool) -> None:
+        """Start the device-side reductions; nothing is read back yet."""
+        self._z = self.outcome.mask.sum()
+        if previews:
+            self._preview = _preview_tensors(self.outcome.mask)
+
+    def host_numbers(self) -> list[torch.Tensor]:
+        ok = self.outcome.ok if self.outcome.ok is not None else torch.ones((), dtype=torch.bool,
+                                                                            device=self.outcome.mask.device)
+        err = self.outcome.info.get("error")
+        err = err if isinstance(err, torch.Tensor) else torch.zeros((), device=self.outcome.mask.device)
+        assert self._z is not None
+        return [self._z.double(), ok.double(), err.double()]
+
+
+def _settle(pending: list[_Pending], block: nn.Module, stats: "_BlockStats | None", s: float,
+            cfg: PruneConfig, m: int, seqlen: int) -> None:
+    """One device synchronisation for the whole block; redo any SparseGPT module whose Hessian
+    needed more damping (rare) with the synchronous path."""
+    flat = torch.stack([t for p in pending for t in p.host_numbers()]).tolist()
+    previews_host = [(_to_host(p._preview) if p._preview is not None else None) for p in pending]
+    for j, p in enumerate(pending):
+        z, ok, err = flat[3 * j: 3 * j + 3]
+        p.zeros = int(z)
+        if "error" in p.outcome.info and isinstance(p.outcome.info["error"], torch.Tensor):
+            p.outcome.info["error"] = float(err)
+        p._preview_host = previews_host[j]
+        if not ok:
+            mod = block.get_submodule(p.name)
+            assert p.original is not None
+            architecture.set_weight_2d(mod, p.original)
+            st = stats.stats[p.name] if stats is not None else None
+            p.outcome = _prune_one(mod, st, s, cfg, p.n_blk, m, seqlen, p.name, True)
+            p.zeros = int(p.outcome.mask.sum().item())
+            if p._preview_host is not None:
+                p._preview_host = _preview(p.outcome.mask)
+        p.original = None
+
+
+def _finish_module(p: _Pending, bi: int, block_sparsity: dict[str, float], module_info: dict[str, Any],
+                   notes: list[str], previews: bool) -> ModulePruned:
+    outcome = p.outcome
+    if p._z is None:  # synchronous path (CPU)
+        with one_cpu_thread(outcome.mask.device):
+            p.zeros = int(outcome.mask.sum().item())
+            if previews:
+                p._preview_host = _preview(outcome.mask)
+    achieved = p.zeros / p.numel
+    block_sparsity[p.name] = achieved
+    info = dict(outcome.info)
+    if info.get("damping_increased"):
+        notes.append(f"Block {bi} {p.name}: the Hessian was not positive definite; "
+                     f"damping raised to {info['damping']:.3g}.")
+    module_info[f"{bi}.{p.name}"] = info
+    if previews:
+        pv = p._preview_host
+        info = {**info, **(pv if pv is not None else _preview(outcome.mask))}
+    p.outcome = None
+    return ModulePruned(bi, p.name, achieved, p.seconds, p.shape, info)
+
+
+def _preview_tensors(mask: torch.Tensor, size: int = 96) -> tuple[torch.Tensor, torch.Tensor]:
     m = mask.float()
     rows = m.mean(dim=1)
     img = torch.nn.functional.adaptive_avg_pool2d(m[None, None], (min(size, m.shape[0]), min(size, m.shape[1])))[0, 0]
-    return {"row_sparsity": rows.cpu().numpy().astype(np.float32),
-            "mask_image": img.cpu().numpy().astype(np.float32)}
+    return rows, img
+
+
+def _to_host(t: tuple[torch.Tensor, torch.Tensor]) -> dict[str, np.ndarray]:
+    return {"row_sparsity": t[0].cpu().numpy().astype(np.float32),
+            "mask_image": t[1].cpu().numpy().astype(np.float32)}
+
+
+def _preview(mask: torch.Tensor, size: int = 96) -> dict[str, np.ndarray]:
+    """Downsampled density image and per-row sparsity of a mask, for the GUI."""
+    return _to_host(_preview_tensors(mask, size))
 
 
 def iter_prune(
@@ -175,6 +329,7 @@ def iter_prune(
     """
     device = torch.device(device)
     t_start = time.perf_counter()
+    limit_host_allocator_retention()
     lay = architecture.layout(model, cfg.skip_modules)
     nblocks = len(lay.blocks)
     n, m = cfg.nm
@@ -203,7 +358,11 @@ def iter_prune(
 
     inputs: BlockInputs | None = None
     where: dict[str, torch.device] = {}
+    store = offload.store_of(model)  # blocks memory-mapped from disk (offload "disk"), or None
     block_home = [next(b.parameters()).device for b in lay.blocks]
+    if cfg.offload_mode == "disk" and store is None:
+        notes.append("Disk offload needs the model loaded with it (load_model(..., offload='disk')); "
+                     "this model is already in memory, so blocks were offloaded to host memory.")
     owl_info = None
     try:
         with torch.no_grad():
@@ -218,7 +377,7 @@ def iter_prune(
             if cfg.owl:
                 t0 = time.perf_counter()
                 assert inputs is not None
-                ratios = yield from _owl_prepass(lay, inputs, device, cfg, should_stop)
+                ratios = yield from _owl_prepass(lay, inputs, device, cfg, should_stop, store)
                 from .methods.owl import owl_allocation, owl_nm_allocation
 
                 targets = owl_allocation(ratios, cfg.sparsity, cfg.owl_lambda)
@@ -241,57 +400,63 @@ def iter_prune(
             module_info: dict[str, dict[str, Any]] = {}
             zeros_total = 0
             numel_total = 0
+            # On an accelerator the per-module loop never waits for the device: counts, previews and
+            # SparseGPT's positive-definiteness checks are gathered on the device and read back
+            # once per block (one synchronisation), then the block's ModulePruned events follow.
+            defer = device.type != "cpu" if DEFER_HOST_READS is None else DEFER_HOST_READS
+            last_hint: tuple[str, int] | None = None
             for bi, block in enumerate(lay.blocks):
                 if should_stop():
                     raise Cancelled()
                 tb = time.perf_counter()
                 s = targets[bi]
                 yield BlockStarted(bi, nblocks, s)
+                saved = False
                 try:
-                    block.to(device)
+                    if store is not None:
+                        store.acquire(bi, device)
+                    else:
+                        block.to(device)
                     stats = None
                     if needs is not None:
                         assert inputs is not None
-                        stats = _BlockStats(block, lay.module_names, needs, device)
+                        stats = _BlockStats(block, lay.module_names, needs, device, last_hint=last_hint)
                         try:
                             for i in range(len(inputs.hidden)):
-                                run_block(block, inputs, i)
-                                stats.after_batch()
+                                stats.run(inputs, i)
                                 if should_stop():
                                     raise Cancelled()
                         finally:
                             stats.close()
+                        last_hint = stats.last_module
                     block_sparsity: dict[str, float] = {}
                     bz = bn_ = 0
+                    pending: list[_Pending] = []
                     for name in lay.module_names:
                         if should_stop():
                             raise Cancelled()
                         tm = time.perf_counter()
                         mod = block.get_submodule(name)
-                        w = architecture.get_weight_2d(mod).detach().to(torch.float32)
                         st = stats.stats[name] if stats is not None else None
-                        if n and m:
-                            n_blk = max(1, min(m - 1, round(s * m))) if cfg.owl else n
-                            outcome = prune_module(w, st, n_blk / m, cfg, n_blk, m, seqlen, name)
-                        else:
-                            outcome = prune_module(w, st, s, cfg, seqlen=seqlen, name=name)
-                        architecture.set_weight_2d(mod, outcome.weight)
-                        architecture.apply_mask(mod, outcome.mask)  # exact zeros whatever the dtype
-                        z = int(outcome.mask.sum().item())
-                        achieved = z / outcome.mask.numel()
-                        block_sparsity[name] = achieved
-                        bz += z
-                        bn_ += outcome.mask.numel()
-                        info = dict(outcome.info)
-                        if info.get("damping_increased"):
-                            notes.append(f"Block {bi} {name}: the Hessian was not positive definite; "
-                                         f"damping raised to {info['damping']:.3g}.")
-                        module_info[f"{bi}.{name}"] = info
-                        if previews:
-                            info = {**info, **_preview(outcome.mask)}
-                        del st
-                        yield ModulePruned(bi, name, achieved, time.perf_counter() - tm,
-                                           tuple(outcome.mask.shape), info)
+                        n_blk = (max(1, min(m - 1, round(s * m))) if cfg.owl else n) if n and m else 0
+                        sync = not (defer and cfg.method == "sparsegpt")
+                        original = architecture.get_weight_2d(mod).detach().clone() if not sync else None
+                        outcome = _prune_one(mod, st, s, cfg, n_blk, m, seqlen, name, sync)
+                        p = _Pending(name, outcome, time.perf_counter() - tm, original, n_blk)
+                        if defer:
+                            p.defer(previews)
+                            pending.append(p)
+                            continue
+                        yield _finish_module(p, bi, block_sparsity, module_info, notes, previews)
+                        bz += p.zeros
+                        bn_ += p.numel
+                    if pending:
+                        _settle(pending, block, stats, s, cfg, m, seqlen)
+                        for p in pending:
+                            yield _finish_module(p, bi, block_sparsity, module_info, notes, previews)
+                            bz += p.zeros
+                            bn_ += p.numel
+                        pending.clear()
                     if stats is not None:
                         del stats
                     if inputs is not None and bi + 1 < nblocks:
@@ -299,6 +464,7 @@ def iter_prune(
                             inputs.hidden[i] = run_block(block, inputs, i)
                             if should_stop():
                                 raise Cancelled()
+                    saved = True
                 except Exception as e:
                     if _is_oom(e):
                         raise BlockOutOfMemory(
@@ -308,9 +474,11 @@ def iter_prune(
                             details=str(e)) from e
                     raise
                 finally:
-                    if cfg.offload and block_home[bi] != device:
+                    if store is not None:
+                        store.release(bi, save=saved)
+                    elif cfg.offload and block_home[bi] != device:
                         block.to(block_home[bi])
-                        empty_cache(device)
+                    empty_cache(device)
                 zeros_total += bz
                 numel_total += bn_
                 layers.append({"index": bi, "modules": block_sparsity})
@@ -334,7 +502,8 @@ def iter_prune(
 
 
 def _owl_prepass(lay: architecture.BlockLayout, inputs: BlockInputs, device: torch.device,
-                 cfg: PruneConfig, should_stop: Callable[[], bool]) -> Generator[Event, None, list[float]]:
+                 cfg: PruneConfig, should_stop: Callable[[], bool],
+                 store: "offload.DiskBlockStore | None" = None) -> Generator[Event, None, list[float]]:
     """Dense pass over all blocks: the outlier ratio of each block's Wanda scores (OWL)."""
     from .methods.basic import wanda_scores
     from .methods.owl import outlier_ratio
@@ -345,21 +514,30 @@ def _owl_prepass(lay: architecture.BlockLayout, inputs: BlockInputs, device: tor
     ratios: list[float] = []
     for bi, block in enumerate(lay.blocks):
         home = next(block.parameters()).device
-        block.to(device)
-        stats = _BlockStats(block, lay.module_names, StatsNeeds(sq_norm=True), device)
+        if store is not None:
+            store.acquire(bi, device)
+        else:
+            block.to(device)
         try:
-            for i in range(len(hidden)):
-                if should_stop():
-                    raise Cancelled()
-                replay.hidden[i] = run_block(block, replay, i)
-                stats.after_batch()
+            stats = _BlockStats(block, lay.module_names, StatsNeeds(sq_norm=True), device, early_stop=False)
+            try:
+                for i in range(len(hidden)):
+                    if should_stop():
+                        raise Cancelled()
+                    replay.hidden[i] = run_block(block, replay, i)
+                    stats.after_batch()
+            finally:
+                stats.close()
+            scores = [wanda_scores(architecture.get_weight_2d(block.get_submodule(nm)).float(), stats.stats[nm])
+                      for nm in lay.module_names]
+            ratios.append(outlier_ratio(scores, cfg.owl_m))
+            del scores, stats
         finally:
-            stats.close()
-        scores = [wanda_scores(architecture.get_weight_2d(block.get_submodule(nm)).float(), stats.stats[nm])
-                  for nm in lay.module_names]
-        ratios.append(outlier_ratio(scores, cfg.owl_m))
-        if cfg.offload and home != device:
-            block.to(home)
+            if store is not None:
+                store.release(bi, save=False)
+            elif cfg.offload and home != device:
+                block.to(home)
+            empty_cache(device)
         yield Message(f"OWL: block {bi} outlier ratio {ratios[-1]:.4%}")
     return ratios
 

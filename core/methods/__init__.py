@@ -21,6 +21,8 @@ class ModuleOutcome:
     weight: torch.Tensor  # new [out, in] weight, zeros where pruned
     mask: torch.Tensor  # bool [out, in], True = removed
     info: dict[str, Any] = field(default_factory=dict)
+    # ``sync=False`` only: 0-dim bool tensor, False when the result must be recomputed with sync
+    ok: torch.Tensor | None = None
 
 
 def stats_needs(cfg: PruneConfig) -> StatsNeeds | None:
@@ -37,7 +39,7 @@ def stats_needs(cfg: PruneConfig) -> StatsNeeds | None:
 
 
 def _initial(method: str, weight: torch.Tensor, stats: InputStats | None, sparsity: float,
-             n: int, m: int, cfg: PruneConfig) -> ModuleOutcome:
+             n: int, m: int, cfg: PruneConfig, sync: bool = True) -> ModuleOutcome:
     if method == "magnitude":
         mask = magnitude_mask(weight, sparsity, n, m)
         return ModuleOutcome(weight.masked_fill(mask, 0), mask)
@@ -50,22 +52,24 @@ def _initial(method: str, weight: torch.Tensor, stats: InputStats | None, sparsi
 
         assert stats is not None and stats.hessian is not None
         res = sparsegpt_prune(weight, stats.hessian, sparsity, n=n, m=m,
-                              blocksize=cfg.sparsegpt_blocksize, percdamp=cfg.sparsegpt_damp)
+                              blocksize=cfg.sparsegpt_blocksize, percdamp=cfg.sparsegpt_damp, sync=sync)
         info = {"damping": res.damping, "damping_increased": res.damping_increased, "error": res.error}
-        return ModuleOutcome(res.weight, res.mask, info)
+        return ModuleOutcome(res.weight, res.mask, info, ok=res.ok)
     raise ValueError(f"not an initial-mask method: {method}")
 
 
 def prune_module(weight: torch.Tensor, stats: InputStats | None, sparsity: float,
                  cfg: PruneConfig, n: int = 0, m: int = 0, seqlen: int = 1,
-                 name: str = "") -> ModuleOutcome:
+                 name: str = "", sync: bool = True) -> ModuleOutcome:
     """Prune one ``[out, in]`` float32 weight to ``sparsity`` (or N:M) with ``cfg.method``.
 
     ``seqlen`` converts DSnoT's threshold from the reference's units (an error summed over a
-    sequence) to ours (per token); ``name`` is the module's name, for messages.
+    sequence) to ours (per token); ``name`` is the module's name, for messages. ``sync=False``
+    (GPU pipeline, SparseGPT only) avoids host synchronisation: the outcome's ``ok`` tensor must
+    then be checked, and the module redone with ``sync=True`` when it is False.
     """
     if cfg.method != "dsnot":
-        return _initial(cfg.method, weight, stats, sparsity, n, m, cfg)
+        return _initial(cfg.method, weight, stats, sparsity, n, m, cfg, sync)
     from .dsnot import dsnot_refine
 
     init = _initial(cfg.dsnot_init, weight, stats, sparsity, n, m, cfg)

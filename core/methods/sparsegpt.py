@@ -27,10 +27,11 @@ from dataclasses import dataclass
 
 import torch
 
+from ..devices import one_cpu_thread
 from ..errors import ConfigError, PruneStudioError
 from .masks import check_nm
 
-__all__ = ["SparseGPTResult", "sparsegpt_prune", "inverse_hessian_factor"]
+__all__ = ["SparseGPTResult", "sparsegpt_prune", "inverse_hessian_factor", "inverse_hessian_factor_nosync"]
 
 
 @dataclass(frozen=True)
@@ -39,7 +40,10 @@ class SparseGPTResult:
     mask: torch.Tensor  # bool, True = removed
     damping: float  # relative damping actually used (fraction of mean diag H)
     damping_increased: bool  # True if H + damping was not positive definite at ``percdamp``
-    error: float  # sum over columns of (w - q)^2 / (2 U_jj^2), as the reference reports
+    error: float | torch.Tensor  # sum over columns of (w - q)^2 / (2 U_jj^2), as the reference reports
+    # ``sync=False`` only: a 0-dim bool tensor, True when the factorisation at ``percdamp`` worked.
+    # While it is not checked the result is provisional (``error`` is then a 0-dim tensor too).
+    ok: torch.Tensor | None = None
 
 
 def inverse_hessian_factor(
@@ -79,6 +83,29 @@ def inverse_hessian_factor(
     )
 
 
+def inverse_hessian_factor_nosync(hessian: torch.Tensor, percdamp: float = 0.01) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`inverse_hessian_factor` at ``percdamp`` only, without any host synchronisation.
+
+    Returns ``(U, ok)`` where ``ok`` is a 0-dim bool tensor on the device: False when ``H`` is not
+    finite, not positive definite, or the factor is not finite (then ``U`` is garbage and the
+    caller must redo the module with :func:`inverse_hessian_factor`).
+    """
+    cols = hessian.shape[0]
+    mean_diag = torch.diagonal(hessian).mean()
+    eye = torch.eye(cols, dtype=hessian.dtype, device=hessian.device)
+    h = hessian + (percdamp * mean_diag) * eye
+    chol, info = torch.linalg.cholesky_ex(h)
+    del h
+    # a failed factor may hold zeros on its diagonal, which cholesky_inverse refuses (an error is a
+    # host synchronisation): invert the identity instead, the result is discarded anyway
+    chol = torch.where(info == 0, chol, eye)
+    hinv = torch.cholesky_inverse(chol)
+    del chol
+    upper, info2 = torch.linalg.cholesky_ex(hinv, upper=True)
+    ok = (info == 0) & (info2 == 0) & torch.isfinite(upper).all()
+    return upper, ok
+
+
 def _validate(weight: torch.Tensor, hessian: torch.Tensor, sparsity: float, n: int, m: int,
               blocksize: int, percdamp: float) -> None:
     if weight.dim() != 2:
@@ -99,6 +126,22 @@ def _validate(weight: torch.Tensor, hessian: torch.Tensor, sparsity: float, n: i
         raise ConfigError(f"SparseGPT damping must be >= 0, got {percdamp}.")
 
 
+def _column_loop(w1: torch.Tensor, err1: torch.Tensor, mask1: torch.Tensor, hinv1: torch.Tensor,
+                 d: torch.Tensor, d2: torch.Tensor, count: int, n: int, m: int, nm: bool) -> None:
+    """Prune the columns of one block in order, spreading each error over the rest of the block."""
+    for i in range(count):
+        if nm and i % m == 0:
+            group = w1[:, i : i + m]
+            score = (group * group) / d2[i : i + m].unsqueeze(0)
+            idx = torch.topk(score, n, dim=1, largest=False, sorted=False).indices
+            mask1[:, i : i + m].scatter_(1, idx, True)
+        # error of column i, (w - q) / d: q keeps the entry or zeroes it
+        e = err1[:, i]
+        torch.div(torch.where(mask1[:, i], w1[:, i], 0.0), d[i], out=e)
+        # OBS update of the rest of the block (row i of U is the update direction)
+        w1[:, i:].addr_(e, hinv1[i, i:], alpha=-1.0)
+
+
 @torch.no_grad()
 def sparsegpt_prune(
     weight: torch.Tensor,
@@ -108,12 +151,21 @@ def sparsegpt_prune(
     m: int = 0,
     blocksize: int = 128,
     percdamp: float = 0.01,
+    sync: bool = True,
 ) -> SparseGPTResult:
     """Prune ``weight`` (out x in) to ``sparsity`` (or N:M when ``n`` and ``m`` are given).
 
     ``hessian`` is ``2/n sum x x^T`` of the module's inputs (:attr:`InputStats.hessian`); it is
     not modified. With N:M the block size is rounded down to a multiple of ``m`` (at least ``m``)
     so no group straddles two blocks. Returns a :class:`SparseGPTResult`.
+
+    ``sync=False`` (GPU pipeline): no host synchronisation at all; the damping is not raised when
+    ``H`` is not positive definite, ``result.ok`` says whether it was, and ``result.error`` stays
+    a device tensor. A result with ``ok`` False must be recomputed with ``sync=True``.
+
+    Implementation note: each column costs three kernels (its error, the division, the rank-1
+    update) instead of the reference's seven; the values are bit-identical to the reference loop
+    (``q`` is read back from the updated block, since a kept entry's own update is ``0 * U_ii``).
     """
     _validate(weight, hessian, sparsity, n, m, blocksize, percdamp)
     nm = bool(n and m)
@@ -128,7 +180,12 @@ def sparsegpt_prune(
     diag.masked_fill_(dead, 1.0)
     w.masked_fill_(dead.unsqueeze(0), 0.0)
 
-    hinv, damping, increased = inverse_hessian_factor(h, percdamp)
+    ok = None
+    if sync:
+        hinv, damping, increased = inverse_hessian_factor(h, percdamp)
+    else:
+        hinv, ok = inverse_hessian_factor_nosync(h, percdamp)
+        damping, increased = float(percdamp), False
     del h
 
     mask = torch.zeros(rows, cols, dtype=torch.bool, device=w.device)
@@ -138,8 +195,7 @@ def sparsegpt_prune(
         c1 = min(c0 + blocksize, cols)
         count = c1 - c0
         w1 = w[:, c0:c1].clone()
-        q1 = torch.zeros_like(w1)
-        err1 = torch.zeros_like(w1)
+        err1 = torch.empty_like(w1)
         hinv1 = hinv[c0:c1, c0:c1]
         d = torch.diagonal(hinv1)
         d2 = d * d
@@ -150,32 +206,24 @@ def sparsegpt_prune(
             if k > 0:
                 score = (w1 * w1) / d2.unsqueeze(0)
                 idx = torch.topk(score.reshape(-1), k, largest=False, sorted=False).indices
-                mask1.view(-1)[idx] = True
+                mask1.view(-1).scatter_(0, idx, True)
 
-        for i in range(count):
-            if nm and i % m == 0:
-                group = w1[:, i : i + m]
-                score = (group * group) / d2[i : i + m].unsqueeze(0)
-                idx = torch.topk(score, n, dim=1, largest=False, sorted=False).indices
-                mask1[:, i : i + m] = torch.zeros_like(group, dtype=torch.bool).scatter_(1, idx, True)
-            col = w1[:, i]
-            q = col.masked_fill(mask1[:, i], 0.0)
-            q1[:, i] = q
-            e = (col - q) / d[i]
-            err1[:, i] = e
-            # OBS update of the rest of the block (row i of U is the update direction).
-            w1[:, i:].addr_(e, hinv1[i, i:], alpha=-1.0)
+        with one_cpu_thread(w.device):
+            _column_loop(w1, err1, mask1, hinv1, d, d2, count, n, m, nm)
 
-        w[:, c0:c1] = q1
+        # a kept entry's last change was its own zero error, so w1 holds q where not masked
+        w[:, c0:c1] = w1.masked_fill_(mask1, 0.0)
         mask[:, c0:c1] = mask1
         losses += (err1 * err1).sum(dim=1) / 2
         if c1 < cols:
             w[:, c1:].addmm_(err1, hinv[c0:c1, c1:], alpha=-1.0)
 
+    total = losses.sum()
     return SparseGPTResult(
         weight=w.to(weight.dtype),
         mask=mask,
         damping=damping,
         damping_increased=increased,
-        error=float(losses.sum()),
+        error=float(total) if sync else total,
+        ok=ok,
     )

@@ -1,0 +1,149 @@
+"""Disk offload: a model pruned with its blocks on disk equals the same model pruned in memory."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from prunestudio.core import architecture
+from prunestudio.core.config import PruneConfig
+from prunestudio.core.events import ModulePruned
+from prunestudio.core.models import load_model
+from prunestudio.core.offload import save_lazy_model, store_of
+from prunestudio.core.pipeline import iter_prune, run_to_completion
+
+from conftest import tiny_model
+
+
+def _ids(vocab: int, n: int = 6, seqlen: int = 24, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(3, vocab, (n, seqlen), generator=g)
+
+
+@pytest.fixture
+def saved(tmp_path, tokenizer):
+    def factory(arch: str):
+        d = tmp_path / f"{arch}-model"
+        model = tiny_model(arch, vocab_size=len(tokenizer), seed=1)
+        model.save_pretrained(d, safe_serialization=True)
+        tokenizer.save_pretrained(d)
+        return d
+
+    return factory
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "opt"])
+@pytest.mark.parametrize("method,structure", [("wanda", "unstructured"), ("sparsegpt", "unstructured"),
+                                              ("sparsegpt", "2:4")])
+def test_disk_offload_prunes_exactly_like_memory(saved, tmp_path, tokenizer, arch, method, structure):
+    folder = saved(arch)
+    ids = _ids(len(tokenizer))
+    ref = load_model(str(folder), "cpu", "fp32")
+    lazy = load_model(str(folder), "cpu", "fp32", offload="disk", offload_dir=str(tmp_path / "work"))
+    store = store_of(lazy.model)
+    assert store is not None and store_of(ref.model) is None
+    assert lazy.info["parameters"] == ref.info["parameters"]
+    lay = architecture.layout(lazy.model)
+    assert all(p.is_meta for p in lay.blocks.parameters())  # nothing of the blocks is in memory
+
+    cfg = PruneConfig(method=method, sparsity=0.5, structure=structure, batch_size=4)
+    r_ref = run_to_completion(iter_prune(ref.model, ids, cfg))
+    loaded_during: list[list[int]] = []
+
+    def watch(ev):
+        if isinstance(ev, ModulePruned):
+            loaded_during.append(store.loaded_blocks())
+
+    r_lazy = run_to_completion(iter_prune(lazy.model, ids, cfg.with_offload_mode("disk")), watch)
+
+    # one block in memory at a time, and none once the run is over
+    assert all(len(x) == 1 for x in loaded_during)
+    assert store.loaded_blocks() == []
+    assert all(p.is_meta for p in lay.blocks.parameters())
+    assert r_lazy.layers == r_ref.layers
+    assert r_lazy.global_sparsity == r_ref.global_sparsity
+
+    ref_sd = ref.model.state_dict()
+    n = 0
+    for name, t in store.block_state_items():
+        assert torch.equal(t, ref_sd[name]), name
+        n += 1
+    assert n == sum(1 for k in ref_sd if k.startswith(lay.path + "."))
+
+    # forward passes through the disk-backed model read each block when it runs
+    with torch.no_grad():
+        a = ref.model(input_ids=ids[:2]).logits
+        b = lazy.model(input_ids=ids[:2]).logits
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert store.loaded_blocks() == []
+
+
+def test_disk_offload_export_reloads_as_plain_model(saved, tmp_path, tokenizer):
+    from transformers import AutoModelForCausalLM
+
+    folder = saved("llama")
+    ids = _ids(len(tokenizer))
+    lazy = load_model(str(folder), "cpu", "fp32", offload="disk")
+    ref = load_model(str(folder), "cpu", "fp32")
+    cfg = PruneConfig(method="wanda", sparsity=0.5)
+    run_to_completion(iter_prune(lazy.model, ids, cfg.with_offload_mode("disk")))
+    run_to_completion(iter_prune(ref.model, ids, cfg))
+    out = tmp_path / "export"
+    save_lazy_model(lazy.model, out, max_shard_bytes=64 * 1024)  # small shards: exercises the index
+    index = json.loads((out / "model.safetensors.index.json").read_text())
+    assert len(set(index["weight_map"].values())) > 1
+    back = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
+    ref_sd = ref.model.state_dict()
+    for k, v in back.state_dict().items():
+        assert torch.equal(v, ref_sd[k]), k
+    # the temporary work folder of the pruned blocks goes away with the store
+    store = store_of(lazy.model)
+    work = store.workdir
+    assert work.exists() and any(work.iterdir())
+    store.close()
+    assert not work.exists()
+
+
+def test_owl_with_disk_offload(saved, tmp_path, tokenizer):
+    folder = saved("llama")
+    ids = _ids(len(tokenizer))
+    ref = load_model(str(folder), "cpu", "fp32")
+    lazy = load_model(str(folder), "cpu", "fp32", offload="disk")
+    cfg = PruneConfig(method="wanda", sparsity=0.5, owl=True, owl_lambda=0.08)
+    r1 = run_to_completion(iter_prune(ref.model, ids, cfg))
+    r2 = run_to_completion(iter_prune(lazy.model, ids, cfg.with_offload_mode("disk")))
+    assert r1.owl["block_sparsity"] == r2.owl["block_sparsity"]
+    assert r1.layers == r2.layers
+
+
+def test_disk_offload_config_and_cli(tmp_path):
+    from prunestudio.core.cli import _recipe_from_args, build_parser
+    from prunestudio.core.errors import ConfigError
+
+    args = build_parser().parse_args(["prune", "--model", "demo", "--offload", "disk",
+                                      "--offload-dir", str(tmp_path)])
+    recipe = _recipe_from_args(args)
+    assert recipe.prune.offload_mode == "disk" and recipe.prune.offload_dir == str(tmp_path)
+    args = build_parser().parse_args(["prune", "--model", "demo", "--offload", "none"])
+    assert _recipe_from_args(args).prune.offload_mode == "none"
+    assert PruneConfig().offload_mode == "cpu"
+    with pytest.raises(ConfigError):
+        PruneConfig(offload_to="tape")
+
+
+def test_disk_offload_refuses_gguf_and_missing_weights(tmp_path, tokenizer):
+    from prunestudio.core.errors import ModelLoadError
+    from prunestudio.core.offload import load_model_lazy
+
+    d = tmp_path / "m"
+    model = tiny_model("llama", vocab_size=len(tokenizer))
+    model.save_pretrained(d, safe_serialization=True)
+    from safetensors.torch import load_file, save_file
+
+    sd = load_file(str(d / "model.safetensors"))
+    sd.pop("model.layers.1.mlp.down_proj.weight")
+    save_file(sd, str(d / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(ModelLoadError, match="down_proj"):
+        load_model_lazy(d)
