@@ -526,14 +526,9 @@ def iter_experiment(spec: GridSpec, out_dir: str | Path, db_path: str | Path | N
 
 def run_experiment(spec: GridSpec, out_dir: str | Path, db_path: str | Path | None = None,
                    on_event: Callable[[Event], None] | None = None, **kw: Any) -> ExperimentResult:
-    gen = iter_experiment(spec, out_dir, db_path, **kw)
-    while True:
-        try:
-            ev = next(gen)
-        except StopIteration as stop:
-            return stop.value
-        if on_event is not None:
-            on_event(ev)
+    from .pipeline import run_to_completion
+
+    return run_to_completion(iter_experiment(spec, out_dir, db_path, **kw), on_event)
 
 
 def _spec_dict(spec: GridSpec) -> dict[str, Any]:

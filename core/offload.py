@@ -166,14 +166,21 @@ class DiskBlockStore:
     def read_block(self, i: int) -> dict[str, torch.Tensor]:
         """Block ``i``'s tensors on the CPU (pruned version when there is one), module-relative names."""
         out: dict[str, torch.Tensor] = {}
-        if i in self.pruned:
-            for rel in self._names[i]:
-                out[rel] = self._files.get(self.pruned[i], rel)
-        else:
-            prefix = f"{self.blocks_path}.{i}."
-            for rel in self._names[i]:
-                path, key = self.sources[prefix + rel]
-                out[rel] = _convert(self._files.get(path, key), self.dtype)
+        # Files are opened for this read only. safetensors' tensors are views of the file's memory
+        # map: a handle kept open would keep every page ever read mapped (and counted as resident
+        # memory) until the end; this way a block's pages go when the block is released.
+        files = _Files()
+        try:
+            if i in self.pruned:
+                for rel in self._names[i]:
+                    out[rel] = files.get(self.pruned[i], rel)
+            else:
+                prefix = f"{self.blocks_path}.{i}."
+                for rel in self._names[i]:
+                    path, key = self.sources[prefix + rel]
+                    out[rel] = _convert(files.get(path, key), self.dtype)
+        finally:
+            files.close()
         return out
 
     def acquire(self, i: int, device: torch.device | str) -> nn.Module:
@@ -218,7 +225,6 @@ class DiskBlockStore:
         path = self.workdir / f"block-{i:05d}.safetensors"
         tmp = path.with_name(path.name + ".tmp")
         save_file(tensors, str(tmp), metadata={"format": "pt"})
-        self._files.forget(path)
         os.replace(tmp, path)
         self.pruned[i] = path
 

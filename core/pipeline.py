@@ -29,7 +29,7 @@ from .errors import Cancelled, ConfigError, PruneStudioError
 from .events import (AllocationComputed, BlockDone, BlockStarted, Event, Message, ModulePruned,
                      PhaseDone, PhaseStarted, RunFinished, RunStarted)
 from .methods import prune_module, stats_needs
-from .methods.masks import check_nm, nm_for_sparsity
+from .methods.masks import check_nm
 from .stats import InputStats, StatsNeeds
 
 INCOMPLETE_FLAG = "_prunestudio_incomplete"

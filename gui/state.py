@@ -290,7 +290,10 @@ class AppState(QObject):
             return
         try:
             self.history().update(self.history_id, report, export_path=path)
+            self.history_changed.emit()
         except Exception as e:  # noqa: BLE001 - a broken history must not lose the run
+            from . import errors
+
             errors.report(e, context="updating the run in the history")
 
     def history(self) -> History:

@@ -24,6 +24,21 @@ CORPUS = (
 )
 
 
+@pytest.fixture(autouse=True)
+def _one_thread(request):
+    """Tiny models gain nothing from threads, and on a busy machine threads spin (10-100x slower).
+
+    Tests on the real default model (marked ``slow``) keep the machine's thread count.
+    """
+    if request.node.get_closest_marker("slow"):
+        yield
+        return
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def tiny_config(arch: str, vocab_size: int = 96):
     from transformers import (GemmaConfig, GPT2Config, LlamaConfig, MistralConfig, OPTConfig,
                               Phi3Config, Qwen2Config)

@@ -31,7 +31,7 @@ from prunestudio.core import sampling as sampling_mod
 from prunestudio.core import textsources
 from prunestudio.core.calibset import CalibrationSet, CalibSample, tokenizer_fingerprint
 from prunestudio.core.config import CalibConfig, PruneConfig, Recipe
-from prunestudio.core.errors import (CalibrationError, Cancelled, ConfigError, EvaluationError, ExportError,
+from prunestudio.core.errors import (CalibrationError, Cancelled, ConfigError, ExportError,
                                      ModelLoadError, PruneStudioError)
 from prunestudio.core.events import PhaseStarted, RunStarted
 from prunestudio.core.export import REPORT_NAME, iter_export
@@ -43,15 +43,6 @@ from prunestudio.core.tasks import TASKS, load_task
 from prunestudio.core.textsources import iter_texts
 
 from conftest import CORPUS, byte_tokenizer, tiny_model
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models gain nothing from threads, and a busy machine makes threads spin."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 # ---- shared material --------------------------------------------------------------------------

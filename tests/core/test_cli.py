@@ -7,9 +7,7 @@ the user can fix, 2 an unexpected failure (a bug), 130 cancelled.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-from pathlib import Path
 
 import pytest
 import torch
@@ -18,14 +16,6 @@ from prunestudio.core.calibset import CalibrationSet, CalibSample, tokenizer_fin
 from prunestudio.core.cli import EXIT_CANCELLED, EXIT_ERROR, EXIT_UNEXPECTED, main
 
 from conftest import CORPUS, byte_tokenizer, tiny_model
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

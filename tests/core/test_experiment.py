@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from prunestudio.core.errors import ConfigError
-from prunestudio.core.experiment import (DENSE, Cell, GridSpec, collect, mean_std, run_experiment, summarize,
+from prunestudio.core.experiment import (DENSE, GridSpec, collect, mean_std, run_experiment, summarize,
                                          summary_csv, summary_markdown)
 from prunestudio.core.history import History
 

@@ -17,15 +17,6 @@ from prunestudio.core.calibset import CalibrationSet  # noqa: E402
 from prunestudio.core.errors import CalibrationError, Cancelled, ConfigError  # noqa: E402
 from prunestudio.core.events import PhaseDone, PhaseProgress, PhaseStarted  # noqa: E402
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: with one thread, OpenMP hand-offs no longer dominate (5-10x faster on 2 cores)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 TEXTS = [
     "the quick brown fox jumps over the lazy dog",
     "pruning removes weights that matter least",
