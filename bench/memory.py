@@ -120,6 +120,8 @@ def main() -> None:
             continue
         r = json.loads(p.stdout.strip().splitlines()[-1])
         rows.append(r)
+        Path(a.results).parent.mkdir(parents=True, exist_ok=True)  # written after each run
+        Path(a.results).write_text(json.dumps({"runs": rows}, indent=2) + "\n")
         mb = 2 ** 20
         print(f"{method:10s} offload {offload:5s}: peak - base {r['used'] / mb:7.1f} MiB "
               f"(base {r['base_rss'] / mb:.0f} MiB); weights {r['weights_resident'] / mb:.1f} + activations "

@@ -254,6 +254,8 @@ def main() -> None:
             row["ppl_ratio"] = row["ours"]["ppl"] / row["llmc"]["ppl"]
             print(f"{key:24s} time ratio {row['time_ratio']:.3f}  ppl ratio {row['ppl_ratio']:.4f}", flush=True)
         out["runs"][key] = row
+        Path(a.results).parent.mkdir(parents=True, exist_ok=True)  # partial results survive a stop
+        Path(a.results).write_text(json.dumps(out, indent=2) + "\n")
 
     def ratio(method: str, what: str) -> float | None:
         vals = [r[what] for k, r in out["runs"].items() if k.startswith(method + ":") and what in r]
