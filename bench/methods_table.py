@@ -2,26 +2,52 @@
 
     python bench/methods_table.py [--nsamples 64 --seqlen 512 --eval-windows 0] [--out bench/results/methods.md]
 
-Each cell is the same headless job as ``prunestudio prune --model demo --method M --sparsity S
-[--structure 2:4] [--owl] --calibration C4 --nsamples N --seqlen L --eval-ppl wiki.test.raw``:
-C4 calibration (train shard 0, first 1,000 documents), WikiText-2 test perplexity with the papers'
-convention. ``--eval-windows 0`` evaluates the whole test set (slow on a CPU).
+Every cell is one run of the command line, exactly as a user would type it:
+
+    prunestudio prune --model demo --method M --sparsity S [--structure 2:4] [--owl] [--two-pass]
+        --calibration C4_FILE --nsamples N --seqlen L --eval-ppl wiki.test.raw [--eval-max-windows W]
+        --report cell.json
+
+C4 calibration (train shard 0, first 1,000 documents, ``../shared/data/c4``), WikiText-2 test
+perplexity with the papers' convention. ``--eval-windows 0`` (the default) evaluates the whole test
+set, which takes several minutes per cell on a CPU; the dense perplexity is evaluated once (the
+CLI's dense-perplexity cache). Each cell's report is kept in ``--work``, so an interrupted table
+resumes where it stopped; ``--fresh`` starts over.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
 import sys
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
+C4 = DATA / "c4" / "c4-en-train.00000-of-01024.first1000.jsonl.gz"
+WIKI = DATA / "wikitext-2" / "wiki.test.raw"
 
-METHODS = [("magnitude", {}), ("wanda", {}), ("sparsegpt", {}), ("dsnot", {"dsnot_init": "wanda"}),
-           ("wanda", {"owl": True}), ("sparsegpt", {"owl": True})]
-SETTINGS = [("50%", 0.5, "unstructured"), ("60%", 0.6, "unstructured"), ("2:4", 0.5, "2:4")]
+# (row label, CLI flags)
+METHODS = [
+    ("magnitude", ["--method", "magnitude"]),
+    ("wanda", ["--method", "wanda", "--one-pass"]),
+    ("wanda, two-pass", ["--method", "wanda", "--two-pass"]),
+    ("sparsegpt", ["--method", "sparsegpt", "--one-pass"]),
+    ("sparsegpt, two-pass", ["--method", "sparsegpt", "--two-pass"]),
+    ("dsnot (Wanda init)", ["--method", "dsnot", "--dsnot-init", "wanda", "--one-pass"]),
+    ("OWL + wanda", ["--method", "wanda", "--owl", "--one-pass"]),
+    ("OWL + sparsegpt", ["--method", "sparsegpt", "--owl", "--one-pass"]),
+]
+SETTINGS = [("50%", ["--sparsity", "0.5"]), ("60%", ["--sparsity", "0.6"]),
+            ("2:4", ["--sparsity", "0.5", "--structure", "2:4"])]
+
+
+def _cli() -> list[str]:
+    exe = Path(sys.executable).with_name("prunestudio")
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "prunestudio.core.cli"]
 
 
 def main() -> int:
@@ -29,46 +55,67 @@ def main() -> int:
     ap.add_argument("--nsamples", type=int, default=64)
     ap.add_argument("--seqlen", type=int, default=512)
     ap.add_argument("--eval-windows", type=int, default=0, help="0: the whole WikiText-2 test set")
+    ap.add_argument("--rows", default="", help="comma list of row labels to run (default: all)")
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "methods.md"))
+    ap.add_argument("--work", default=str(REPO / "bench" / ".work" / "methods"))
+    ap.add_argument("--fresh", action="store_true", help="ignore the reports of earlier runs")
     a = ap.parse_args()
 
-    from prunestudio.core.cli import _quiet_libraries
-    from prunestudio.core.config import CalibConfig, PruneConfig, Recipe
-    from prunestudio.core.job import iter_eval_ppl, iter_job
-    from prunestudio.core.models import load_model
-    from prunestudio.core.pipeline import run_to_completion
-
-    _quiet_libraries()
-    c4 = str(DATA / "c4" / "c4-en-train.00000-of-01024.first1000.jsonl.gz")
-    wiki = str(DATA / "wikitext-2" / "wiki.test.raw")
-    windows = a.eval_windows or None
-    dense = run_to_completion(iter_eval_ppl(load_model("demo", "cpu", "fp32"), wiki, a.seqlen, max_windows=windows))
+    work = Path(a.work) / f"{a.nsamples}x{a.seqlen}-w{a.eval_windows}"
+    work.mkdir(parents=True, exist_ok=True)
+    wanted = {r.strip() for r in a.rows.split(",") if r.strip()}
+    methods = [(label, flags) for label, flags in METHODS if not wanted or label in wanted]
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    cells: list[dict] = []
     rows: dict[str, dict[str, float]] = {}
-    results = []
-    for method, extra in METHODS:
-        label = ("OWL + " if extra.get("owl") else "") + method + (" (Wanda init)" if method == "dsnot" else "")
-        for name, sparsity, structure in SETTINGS:
-            recipe = Recipe(model="demo", device="cpu", dtype="fp32",
-                            prune=PruneConfig(method=method, sparsity=sparsity, structure=structure, **extra),
-                            calibration=CalibConfig(source=c4, nsamples=a.nsamples, seqlen=a.seqlen),
-                            eval_ppl=(wiki,), eval_max_windows=windows)
-            t0 = time.perf_counter()
-            res = run_to_completion(iter_job(recipe))
-            ppl = res.report["ppl_pruned"]
-            rows.setdefault(label, {})[name] = ppl
-            results.append({"method": label, "setting": name, "ppl": ppl, "seconds": time.perf_counter() - t0,
-                            "global_sparsity": res.report["global_sparsity"]})
-            print(f"{label:<24} {name:>4}: ppl {ppl:9.2f}  ({time.perf_counter() - t0:.0f} s)", flush=True)
+    dense = None
+    for label, mflags in methods:
+        for name, sflags in SETTINGS:
+            slug = "".join(c if c.isalnum() else "-" for c in f"{label}-{name}").strip("-")
+            report_path = work / f"{slug}.json"
+            if a.fresh or not report_path.exists():
+                cmd = _cli() + ["prune", "--model", "demo", "--device", "cpu", "--dtype", "fp32",
+                                *mflags, *sflags, "--calibration", str(C4), "--nsamples", str(a.nsamples),
+                                "--seqlen", str(a.seqlen), "--seed", "0", "--eval-ppl", str(WIKI),
+                                "--report", str(report_path)]
+                if a.eval_windows:
+                    cmd += ["--eval-max-windows", str(a.eval_windows)]
+                t0 = time.perf_counter()
+                proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+                if proc.returncode != 0:
+                    sys.stderr.write(proc.stderr[-4000:])
+                    print(f"{label:<36} {name:>4}: FAILED (exit {proc.returncode})", flush=True)
+                    continue
+                wall = time.perf_counter() - t0
+            else:
+                wall = None
+            r = json.loads(report_path.read_text())
+            dense = r.get("ppl_dense", dense)
+            rows.setdefault(label, {})[name] = r["ppl_pruned"]
+            secs = r.get("seconds", {})
+            cells.append({"method": label, "setting": name, "ppl": r["ppl_pruned"],
+                          "global_sparsity": r["global_sparsity"], "prune_seconds": secs.get("prune"),
+                          "wall_seconds": wall, "cached": wall is None})
+            print(f"{label:<36} {name:>4}: ppl {r['ppl_pruned']:9.2f}  sparsity {r['global_sparsity']:.4f}  "
+                  f"prune {secs.get('prune', 0):.0f} s" + (" (earlier run)" if wall is None else f", {wall:.0f} s"),
+                  flush=True)
+    windows = a.eval_windows
     head = "| method | " + " | ".join(s[0] for s in SETTINGS) + " |"
-    lines = [f"WikiText-2 perplexity of the default model (dense: {dense:.2f}); C4 calibration "
+    lines = [f"WikiText-2 test perplexity of the default model (dense: {dense:.2f}); C4 calibration "
              f"{a.nsamples} x {a.seqlen} tokens, seed 0; evaluation on "
-             f"{'the whole test set' if not windows else f'the first {windows} windows of {a.seqlen} tokens'}.",
+             f"{'the whole test set' if not windows else f'the first {windows} windows of {a.seqlen} tokens'}; "
+             "CPU, float32; one forward pass per block except the rows marked two-pass (the reference "
+             "order). Regenerate with `python bench/methods_table.py"
+             + (f" --nsamples {a.nsamples}" if a.nsamples != 64 else "")
+             + (f" --seqlen {a.seqlen}" if a.seqlen != 512 else "")
+             + (f" --eval-windows {windows}" if windows else "") + "`.",
              "", head, "|---|" + "---|" * len(SETTINGS)]
     for label, vals in rows.items():
-        lines.append(f"| {label} | " + " | ".join(f"{vals[s[0]]:.2f}" for s in SETTINGS) + " |")
+        lines.append(f"| {label} | " + " | ".join(f"{vals[s[0]]:.2f}" if s[0] in vals else "—"
+                                                  for s in SETTINGS) + " |")
     Path(a.out).write_text("\n".join(lines) + "\n", encoding="utf-8")
     print("\n".join(lines))
-    print(json.dumps({"dense": dense, "cells": results}))
+    print(json.dumps({"dense": dense, "cells": cells}))
     return 0
 
 

@@ -23,6 +23,10 @@ llm-compressor is configured as our run: ``WandaPruningModifier`` / ``SparseGPTM
 output head (``re:.*lm_head``); SparseGPT ``block_size=128``, ``dampening_frac=0.01``; the
 ``sequential`` pipeline; no shuffling; the same batch size as ours (``--batch-size``, default 8).
 
+Ours runs with its defaults: one forward pass per block (``PruneConfig.one_pass``, see
+``core/lockstep.py``); llm-compressor's sequential pipeline makes two (calibrate, then propagate).
+``--two-pass`` runs ours in the same two-pass order as theirs, for the comparison of like with like.
+
 The last line printed is one JSON object with the four ratios (ours / theirs) and every figure.
 """
 
@@ -61,7 +65,8 @@ def worker_ours(a: argparse.Namespace) -> dict:
     t0 = time.perf_counter()
     loaded = load_model(a.model, "cpu", a.dtype)
     t_load = time.perf_counter() - t0
-    cfg = PruneConfig(method=a.method, sparsity=0.5, structure=a.structure, batch_size=a.batch_size)
+    cfg = PruneConfig(method=a.method, sparsity=0.5, structure=a.structure, batch_size=a.batch_size,
+                      one_pass=not a.two_pass)
     t0 = time.perf_counter()
     res = run_to_completion(iter_prune(loaded.model, ids, cfg, "cpu", previews=False))
     t_prune = time.perf_counter() - t0
@@ -201,6 +206,8 @@ def main() -> None:
     ap.add_argument("--nsamples", type=int, default=64)
     ap.add_argument("--seqlen", type=int, default=512)
     ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--two-pass", action="store_true",
+                    help="run ours in the reference two-pass order (default: one pass per block)")
     ap.add_argument("--eval-windows", type=int, default=40, help="WikiText-2 windows (0: all)")
     ap.add_argument("--configs", default="all", help="comma list like wanda:unstructured,sparsegpt:2:4")
     ap.add_argument("--results", default=str(HERE / "results" / "vs_llmcompressor.json"))
@@ -222,8 +229,9 @@ def main() -> None:
                  "calibration": calib.name, "llmcompressor_error": why, "runs": {}}
     if why:
         print(f"llm-compressor unavailable: {why}")
+    out["ours_order"] = "two-pass" if a.two_pass else "one-pass"
     common = ["--model", model_dir, "--calib", str(calib), "--dtype", a.dtype,
-              "--batch-size", str(a.batch_size)]
+              "--batch-size", str(a.batch_size)] + (["--two-pass"] if a.two_pass else [])
     ev = ["--model", model_dir, "--seqlen", str(a.seqlen), "--eval-windows", str(a.eval_windows)]
     dense = _run(sys.executable, ["--worker", "eval"] + ev)
     out["dense"] = dense

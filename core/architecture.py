@@ -37,6 +37,20 @@ class BlockLayout:
         return len(self.blocks)
 
 
+_ATTENTION_WORDS = ("attn", "attention")
+
+
+def module_role(name: str) -> str:
+    """``"attention"`` or ``"mlp"`` for a prunable module's name relative to its block.
+
+    A module belongs to attention when a component of its path names it (``self_attn.q_proj``,
+    ``attn.c_proj``, ``self_attention.dense``); everything else in a block is the MLP
+    (``mlp.down_proj``, OPT's ``fc1``/``fc2``, ``feed_forward.w1``).
+    """
+    parts = name.lower().split(".")
+    return "attention" if any(w in p for p in parts for w in _ATTENTION_WORDS) else "mlp"
+
+
 def find_blocks(model: nn.Module) -> tuple[str, nn.ModuleList]:
     """The decoder-block ModuleList: the longest list of same-class modules holding linears."""
     best: tuple[str, nn.ModuleList] | None = None

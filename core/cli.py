@@ -72,6 +72,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sampling", choices=["random", "document"], default=None,
                    help="token windows over the joined corpus (random) or inside single documents")
     p.add_argument("--batch-size", type=int, default=None, help="calibration samples per forward pass")
+    order = p.add_mutually_exclusive_group()
+    order.add_argument("--one-pass", dest="one_pass", action="store_true", default=None,
+                       help="one forward pass per block, each module pruned before the next runs (default)")
+    order.add_argument("--two-pass", dest="one_pass", action="store_false",
+                       help="the reference order: statistics of each dense block, then a second pass for "
+                            "its outputs")
     p.add_argument("--skip", action="append", default=None, help="leave modules whose name contains this dense")
     p.add_argument("--owl", action="store_true", default=None, help="OWL layer-wise sparsity allocation")
     p.add_argument("--owl-m", type=float, default=None)
@@ -79,6 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dsnot-init", choices=["wanda", "magnitude", "sparsegpt"], default=None)
     p.add_argument("--dsnot-max-cycles", type=int, default=None)
     p.add_argument("--dsnot-threshold", type=float, default=None)
+    p.add_argument("--dsnot-skip", choices=["mlp", "attention", "none"], default=None,
+                   help="modules DSnoT leaves with their initial mask (default mlp, as the reference)")
     p.add_argument("--sparsegpt-blocksize", type=int, default=None)
     p.add_argument("--sparsegpt-damp", type=float, default=None)
     p.add_argument("--offload", choices=["none", "cpu", "disk"], default=None,
@@ -135,11 +143,13 @@ def _recipe_from_args(args: argparse.Namespace) -> Any:
         "method": args.method, "sparsity": args.sparsity, "structure": args.structure,
         "owl": args.owl, "owl_m": args.owl_m, "owl_lambda": args.owl_lambda,
         "dsnot_init": args.dsnot_init, "dsnot_max_cycles": args.dsnot_max_cycles,
-        "dsnot_threshold": args.dsnot_threshold, "sparsegpt_blocksize": args.sparsegpt_blocksize,
+        "dsnot_threshold": args.dsnot_threshold,
+        "dsnot_skip": args.dsnot_skip, "sparsegpt_blocksize": args.sparsegpt_blocksize,
         "sparsegpt_damp": args.sparsegpt_damp, "batch_size": args.batch_size,
         "skip_modules": tuple(args.skip) if args.skip else None,
         "offload": (False if args.no_offload else None),
         "offload_dir": args.offload_dir,
+        "one_pass": args.one_pass,
     }.items() if v is not None}
     if args.offload is not None:
         off_kw = {"none": {"offload": False}, "cpu": {"offload": True, "offload_to": "cpu"},

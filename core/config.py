@@ -15,6 +15,7 @@ from typing import Any
 from .errors import ConfigError
 
 METHODS = ("magnitude", "wanda", "sparsegpt", "dsnot")
+DSNOT_SKIPS = ("mlp", "attention", "none")
 DSNOT_INITS = ("wanda", "magnitude", "sparsegpt")
 OFFLOAD_TARGETS = ("cpu", "disk")
 OFFLOAD_MODES = ("none", "cpu", "disk")
@@ -57,6 +58,9 @@ class PruneConfig:
     """DSnoT: the method that gives the initial mask (wanda, magnitude, sparsegpt)."""
     dsnot_max_cycles: int = 50
     dsnot_threshold: float = 0.1
+    dsnot_skip: str = "mlp"
+    """DSnoT: modules left with their initial mask: ``mlp`` (the reference's default), ``attention``
+    or ``none`` (refine every module)."""
     sparsegpt_blocksize: int = 128
     sparsegpt_damp: float = 0.01
     """SparseGPT: dampening, as a fraction of the mean Hessian diagonal."""
@@ -64,6 +68,11 @@ class PruneConfig:
     """Modules whose name contains one of these strings are left dense (e.g. ``down_proj``)."""
     batch_size: int = 8
     """Calibration samples per forward pass."""
+    one_pass: bool = True
+    """One forward pass per block: each module is pruned as soon as every batch has reached it, and
+    the modules after it in the block see its pruned output ("true sequential"; see
+    ``core/lockstep.py``). False: the reference order, two passes per block (statistics of the
+    dense block, then the pruned block's outputs), which reproduces the papers' code exactly."""
     offload: bool = True
     """Keep only the block being pruned (and its activations) on the compute device."""
     offload_to: str = "cpu"
@@ -93,6 +102,8 @@ class PruneConfig:
             raise ConfigError("OWL's outlier threshold M must be positive.")
         if self.dsnot_init not in DSNOT_INITS:
             raise ConfigError(f"DSnoT's initial mask must come from {', '.join(DSNOT_INITS)}.")
+        if self.dsnot_skip not in DSNOT_SKIPS:
+            raise ConfigError(f"DSnoT's skip must be one of {', '.join(DSNOT_SKIPS)}, got '{self.dsnot_skip}'.")
         if self.dsnot_max_cycles < 0 or self.dsnot_threshold < 0:
             raise ConfigError("DSnoT's cycle limit and threshold must not be negative.")
         if self.sparsegpt_blocksize <= 0:

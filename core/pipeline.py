@@ -250,7 +250,7 @@ class _Pending:
         return [self._z.double(), ok.double(), err.double()]
 
 
-def _settle(pending: list[_Pending], block: nn.Module, stats: "_BlockStats | None", s: float,
+def _settle(pending: list[_Pending], block: nn.Module, stats: dict[str, InputStats], s: float,
             cfg: PruneConfig, m: int, seqlen: int) -> None:
     """One device synchronisation for the whole block; redo any SparseGPT module whose Hessian
     needed more damping (rare) with the synchronous path."""
@@ -266,7 +266,7 @@ def _settle(pending: list[_Pending], block: nn.Module, stats: "_BlockStats | Non
             mod = block.get_submodule(p.name)
             assert p.original is not None
             architecture.set_weight_2d(mod, p.original)
-            st = stats.stats[p.name] if stats is not None else None
+            st = stats.get(p.name)
             p.outcome = _prune_one(mod, st, s, cfg, p.n_blk, m, seqlen, p.name, True)
             p.zeros = int(p.outcome.mask.sum().item())
             if p._preview_host is not None:
@@ -311,6 +311,112 @@ def _to_host(t: tuple[torch.Tensor, torch.Tensor]) -> dict[str, np.ndarray]:
 def _preview(mask: torch.Tensor, size: int = 96) -> dict[str, np.ndarray]:
     """Downsampled density image and per-row sparsity of a mask, for the GUI."""
     return _to_host(_preview_tensors(mask, size))
+
+
+class _RedoBlock(Exception):
+    """A block pruned in one pass must be pruned again: in the two-pass order (a module runs twice
+    per forward pass), or synchronously (a deferred SparseGPT Hessian needed more damping)."""
+
+    def __init__(self, reason: str, two_pass: bool) -> None:
+        super().__init__(reason)
+        self.reason, self.two_pass = reason, two_pass
+
+
+class _BlockRun:
+    """The pruning of one block's modules: outcomes, events and the numbers for the report."""
+
+    def __init__(self, block: nn.Module, bi: int, s: float, cfg: PruneConfig, n: int, m: int,
+                 seqlen: int, defer: bool, previews: bool, sync: bool = False) -> None:
+        self.block, self.bi, self.s, self.cfg, self.n, self.m = block, bi, s, cfg, n, m
+        self.force_sync = sync
+        self.seqlen, self.defer, self.previews = seqlen, defer, previews
+        self.pending: list[_Pending] = []
+        self.block_sparsity: dict[str, float] = {}
+        self.module_info: dict[str, dict[str, Any]] = {}
+        self.notes: list[str] = []
+        self.zeros = self.numel = 0
+        self.originals: dict[str, torch.Tensor] = {}  # one-pass only: weights before pruning
+
+    def prune(self, name: str, st: InputStats | None, keep_original: bool = False) -> Generator[Event, None, None]:
+        """Prune module ``name``; its event now, or (deferred) after :meth:`settle`."""
+        tm = time.perf_counter()
+        cfg, m = self.cfg, self.m
+        mod = self.block.get_submodule(name)
+        n_blk = (max(1, min(m - 1, round(self.s * m))) if cfg.owl else self.n) if self.n and m else 0
+        sync = self.force_sync or not (self.defer and cfg.method == "sparsegpt")
+        original = None
+        if not sync or keep_original:
+            original = architecture.get_weight_2d(mod).detach().clone()
+            self.originals[name] = original
+        outcome = _prune_one(mod, st, self.s, cfg, n_blk, m, self.seqlen, name, sync)
+        p = _Pending(name, outcome, time.perf_counter() - tm, original if not sync else None, n_blk)
+        if self.defer:
+            p.defer(self.previews)
+            self.pending.append(p)
+            return
+        yield self._finish(p)
+
+    def _finish(self, p: _Pending) -> ModulePruned:
+        ev = _finish_module(p, self.bi, self.block_sparsity, self.module_info, self.notes, self.previews)
+        self.zeros += p.zeros
+        self.numel += p.numel
+        return ev
+
+    def settle(self, stats: dict[str, InputStats]) -> Generator[Event, None, None]:
+        """Read the deferred numbers back (one synchronisation) and yield their events."""
+        if not self.pending:
+            return
+        _settle(self.pending, self.block, stats, self.s, self.cfg, self.m, self.seqlen)
+        for p in self.pending:
+            yield self._finish(p)
+        self.pending.clear()
+
+    def one_pass(self, inputs: BlockInputs, names: tuple[str, ...], needs: StatsNeeds, device: torch.device,
+                 should_stop: Callable[[], bool], first: bool) -> Generator[Event, None, list[torch.Tensor]]:
+        """Statistics, pruning and outputs in one pass (see ``core/lockstep.py``); returns the outputs.
+
+        ``first``: the first block pruned this way keeps its original weights until the pass is
+        over, so a model whose modules cannot be pruned in one pass (a module that runs twice) is
+        found there and the block redone in two passes; the other blocks share its structure.
+        """
+        from .lockstep import LockstepBlock, NotLockstepable
+
+        lock = LockstepBlock(self.block, inputs, names, needs, device)
+        try:
+            for name in lock.modules():
+                if should_stop():
+                    raise Cancelled()
+                yield from self.prune(name, lock.stats[name], keep_original=first)
+        except NotLockstepable as e:
+            if not first:
+                raise PruneStudioError(
+                    f"Block {self.bi} cannot be pruned in one pass although the first block could.",
+                    hint="Turn one-pass pruning off (--two-pass) for this model.", details=str(e)) from e
+            raise _RedoBlock(str(e), two_pass=True) from e
+        finally:
+            lock.close()
+        if self.pending:
+            # SparseGPT on an accelerator without host synchronisation: a Hessian that needed more
+            # damping is only known now, after later modules already read that module's output.
+            flat = torch.stack([p.outcome.ok if p.outcome.ok is not None else
+                                torch.ones((), dtype=torch.bool, device=p.outcome.mask.device)
+                                for p in self.pending]).tolist()
+            if not all(flat):
+                raise _RedoBlock("A Hessian was not positive definite at the configured damping.",
+                                 two_pass=False)
+            yield from self.settle(lock.stats)
+        outputs = [o for o in lock.outputs if o is not None]
+        if len(outputs) != len(lock.outputs):
+            raise PruneStudioError(f"Block {self.bi} produced no output for a calibration batch.")
+        self.originals.clear()
+        return outputs
+
+    def restore(self) -> None:
+        """Put back the weights of the modules pruned so far (before redoing the block)."""
+        for name, w in self.originals.items():
+            architecture.set_weight_2d(self.block.get_submodule(name), w)
+        self.originals.clear()
+        self.pending.clear()
 
 
 def iter_prune(
@@ -405,6 +511,7 @@ def iter_prune(
             # once per block (one synchronisation), then the block's ModulePruned events follow.
             defer = device.type != "cpu" if DEFER_HOST_READS is None else DEFER_HOST_READS
             last_hint: tuple[str, int] | None = None
+            one_pass = cfg.one_pass
             for bi, block in enumerate(lay.blocks):
                 if should_stop():
                     raise Cancelled()
@@ -417,53 +524,55 @@ def iter_prune(
                         store.acquire(bi, device)
                     else:
                         block.to(device)
-                    stats = None
-                    if needs is not None:
+                    run = _BlockRun(block, bi, s, cfg, n, m, seqlen, defer, previews)
+                    if needs is not None and one_pass:
                         assert inputs is not None
-                        stats = _BlockStats(block, lay.module_names, needs, device, last_hint=last_hint)
                         try:
-                            for i in range(len(inputs.hidden)):
-                                stats.run(inputs, i)
-                                if should_stop():
-                                    raise Cancelled()
-                        finally:
-                            stats.close()
-                        last_hint = stats.last_module
-                    block_sparsity: dict[str, float] = {}
-                    bz = bn_ = 0
-                    pending: list[_Pending] = []
-                    for name in lay.module_names:
-                        if should_stop():
-                            raise Cancelled()
-                        tm = time.perf_counter()
-                        mod = block.get_submodule(name)
-                        st = stats.stats[name] if stats is not None else None
-                        n_blk = (max(1, min(m - 1, round(s * m))) if cfg.owl else n) if n and m else 0
-                        sync = not (defer and cfg.method == "sparsegpt")
-                        original = architecture.get_weight_2d(mod).detach().clone() if not sync else None
-                        outcome = _prune_one(mod, st, s, cfg, n_blk, m, seqlen, name, sync)
-                        p = _Pending(name, outcome, time.perf_counter() - tm, original, n_blk)
-                        if defer:
-                            p.defer(previews)
-                            pending.append(p)
-                            continue
-                        yield _finish_module(p, bi, block_sparsity, module_info, notes, previews)
-                        bz += p.zeros
-                        bn_ += p.numel
-                    if pending:
-                        _settle(pending, block, stats, s, cfg, m, seqlen)
-                        for p in pending:
-                            yield _finish_module(p, bi, block_sparsity, module_info, notes, previews)
-                            bz += p.zeros
-                            bn_ += p.numel
-                        pending.clear()
-                    if stats is not None:
-                        del stats
-                    if inputs is not None and bi + 1 < nblocks:
-                        for i in range(len(inputs.hidden)):
-                            inputs.hidden[i] = run_block(block, inputs, i)
+                            outputs = yield from run.one_pass(inputs, lay.module_names, needs, device, should_stop,
+                                                              first=bi == 0)
+                        except _RedoBlock as redo:
+                            run.restore()
+                            run = _BlockRun(block, bi, s, cfg, n, m, seqlen, defer, previews, sync=True)
+                            outputs = None
+                            if redo.two_pass:
+                                one_pass = False
+                                notes.append(f"Block {bi}: {redo.reason} Every block was pruned with the "
+                                             "two-pass order.")
+                            else:
+                                outputs = yield from run.one_pass(inputs, lay.module_names, needs, device,
+                                                                  should_stop, first=bi == 0)
+                    else:
+                        outputs = None
+                    if outputs is None:
+                        stats = None
+                        if needs is not None:
+                            assert inputs is not None
+                            stats = _BlockStats(block, lay.module_names, needs, device, last_hint=last_hint)
+                            try:
+                                for i in range(len(inputs.hidden)):
+                                    stats.run(inputs, i)
+                                    if should_stop():
+                                        raise Cancelled()
+                            finally:
+                                stats.close()
+                            last_hint = stats.last_module
+                        for name in lay.module_names:
                             if should_stop():
                                 raise Cancelled()
+                            yield from run.prune(name, stats.stats[name] if stats is not None else None)
+                        yield from run.settle(stats.stats if stats is not None else {})
+                        del stats
+                        if inputs is not None and bi + 1 < nblocks:
+                            for i in range(len(inputs.hidden)):
+                                inputs.hidden[i] = run_block(block, inputs, i)
+                                if should_stop():
+                                    raise Cancelled()
+                    elif bi + 1 < nblocks:
+                        inputs.hidden = outputs  # type: ignore[union-attr]
+                    del outputs
+                    block_sparsity, bz, bn_ = run.block_sparsity, run.zeros, run.numel
+                    module_info.update(run.module_info)
+                    notes.extend(run.notes)
                     saved = True
                 except Exception as e:
                     if _is_oom(e):

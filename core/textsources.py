@@ -235,31 +235,127 @@ def _iter_jsonl(path: Path, field: str | None) -> Iterator[str]:
         _warn(f"{path.name}: skipped {len(bad)} broken or text-less lines ({lines}).")
 
 
+_JSON_CHUNK = 1 << 16
+_JSON_MAX_RECORD = 256 << 20  # one record larger than this is refused rather than buffered
+
+
+class _JsonStream:
+    """Incremental reader of one JSON document's top level: values are decoded one at a time
+    from a sliding buffer, so a large array of records is never held in memory whole."""
+
+    def __init__(self, f: Any, name: str) -> None:
+        self.f, self.name = f, name
+        self.buf, self.pos, self.eof = "", 0, False
+        self._dec = json.JSONDecoder()
+
+    def _more(self, want: int = _JSON_CHUNK) -> bool:
+        if self.eof:
+            return False
+        if self.pos > len(self.buf) // 2:
+            self.buf, self.pos = self.buf[self.pos:], 0
+        chunk = self.f.read(want)
+        if not chunk:
+            self.eof = True
+            return False
+        self.buf += chunk
+        return True
+
+    def peek(self) -> str:
+        """The next non-blank character ("" at the end), not consumed."""
+        while True:
+            while self.pos < len(self.buf) and self.buf[self.pos] in " \t\r\n":
+                self.pos += 1
+            if self.pos < len(self.buf):
+                return self.buf[self.pos]
+            if not self._more():
+                return ""
+
+    def take(self, ch: str) -> None:
+        got = self.peek()
+        if got != ch:
+            self.fail(f"expected '{ch}', found {repr(got) if got else 'the end of the file'}")
+        self.pos += 1
+
+    def value(self) -> Any:
+        """Decode the next value; a value that may continue past the buffer is read further."""
+        self.peek()
+        want = _JSON_CHUNK
+        while True:
+            try:
+                val, end = self._dec.raw_decode(self.buf, self.pos)
+                if end < len(self.buf) or self.eof:  # a number at the buffer's end may go on
+                    self.pos = end
+                    return val
+            except json.JSONDecodeError as e:
+                if self.eof:
+                    self.fail(e.msg, e.pos)
+            if len(self.buf) - self.pos > _JSON_MAX_RECORD:
+                self.fail(f"one value is larger than {_JSON_MAX_RECORD >> 20} MiB")
+            self._more(want)
+            want = min(want * 2, 16 << 20)
+
+    def fail(self, msg: str, at: int | None = None) -> None:
+        raise CalibrationError(f"{self.name} is not valid JSON ({msg}).")
+
+    def array(self) -> Iterator[Any]:
+        """The elements of the array starting here, one by one."""
+        self.take("[")
+        if self.peek() == "]":
+            self.pos += 1
+            return
+        while True:
+            yield self.value()
+            nxt = self.peek()
+            if nxt == ",":
+                self.pos += 1
+                continue
+            self.take("]")
+            return
+
+
+_JSON_LIST_KEYS = ("data", "rows", "items", "documents")
+
+
 def _iter_json(path: Path, field: str | None) -> Iterator[str]:
+    """A JSON list of strings or records, or an object holding one under data/rows/items/documents.
+
+    Streamed: records are decoded one at a time, so a file of any size is read with a small buffer.
+    """
     with _open_text(path) as f:
-        try:
-            data = json.load(f)
-        except json.JSONDecodeError as e:
-            raise CalibrationError(f"{path.name} is not valid JSON (line {e.lineno}: {e.msg}).") from e
-    if isinstance(data, dict):
-        for key in ("data", "rows", "items", "documents"):
-            if isinstance(data.get(key), list):
-                data = data[key]
-                break
-    if not isinstance(data, list) or not data:
-        raise CalibrationError(f"{path.name} is not a list of records or strings.")
-    found = 0
-    for i, rec in enumerate(data):
-        if isinstance(rec, str):
-            found += 1
-            yield rec
-        elif isinstance(rec, dict):
-            field = field or pick_field(rec, None, f"{path.name} record {i}")
-            if isinstance(rec.get(field), str):
+        js = _JsonStream(f, path.name)
+        first = js.peek()
+        records: Iterator[Any] | None = None
+        if first == "[":
+            records = js.array()
+        elif first == "{":
+            js.take("{")
+            while js.peek() not in ("}", ""):
+                key = js.value()
+                js.take(":")
+                if key in _JSON_LIST_KEYS and js.peek() == "[":
+                    records = js.array()
+                    break
+                js.value()  # a value we do not need
+                if js.peek() == ",":
+                    js.pos += 1
+        elif first == "":
+            raise CalibrationError(f"{path.name} is empty.")
+        else:
+            js.value()  # a lone number, string, ... (raises if it is not JSON at all)
+        if records is None:
+            raise CalibrationError(f"{path.name} is not a list of records or strings.")
+        found = 0
+        for i, rec in enumerate(records):
+            if isinstance(rec, str):
                 found += 1
-                yield rec[field]
-    if not found:
-        raise CalibrationError(f"{path.name} holds no text: no string or record with a text field.")
+                yield rec
+            elif isinstance(rec, dict):
+                field = field or pick_field(rec, None, f"{path.name} record {i}")
+                if isinstance(rec.get(field), str):
+                    found += 1
+                    yield rec[field]
+        if not found:
+            raise CalibrationError(f"{path.name} holds no text: no string or record with a text field.")
 
 
 def _iter_csv(path: Path, field: str | None) -> Iterator[str]:

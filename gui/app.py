@@ -103,8 +103,15 @@ def main(argv: list[str] | None = None) -> int:
     if "--smoke-test" in args:  # start, show, quit: checks that an installed or frozen app runs
         from PySide6.QtCore import QTimer
 
-        QTimer.singleShot(0, window.close)
-        QTimer.singleShot(0, app.quit)
+        shot = args[args.index("--screenshot") + 1] if "--screenshot" in args[:-1] else None
+
+        def finish() -> None:
+            if shot:  # what the user would see, resources (icons, style sheet) included
+                window.grab().save(shot)
+            window.close()
+            app.quit()
+
+        QTimer.singleShot(200, finish)
     try:
         return int(app.exec())
     finally:

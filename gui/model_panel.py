@@ -10,6 +10,7 @@ from PySide6.QtWidgets import (QButtonGroup, QCheckBox, QComboBox, QFormLayout, 
 from ..core import memory
 from ..core.config import Recipe
 from ..core.demo_model import DEMO_NAME, is_demo_ready
+from ..core.events import PhaseProgress
 from . import tasks
 from .settings import Settings
 from .state import AppState
@@ -259,6 +260,7 @@ class ModelPanel(QWidget):
         w.errored.connect(lambda info: self.status.set("error", f"Not loaded: {info.exception}"))
         w.cancelled.connect(lambda: self.status.set("warn", "Loading cancelled."))
         w.finished.connect(self._load_finished)
+        w.yielded.connect(self._on_event)
         self.worker = w
         self.status.set("busy", f"Loading {args.spec}…")
         self.progress.setRange(0, 0)
@@ -268,6 +270,13 @@ class ModelPanel(QWidget):
     def cancel(self) -> None:
         if self.worker is not None:
             self.worker.cancel()
+
+    def _on_event(self, ev: object) -> None:
+        """The first start fetches the default model: show its steps (download, convert, write)."""
+        if isinstance(ev, PhaseProgress) and ev.phase == "fetch-demo":
+            self.progress.setRange(0, ev.total or 0)
+            self.progress.setValue(ev.done)
+            self.status.set("busy", f"Default model: {ev.detail}…")
 
     def _loaded(self, loaded: object) -> None:
         self.state.result = None

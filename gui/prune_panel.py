@@ -38,6 +38,11 @@ TIPS = {
     "skip": "Comma-separated parts of module names that stay dense, e.g. down_proj or o_proj.",
     "batch": "Calibration samples that go through a block at once; smaller saves memory.",
     "offload": "Keep only the block being pruned on the GPU; the rest stays in host memory.",
+    "dsnot_skip": "Modules that keep their initial mask. The DSnoT paper refines attention only "
+                  "(its default skips the MLP).",
+    "one_pass": "Run each block once: every module is pruned as soon as all calibration batches have "
+                "reached it, and the modules after it see its pruned output (about half the time). "
+                "Off: the papers' order, a statistics pass of the dense block and then a second pass.",
 }
 
 
@@ -103,6 +108,11 @@ class PrunePanel(QWidget):
         dform.addRow(self._label("Initial mask:", self.dsnot_init), self.dsnot_init)
         dform.addRow(self._label("Max cycles:", self.dsnot_cycles), self.dsnot_cycles)
         dform.addRow(self._label("Threshold:", self.dsnot_threshold), self.dsnot_threshold)
+        self.dsnot_skip = QComboBox()
+        for text, key in (("MLP (as the paper)", "mlp"), ("Attention", "attention"), ("Nothing", "none")):
+            self.dsnot_skip.addItem(text, key)
+        self.dsnot_skip.setToolTip(TIPS["dsnot_skip"])
+        dform.addRow(self._label("Leave unrefined:", self.dsnot_skip), self.dsnot_skip)
 
         self.sgpt = QGroupBox("SparseGPT")
         gform = QFormLayout(self.sgpt)
@@ -129,6 +139,10 @@ class PrunePanel(QWidget):
         self.offload.setToolTip(TIPS["offload"])
         aform.addRow(self._label("Batch size:", self.batch), self.batch)
         aform.addRow(self.offload)
+        self.one_pass = QCheckBox("One pass per block")
+        self.one_pass.setChecked(True)
+        self.one_pass.setToolTip(TIPS["one_pass"])
+        aform.addRow(self.one_pass)
         xform.addRow(Collapsible("Advanced", adv))
 
         self.status = StatusLine()
@@ -160,7 +174,7 @@ class PrunePanel(QWidget):
         lay.addLayout(recipe)
         lay.addStretch(1)
 
-        for w in (self.method, self.structure, self.dsnot_init):
+        for w in (self.method, self.structure, self.dsnot_init, self.dsnot_skip):
             w.currentIndexChanged.connect(self._changed)
         for w in (self.sparsity, self.owl_m, self.owl_lambda, self.dsnot_threshold, self.damp):
             w.valueChanged.connect(self._changed)
@@ -168,6 +182,7 @@ class PrunePanel(QWidget):
             w.valueChanged.connect(self._changed)
         self.owl.toggled.connect(self._changed)
         self.offload.toggled.connect(self._changed)
+        self.one_pass.toggled.connect(self._changed)
         self.skip.textChanged.connect(self._changed)
         self.save_button.clicked.connect(self.save_recipe_dialog)
         self.load_button.clicked.connect(self.load_recipe_dialog)
@@ -197,8 +212,10 @@ class PrunePanel(QWidget):
             structure=self.structure_text(), owl=self.owl.isChecked(), owl_m=self.owl_m.value(),
             owl_lambda=self.owl_lambda.value(), dsnot_init=self.dsnot_init.currentText(),
             dsnot_max_cycles=self.dsnot_cycles.value(), dsnot_threshold=self.dsnot_threshold.value(),
+            dsnot_skip=str(self.dsnot_skip.currentData()),
             sparsegpt_blocksize=self.blocksize.value(), sparsegpt_damp=self.damp.value(),
             skip_modules=skip, batch_size=self.batch.value(), offload=self.offload.isChecked(),
+            one_pass=self.one_pass.isChecked(),
         )
 
     def set_config(self, cfg: PruneConfig) -> None:
@@ -219,11 +236,13 @@ class PrunePanel(QWidget):
             self.dsnot_init.setCurrentText(cfg.dsnot_init)
             self.dsnot_cycles.setValue(cfg.dsnot_max_cycles)
             self.dsnot_threshold.setValue(cfg.dsnot_threshold)
+            self.dsnot_skip.setCurrentIndex(max(0, self.dsnot_skip.findData(cfg.dsnot_skip)))
             self.blocksize.setValue(cfg.sparsegpt_blocksize)
             self.damp.setValue(cfg.sparsegpt_damp)
             self.skip.setText(", ".join(cfg.skip_modules))
             self.batch.setValue(cfg.batch_size)
             self.offload.setChecked(cfg.offload)
+            self.one_pass.setChecked(cfg.one_pass)
         finally:
             self._applying = False
         self._changed()

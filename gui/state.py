@@ -314,7 +314,8 @@ class AppState(QObject):
         else:
             n, L = self.calib_config.nsamples, self.calib_config.seqlen
         nbytes = _DTYPE_BYTES.get(str(info.get("dtype")), 4)
-        est = memory.estimate_run_memory(info, n, L, cfg.method, nbytes, cfg.batch_size, cfg.owl)
+        est = memory.estimate_run_memory(info, n, L, cfg.method, nbytes, cfg.batch_size, cfg.owl,
+                                          one_pass=cfg.one_pass)
         avail = memory.available_memory(str(self.loaded.device))
         return est, avail
 

@@ -79,7 +79,11 @@ def load(args: LoadArgs, should_stop: StopFn = _never) -> Generator[Event, None,
     yield Message(f"Loading {args.spec} (device {args.device}, dtype {args.dtype})")
     if should_stop():
         raise Cancelled()
-    loaded = load_model(args.spec, args.device, args.dtype, args.trust_remote_code)
+    if args.spec == "demo":
+        from ..core.demo_model import iter_fetch_demo_model
+
+        yield from iter_fetch_demo_model(should_stop=should_stop)  # progress, and cancellable
+    loaded = load_model(args.spec, args.device, args.dtype, args.trust_remote_code, should_stop=should_stop)
     yield PhaseDone("load", time.perf_counter() - t0)
     info = loaded.info
     yield Message(f"Loaded {loaded.name}: {info.get('architecture')}, {info.get('blocks')} blocks, "

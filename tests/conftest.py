@@ -10,6 +10,9 @@ import torch
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+# the dense-perplexity cache is off outside a test's own (see _own_ppl_cache): fixtures of wider
+# scope never read or fill the user's cache
+os.environ["PRUNESTUDIO_PPL_CACHE"] = "off"
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -37,6 +40,12 @@ def _one_thread(request):
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(autouse=True)
+def _own_ppl_cache(tmp_path_factory, monkeypatch):
+    """Each test gets an empty dense-perplexity cache (core/ppl_cache.py), outside its tmp_path."""
+    monkeypatch.setenv("PRUNESTUDIO_PPL_CACHE", str(tmp_path_factory.mktemp("ppl-cache") / "cache.json"))
 
 
 def tiny_config(arch: str, vocab_size: int = 96):

@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from ..architecture import module_role
 from ..config import PruneConfig
 from ..stats import InputStats, StatsNeeds
 from .basic import magnitude_mask, wanda_mask
@@ -74,8 +75,10 @@ def prune_module(weight: torch.Tensor, stats: InputStats | None, sparsity: float
 
     init = _initial(cfg.dsnot_init, weight, stats, sparsity, n, m, cfg)
     assert stats is not None
-    # Unlike the reference's default (skip_layer="mlp"), every module is refined: the MLP is where
-    # most weights are, and "mlp" does not name the same modules in every architecture.
+    if cfg.dsnot_skip != "none" and module_role(name) == cfg.dsnot_skip:
+        # the reference's default (skip_layer="mlp") leaves the MLP with its initial mask; by role,
+        # not by the word "mlp", so OPT's fc1/fc2 count as MLP too
+        return ModuleOutcome(init.weight, init.mask, {**init.info, "swaps": 0, "cycles": 0, "dsnot_skipped": True})
     res = dsnot_refine(weight, init.mask, stats, sparsity, n=n, m=m,
                        max_cycles=cfg.dsnot_max_cycles,
                        update_threshold=cfg.dsnot_threshold / max(seqlen, 1),

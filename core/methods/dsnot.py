@@ -24,7 +24,10 @@ A row stops for good when ``|r| <= update_threshold``, when it has no candidate 
 As in the reference, each weight moves at most once (candidate lists are fixed at the start) and
 ``keep_sign`` defaults to off for unstructured masks (the reference's effective default,
 ``--without_same_sign``) and on for N:M. With the default ``skip_layer="mlp"`` the reference
-leaves MLP projections untouched; :func:`dsnot_skips` reproduces that by module name.
+leaves MLP projections untouched; :func:`dsnot_skips` reproduces that by module name, and the
+pipeline does the same by role (``PruneConfig.dsnot_skip``, default ``"mlp"``). Measured on the
+default model (32 x 256 C4, 40 evaluation windows): refining the MLP as well made DSnoT worse than
+its Wanda mask (60%: 279 against Wanda's 255), refining attention only less so (264).
 
 One deliberate difference, ``require_decrease=True`` (default): a pair that would not reduce
 ``|r|`` is not applied; its grow candidate is dropped and the row goes on with the next one. The

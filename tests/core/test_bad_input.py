@@ -300,6 +300,10 @@ def test_load_model_is_cancellable_between_steps(model_dir):
     ("notgzip.txt.gz", b"plain text, not gzip", "not a valid gzip file"),
     ("broken.json", b'[{"text": "a"', "not valid JSON"),
     ("numbers.json", b"[1, 2, 3]", "holds no text"),
+    ("truncated.json", b'{"data": [{"text": "a"}, {"text": "b', "not valid JSON"),
+    ("nolist.json", b'{"name": "x", "count": 3}', "not a list of records"),
+    ("scalar.json", b"42", "not a list of records"),
+    ("garbage.json", b"[1, 2] trailing ] ]", "holds no text"),
     ("nocolumn.csv", b"a,b\n,\n,\n", "empty in every row"),
     ("junk.parquet", b"PAR1 this is not parquet", "not a readable Parquet file"),
 ])
@@ -308,6 +312,20 @@ def test_unusable_calibration_file(tmp_path, name, data, match):
     p.write_bytes(data)
     with pytest.raises(CalibrationError, match=match):
         list(iter_texts(str(p)))
+
+
+@pytest.mark.parametrize("chunk", [3, 7, 1 << 16])
+def test_json_records_are_streamed_exactly(tmp_path, monkeypatch, chunk):
+    """The incremental JSON reader gives what json.load gives, whatever the read size (numbers,
+    escapes and records cut at every position of the buffer)."""
+    monkeypatch.setattr(textsources, "_JSON_CHUNK", chunk)
+    records = [{"id": 12345678901234, "text": f"doc {i} \u00e9\"q\" \\ 1e5", "score": -1.5e-7}
+               for i in range(40)] + ["a bare string", {"nested": {"text": "x"}, "text": "last"}]
+    for payload in (records, {"meta": {"rows": 3, "x": [1, 2]}, "rows": records}):
+        p = tmp_path / "set.json"
+        p.write_text(json.dumps(payload, indent=1 if chunk == 3 else None), encoding="utf-8")
+        expected = [r if isinstance(r, str) else r["text"] for r in records]
+        assert list(iter_texts(str(p))) == expected
 
 
 def test_missing_calibration_file(tmp_path):
@@ -389,12 +407,21 @@ def test_huge_source_is_streamed_up_to_the_budget(tok, monkeypatch):
     assert len(consumed) <= 20_000 // per_doc + 2 * sampling_mod._TOKENIZE_BATCH
 
 
-def test_huge_file_is_not_read_whole(tmp_path, tok, monkeypatch):
+@pytest.mark.parametrize("kind", ["txt", "jsonl", "json-list", "json-object"])
+def test_huge_file_is_not_read_whole(tmp_path, tok, monkeypatch, kind):
     """A 24 MB file: only a small prefix is read for a small budget (the reader is spied on)."""
-    p = tmp_path / "big.txt"
-    line = (CORPUS + "\n").encode()
-    with open(p, "wb") as f:
-        f.write(line * (24_000_000 // len(line)))
+    count = 24_000_000 // (len(CORPUS) + 20)
+    if kind == "txt":
+        p, head, item, sep, tail = tmp_path / "big.txt", "", (CORPUS + "\n"), "", ""
+    elif kind == "jsonl":
+        p, head, item, sep, tail = tmp_path / "big.jsonl", "", json.dumps({"text": CORPUS}) + "\n", "", ""
+    elif kind == "json-list":
+        p, head, item, sep, tail = tmp_path / "big.json", "[", json.dumps({"text": CORPUS}), ",\n", "]"
+    else:
+        p, head, item, sep, tail = (tmp_path / "big.json", '{"name": "set", "data": [', json.dumps(CORPUS),
+                                    ", ", "]}")
+    with open(p, "w", encoding="utf-8") as f:
+        f.write(head + sep.join([item] * count) + tail)
     read = [0]
     real_open = textsources._open_text
 

@@ -202,3 +202,42 @@ def test_errors() -> None:
         dsnot_refine(w, torch.zeros(8, 16, dtype=torch.bool), stats, 0.5)
     with pytest.raises(ConfigError):
         dsnot_refine(w, None, stats, 1.5)
+
+
+@pytest.mark.parametrize("arch", ["llama", "opt", "gpt2", "phi3", "gemma"])
+def test_module_roles_split_attention_from_mlp(make_model, arch) -> None:
+    from prunestudio.core import architecture
+
+    names = architecture.layout(make_model(arch)).module_names
+    roles = {n: architecture.module_role(n) for n in names}
+    assert set(roles.values()) == {"attention", "mlp"}, roles
+    # attention comes first in every block of these architectures, and the MLP ends it
+    assert roles[names[0]] == "attention" and roles[names[-1]] == "mlp"
+
+
+@pytest.mark.parametrize("skip", ["mlp", "attention", "none"])
+def test_pipeline_dsnot_skip_leaves_the_initial_mask(make_model, tokenizer, skip) -> None:
+    """Skipped modules keep exactly the Wanda mask; refined ones swap some weights (masks compared in
+    the first block, whose inputs are the same in both runs)."""
+    from prunestudio.core import architecture
+    from prunestudio.core.config import PruneConfig
+    from prunestudio.core.pipeline import iter_prune, run_to_completion
+
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(3, len(tokenizer), (6, 24), generator=g)
+    ref, model = make_model("llama"), make_model("llama")
+    # threshold 0: every module refines until no swap helps; two-pass so both runs see the same inputs
+    run_to_completion(iter_prune(ref, ids, PruneConfig(method="wanda", one_pass=False)))
+    res = run_to_completion(iter_prune(model, ids, PruneConfig(method="dsnot", dsnot_skip=skip,
+                                                               dsnot_threshold=0.0, one_pass=False)))
+    lay, lay_ref = architecture.layout(model), architecture.layout(ref)
+    for bi, (b, b_ref) in enumerate(zip(lay.blocks, lay_ref.blocks)):
+        for name in lay.module_names:
+            same = torch.equal(b.get_submodule(name).weight == 0, b_ref.get_submodule(name).weight == 0)
+            skipped = skip != "none" and architecture.module_role(name) == skip
+            assert res.module_info[f"{bi}.{name}"].get("dsnot_skipped", False) == skipped
+            if not skipped:
+                assert res.module_info[f"{bi}.{name}"]["swaps"] > 0, name
+            if bi == 0:
+                assert same == skipped, name
+    assert res.global_sparsity == pytest.approx(0.5)

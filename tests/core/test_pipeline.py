@@ -22,19 +22,36 @@ def _ids(vocab: int, n: int = 6, seqlen: int = 24, seed: int = 0) -> torch.Tenso
     return torch.randint(3, vocab, (n, seqlen), generator=g)
 
 
-def _brute_force_wanda(model, ids, sparsity, n=0, m=0):
-    """Independent Wanda: for block i, run the whole (partly pruned) model and hook module inputs."""
+def _module_inputs(model, block, names, ids):
+    """Every input of ``names`` (modules of ``block``) in one whole-model forward, in firing order."""
+    seen: dict[str, list[torch.Tensor]] = {name: [] for name in names}
+    order: list[str] = []
+
+    def record(mod, args, name):
+        seen[name].append(args[0].detach().clone())
+        order.append(name)
+
+    handles = [block.get_submodule(name).register_forward_pre_hook(
+        lambda mod, args, name=name: record(mod, args, name)) for name in names]
+    with torch.no_grad():
+        model(input_ids=ids, use_cache=False)
+    for h in handles:
+        h.remove()
+    return seen, list(dict.fromkeys(order))
+
+
+def _brute_force_wanda(model, ids, sparsity, n=0, m=0, sequential=False):
+    """Independent Wanda: for block i, run the whole (partly pruned) model and hook module inputs.
+
+    ``sequential``: the one-pass order; each module's inputs are taken with the modules that run
+    before it in the block already pruned (one whole-model forward per module).
+    """
     lay = architecture.layout(model)
     for block in lay.blocks:
-        seen: dict[str, list[torch.Tensor]] = {name: [] for name in lay.module_names}
-        handles = [block.get_submodule(name).register_forward_pre_hook(
-            lambda mod, args, name=name: seen[name].append(args[0].detach().clone()))
-            for name in lay.module_names]
-        with torch.no_grad():
-            model(input_ids=ids, use_cache=False)
-        for h in handles:
-            h.remove()
-        for name in lay.module_names:
+        seen, firing = _module_inputs(model, block, lay.module_names, ids)
+        for name in firing:
+            if sequential:
+                seen, _ = _module_inputs(model, block, [name], ids)
             mod = block.get_submodule(name)
             x = torch.cat([t.reshape(-1, t.shape[-1]) for t in seen[name]]).double()
             norm = torch.sqrt((x * x).sum(0))
@@ -54,14 +71,15 @@ def _brute_force_wanda(model, ids, sparsity, n=0, m=0):
 
 @pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("structure", ["unstructured", "2:4"])
-def test_wanda_equals_brute_force(make_model, tokenizer, arch, structure):
+@pytest.mark.parametrize("one_pass", [True, False], ids=["one-pass", "two-pass"])
+def test_wanda_equals_brute_force(make_model, tokenizer, arch, structure, one_pass):
     model = make_model(arch)
     ref = make_model(arch)
     ids = _ids(len(tokenizer))
-    cfg = PruneConfig(method="wanda", sparsity=0.5, structure=structure, batch_size=4)
+    cfg = PruneConfig(method="wanda", sparsity=0.5, structure=structure, batch_size=4, one_pass=one_pass)
     res = run_to_completion(iter_prune(model, ids, cfg))
     n, m = cfg.nm
-    _brute_force_wanda(ref, ids, 0.5, n, m)
+    _brute_force_wanda(ref, ids, 0.5, n, m, sequential=one_pass)
     lay, lay_ref = architecture.layout(model), architecture.layout(ref)
     for b, b_ref in zip(lay.blocks, lay_ref.blocks):
         for name in lay.module_names:

