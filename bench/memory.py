@@ -58,7 +58,8 @@ def worker(a: argparse.Namespace) -> dict:
     t0 = time.perf_counter()
     loaded = load_model("demo", "cpu", a.dtype, offload=a.offload)
     rss_loaded = proc.memory_info().rss
-    cfg = PruneConfig(method=a.method, sparsity=0.5, batch_size=a.batch_size).with_offload_mode(a.offload)
+    cfg = PruneConfig(method=a.method, sparsity=0.5, batch_size=a.batch_size,
+                      one_pass=not a.two_pass).with_offload_mode(a.offload)
     run_to_completion(iter_prune(loaded.model, ids, cfg, "cpu", previews=True))
     seconds = time.perf_counter() - t0
     stop.set()
@@ -68,7 +69,8 @@ def worker(a: argparse.Namespace) -> dict:
     info = dict(loaded.info)
     info["module_shapes"] = module_shapes(loaded.model)
     nbytes = torch.finfo(loaded.dtype).bits // 8
-    est = estimate_run_memory(info, a.nsamples, a.seqlen, a.method, nbytes, a.batch_size, offload=a.offload)
+    est = estimate_run_memory(info, a.nsamples, a.seqlen, a.method, nbytes, a.batch_size, offload=a.offload,
+                              one_pass=cfg.one_pass)
     params = info["parameters"]
     resident = params * nbytes
     store = store_of(loaded.model)
@@ -77,7 +79,8 @@ def worker(a: argparse.Namespace) -> dict:
         resident -= sum(p.numel() for p in lay.blocks.parameters()) * nbytes
     activations = a.nsamples * a.seqlen * info["hidden_size"] * nbytes
     used = peak_rss - base
-    return {"method": a.method, "offload": a.offload, "dtype": a.dtype, "nsamples": a.nsamples,
+    return {"method": a.method, "offload": a.offload, "one_pass": cfg.one_pass, "dtype": a.dtype,
+            "nsamples": a.nsamples,
             "seqlen": a.seqlen, "batch_size": a.batch_size, "seconds": seconds,
             "base_rss": base, "rss_after_load": rss_loaded, "peak_rss": peak_rss, "used": used,
             "weights_resident": resident, "weights_total": params * nbytes, "activations": activations,
@@ -95,6 +98,7 @@ def main() -> None:
     ap.add_argument("--nsamples", type=int, default=64)
     ap.add_argument("--seqlen", type=int, default=512)
     ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--two-pass", action="store_true", help="the two-pass order (default: one pass per block)")
     ap.add_argument("--configs", default="wanda:cpu,sparsegpt:cpu,wanda:disk,sparsegpt:disk")
     ap.add_argument("--results", default=str(HERE / "results" / "memory.json"))
     a = ap.parse_args()
@@ -113,7 +117,7 @@ def main() -> None:
         method, offload = spec.split(":")
         cmd = [sys.executable, __file__, "--worker", "--method", method, "--offload", offload,
                "--dtype", a.dtype, "--calib", str(calib), "--nsamples", str(a.nsamples),
-               "--seqlen", str(a.seqlen), "--batch-size", str(a.batch_size)]
+               "--seqlen", str(a.seqlen), "--batch-size", str(a.batch_size)] + (["--two-pass"] if a.two_pass else [])
         p = subprocess.run(cmd, capture_output=True, text=True)
         if p.returncode != 0:
             print(f"{spec}: failed\n{p.stderr[-3000:]}")
@@ -123,7 +127,7 @@ def main() -> None:
         Path(a.results).parent.mkdir(parents=True, exist_ok=True)  # written after each run
         Path(a.results).write_text(json.dumps({"runs": rows}, indent=2) + "\n")
         mb = 2 ** 20
-        print(f"{method:10s} offload {offload:5s}: peak - base {r['used'] / mb:7.1f} MiB "
+        print(f"{method:10s} offload {offload:5s} {'one' if r['one_pass'] else 'two'}-pass: peak - base {r['used'] / mb:7.1f} MiB "
               f"(base {r['base_rss'] / mb:.0f} MiB); weights {r['weights_resident'] / mb:.1f} + activations "
               f"{r['activations'] / mb:.1f} MiB -> ratio {r['ratio_to_weights_plus_activations']:.2f}; "
               f"estimate {r['estimate']['host'] / mb:.1f} MiB = {r['estimate_ratio']:.2f} x measured", flush=True)

@@ -55,7 +55,7 @@ def main() -> int:
     ap.add_argument("--nsamples", type=int, default=64)
     ap.add_argument("--seqlen", type=int, default=512)
     ap.add_argument("--eval-windows", type=int, default=0, help="0: the whole WikiText-2 test set")
-    ap.add_argument("--rows", default="", help="comma list of row labels to run (default: all)")
+    ap.add_argument("--rows", default="", help="row labels to run, separated by semicolons (default: all)")
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "methods.md"))
     ap.add_argument("--work", default=str(REPO / "bench" / ".work" / "methods"))
     ap.add_argument("--fresh", action="store_true", help="ignore the reports of earlier runs")
@@ -63,7 +63,7 @@ def main() -> int:
 
     work = Path(a.work) / f"{a.nsamples}x{a.seqlen}-w{a.eval_windows}"
     work.mkdir(parents=True, exist_ok=True)
-    wanted = {r.strip() for r in a.rows.split(",") if r.strip()}
+    wanted = {r.strip() for r in a.rows.split(";") if r.strip()}
     methods = [(label, flags) for label, flags in METHODS if not wanted or label in wanted]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     cells: list[dict] = []

@@ -211,10 +211,16 @@ def main() -> None:
     ap.add_argument("--eval-windows", type=int, default=40, help="WikiText-2 windows (0: all)")
     ap.add_argument("--configs", default="all", help="comma list like wanda:unstructured,sparsegpt:2:4")
     ap.add_argument("--results", default=str(HERE / "results" / "vs_llmcompressor.json"))
+    ap.add_argument("--reeval", action="store_true",
+                    help="re-evaluate the weights of the last run (--results) on --eval-windows windows, "
+                         "keeping its timings: a steadier perplexity ratio without pruning again")
     a = ap.parse_args()
     if a.worker:
         fn = {"ours": worker_ours, "llmc": worker_llmc, "eval": worker_eval}[a.worker]
         print(json.dumps(fn(a)))
+        return
+    if a.reeval:
+        reevaluate(a)
         return
 
     os.environ.setdefault("PRUNESTUDIO_CACHE", "/tmp/pscache")
@@ -265,6 +271,33 @@ def main() -> None:
         Path(a.results).parent.mkdir(parents=True, exist_ok=True)  # partial results survive a stop
         Path(a.results).write_text(json.dumps(out, indent=2) + "\n")
 
+    finish(out, a.results, why)
+
+
+def reevaluate(a: argparse.Namespace) -> None:
+    os.environ.setdefault("PRUNESTUDIO_CACHE", "/tmp/pscache")
+    from prunestudio.core.demo_model import ensure_demo_model
+
+    out = json.loads(Path(a.results).read_text())
+    ev = ["--model", str(ensure_demo_model()), "--seqlen", str(out["seqlen"]), "--eval-windows", str(a.eval_windows)]
+    out["dense"] = _run(sys.executable, ["--worker", "eval"] + ev)
+    out["eval_windows"] = a.eval_windows
+    print(f"dense: ppl {out['dense']['ppl']:.3f} ({a.eval_windows or 'all'} windows)")
+    for key, row in out["runs"].items():
+        method, structure = key.split(":", 1)
+        tag = f"{method}-{structure.replace(':', 'of')}"
+        for tool in ("ours", "llmc"):
+            if "seconds" in row.get(tool, {}):
+                row[tool].update(_run(sys.executable, ["--worker", "eval", "--weights",
+                                                       str(WORK / f"{tool}-{tag}.safetensors")] + ev))
+                print(f"{key:24s} {tool:5s} ppl {row[tool]['ppl']:.3f}", flush=True)
+        if "seconds" in row.get("ours", {}) and "seconds" in row.get("llmc", {}):
+            row["ppl_ratio"] = row["ours"]["ppl"] / row["llmc"]["ppl"]
+            print(f"{key:24s} time ratio {row['time_ratio']:.3f}  ppl ratio {row['ppl_ratio']:.4f}", flush=True)
+    finish(out, a.results, out.get("llmcompressor_error"))
+
+
+def finish(out: dict, results: str, why: str | None) -> None:
     def ratio(method: str, what: str) -> float | None:
         vals = [r[what] for k, r in out["runs"].items() if k.startswith(method + ":") and what in r]
         return max(vals) if vals else None  # the worse of unstructured and 2:4
@@ -279,8 +312,8 @@ def main() -> None:
         "llmcompressor_error": why,
     }
     out["summary"] = summary
-    Path(a.results).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.results).write_text(json.dumps(out, indent=2) + "\n")
+    Path(results).parent.mkdir(parents=True, exist_ok=True)
+    Path(results).write_text(json.dumps(out, indent=2) + "\n")
     print(json.dumps(summary))
 
 

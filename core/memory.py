@@ -187,6 +187,30 @@ def estimate_run_memory(
     }
 
 
+def one_pass_fits(info: dict[str, Any], nsamples: int, seqlen: int, method: str, dtype_bytes: int,
+                  batch_size: int, owl: bool, offload: str, device: str,
+                  avail: dict[str, int | None] | None = None) -> tuple[bool, str]:
+    """Whether one pass per block is expected to fit where the activations live, and if not, why.
+
+    One pass keeps every batch's activations inside the block at once (see ``core/lockstep.py``);
+    when that is expected not to fit (90% of what is free: host memory on the CPU, the GPU's free
+    memory on CUDA) but two passes would, the pipeline takes two passes. Unknown free memory: fits.
+    """
+    kw = dict(batch_size=batch_size, owl=owl, offload=offload)
+    one = estimate_run_memory(info, nsamples, seqlen, method, dtype_bytes, one_pass=True, **kw)
+    two = estimate_run_memory(info, nsamples, seqlen, method, dtype_bytes, one_pass=False, **kw)
+    avail = avail if avail is not None else available_memory(device)
+    if str(device).startswith("cuda"):
+        free, need_one, need_two, where = avail.get("device_free"), one["device"], two["device"], str(device)
+    else:  # the weights are in memory already: what matters is the rest
+        free, where = avail.get("host_available"), "host memory"
+        need_one, need_two = one["total"] - one["weights"], two["total"] - two["weights"]
+    if free is None or need_one <= 0.9 * free or need_two > 0.9 * free:
+        return True, ""
+    return False, (f"One pass per block needs about {format_bytes(need_one)} of {where}, "
+                   f"{format_bytes(free)} is free; two passes need {format_bytes(need_two)}.")
+
+
 def available_memory(device: str = "cpu") -> dict[str, int | None]:
     """What the machine has now: host RAM available and, for a CUDA device, free GPU memory."""
     out: dict[str, int | None] = {"host_available": None, "host_total": None,

@@ -459,8 +459,22 @@ def iter_prune(
     model_was_training = model.training
     model.eval()
 
+    one_pass = cfg.one_pass and needs is not None
+    if one_pass:
+        from .memory import module_shapes, one_pass_fits
+        from .models import describe
+
+        info = {**describe(model), "module_shapes": module_shapes(model)}
+        dtype_bytes = next(lay.blocks[0].parameters()).element_size()
+        one_pass, why = one_pass_fits(info, nsamples, seqlen, cfg.method, dtype_bytes, cfg.batch_size,
+                                      cfg.owl, cfg.offload_mode, str(device))
+        if not one_pass:
+            notes.append(why + " Pruned with two passes per block.")
+
     yield RunStarted(method=cfg.label(), num_blocks=nblocks, module_names=lay.module_names,
                      block_sparsity=tuple(targets), nsamples=nsamples, seqlen=seqlen, device=str(device))
+    if notes:
+        yield Message(notes[-1], level="warning")
 
     inputs: BlockInputs | None = None
     where: dict[str, torch.device] = {}
@@ -511,7 +525,6 @@ def iter_prune(
             # once per block (one synchronisation), then the block's ModulePruned events follow.
             defer = device.type != "cpu" if DEFER_HOST_READS is None else DEFER_HOST_READS
             last_hint: tuple[str, int] | None = None
-            one_pass = cfg.one_pass
             for bi, block in enumerate(lay.blocks):
                 if should_stop():
                     raise Cancelled()
@@ -578,7 +591,9 @@ def iter_prune(
                     if _is_oom(e):
                         raise BlockOutOfMemory(
                             f"Out of memory on {device} while pruning block {bi}.",
-                            hint="Use fewer calibration samples, a shorter sequence length, a smaller "
+                            hint=("Turn off one pass per block (--two-pass): it keeps every batch's "
+                                  "activations inside the block at once. " if one_pass and needs is not None else "")
+                                 + "Use fewer calibration samples, a shorter sequence length, a smaller "
                                  "batch size, or keep offload on.",
                             details=str(e)) from e
                     raise

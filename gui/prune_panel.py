@@ -57,7 +57,7 @@ class PrunePanel(QWidget):
         form = QFormLayout(main)
         self.method = QComboBox()
         for m in METHODS:
-            self.method.addItem(m.capitalize() if m != "sparsegpt" else "SparseGPT", m)
+            self.method.addItem({"sparsegpt": "SparseGPT", "dsnot": "DSnoT"}.get(m, m.capitalize()), m)
             self.method.setItemData(self.method.count() - 1, METHOD_TEXT[m], 3)  # ToolTipRole
         self.method.setToolTip(TIPS["method"])
         self.method_text = hint_label()

@@ -524,7 +524,8 @@ def test_zero_samples(tok, corpus_file):
 
 # ---- faults -----------------------------------------------------------------------------------
 
-def test_out_of_memory_in_a_block(tok):
+@pytest.mark.parametrize("one_pass", [True, False])
+def test_out_of_memory_in_a_block(tok, one_pass):
     model = tiny_model("llama", vocab_size=len(tok))
     block = model.model.layers[1]
 
@@ -534,8 +535,9 @@ def test_out_of_memory_in_a_block(tok):
     block.mlp.forward = oom
     ids = torch.randint(3, len(tok), (4, 16))
     with pytest.raises(BlockOutOfMemory, match="block 1") as ei:
-        run_to_completion(iter_prune(model, ids, PruneConfig(method="wanda")))
+        run_to_completion(iter_prune(model, ids, PruneConfig(method="wanda", one_pass=one_pass, batch_size=2)))
     assert "fewer calibration samples" in str(ei.value) and "offload" in str(ei.value)
+    assert ("--two-pass" in str(ei.value)) == one_pass  # one pass holds every batch in the block
     assert is_incomplete(model)
 
 

@@ -167,3 +167,34 @@ def test_lockstep_block_refuses_a_module_called_twice():
         for _ in lock.modules():
             pass
     assert _live_batch_threads() == 0
+
+
+def test_one_pass_that_would_not_fit_takes_two_passes(make_model, tokenizer, monkeypatch):
+    """With too little free memory for one pass but enough for two, the run takes two passes,
+    says why, and gives exactly the two-pass result."""
+    from prunestudio.core import memory
+    from prunestudio.core.events import Message
+    from prunestudio.core.models import describe
+
+    ids = _ids(len(tokenizer), n=8)
+    model = make_model("llama")
+    info = {**describe(model), "module_shapes": memory.module_shapes(model)}
+    kw = dict(method="wanda", dtype_bytes=4, batch_size=2)
+    one = memory.estimate_run_memory(info, 8, 24, one_pass=True, **kw)
+    two = memory.estimate_run_memory(info, 8, 24, one_pass=False, **kw)
+    need_one, need_two = one["total"] - one["weights"], two["total"] - two["weights"]
+    assert need_one > need_two
+    free = int((need_one + need_two) / 2 / 0.9)
+    monkeypatch.setattr(memory, "available_memory", lambda device="cpu": {"host_available": free})
+    events = []
+    res = run_to_completion(iter_prune(model, ids, PruneConfig(batch_size=2)), events.append)
+    assert any("two passes" in n for n in res.notes)
+    assert any(isinstance(e, Message) and "two passes" in e.text for e in events)
+    ref = make_model("llama")
+    run_to_completion(iter_prune(ref, ids, PruneConfig(batch_size=2, one_pass=False)))
+    for (k, va), vb in zip(model.state_dict().items(), ref.state_dict().values()):
+        assert torch.equal(va, vb), k
+    # plenty of memory: one pass
+    monkeypatch.setattr(memory, "available_memory", lambda device="cpu": {"host_available": 1 << 40})
+    res = run_to_completion(iter_prune(make_model("llama"), ids, PruneConfig(batch_size=2)))
+    assert not any("two passes" in n for n in res.notes)
