@@ -18,6 +18,7 @@ from .run_panel import RunPanel
 from .settings import DISPLAY_NAME, Settings, sync_all
 from .state import AppState
 from .steps import STEPS, StepList, step_status
+from .widgets import chain_tab_order
 from .worker import wait_for_workers
 
 
@@ -51,6 +52,7 @@ class MainWindow(QMainWindow):
         self.stack = QStackedWidget()
         for step in STEPS:
             panel = self.panels[step.key]
+            chain_tab_order(panel)  # Tab follows the panel's reading order
             scroll = step.key in ("model", "pruning", "evaluate")
             self.stack.addWidget(_scrollable(panel) if scroll else panel)
         central = QWidget()

@@ -260,3 +260,52 @@ def fmt_float(x: float | None, digits: int = 3) -> str:
 
 def fmt_pct(x: float | None, digits: int = 1) -> str:
     return "–" if x is None else f"{x * 100:.{digits}f} %"
+
+
+def layout_reading_order(root: QWidget) -> list[QWidget]:
+    """``root``'s keyboard-focusable descendants in the reading order of its layouts.
+
+    Form rows label-then-field, grids row by row, boxes in order, nested widgets (group boxes,
+    collapsible sections, composite editors) where they sit: the order a user reads the panel in,
+    whatever order the widgets were created in.
+    """
+    from PySide6.QtWidgets import QAbstractScrollArea, QGridLayout, QSplitter, QTabWidget
+
+    out: list[QWidget] = []
+
+    def visit_widget(w: QWidget) -> None:
+        if w.focusPolicy() & Qt.FocusPolicy.TabFocus and w.focusProxy() is None:
+            out.append(w)
+        if isinstance(w, QSplitter):
+            for i in range(w.count()):
+                visit_widget(w.widget(i))
+        elif isinstance(w, QTabWidget):  # the tab bar, then each page
+            for i in range(w.count()):
+                visit_widget(w.widget(i))
+        elif isinstance(w, QAbstractScrollArea):  # a view (table, text, plot) is one stop
+            return
+        elif w.layout() is not None:
+            visit_layout(w.layout())
+
+    def visit_layout(lay) -> None:  # noqa: ANN001 - any QLayout
+        items = [lay.itemAt(i) for i in range(lay.count())]
+        if isinstance(lay, QGridLayout):
+            pos = {id(it): lay.getItemPosition(i)[:2] for i, it in enumerate(items)}
+            items.sort(key=lambda it: pos[id(it)])
+        for it in items:
+            if it.widget() is not None:
+                visit_widget(it.widget())
+            elif it.layout() is not None:
+                visit_layout(it.layout())
+
+    if root.layout() is not None:
+        visit_layout(root.layout())
+    return out
+
+
+def chain_tab_order(root: QWidget) -> list[QWidget]:
+    """Make Tab follow :func:`layout_reading_order` inside ``root``; returns that order."""
+    order = layout_reading_order(root)
+    for a, b in zip(order, order[1:]):
+        QWidget.setTabOrder(a, b)
+    return order
