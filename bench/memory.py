@@ -59,7 +59,7 @@ def worker(a: argparse.Namespace) -> dict:
     loaded = load_model("demo", "cpu", a.dtype, offload=a.offload)
     rss_loaded = proc.memory_info().rss
     cfg = PruneConfig(method=a.method, sparsity=0.5, batch_size=a.batch_size,
-                      one_pass=not a.two_pass).with_offload_mode(a.offload)
+                      one_pass=a.one_pass).with_offload_mode(a.offload)
     run_to_completion(iter_prune(loaded.model, ids, cfg, "cpu", previews=True))
     seconds = time.perf_counter() - t0
     stop.set()
@@ -70,7 +70,7 @@ def worker(a: argparse.Namespace) -> dict:
     info["module_shapes"] = module_shapes(loaded.model)
     nbytes = torch.finfo(loaded.dtype).bits // 8
     est = estimate_run_memory(info, a.nsamples, a.seqlen, a.method, nbytes, a.batch_size, offload=a.offload,
-                              one_pass=cfg.one_pass)
+                              one_pass=cfg.passes_once)
     params = info["parameters"]
     resident = params * nbytes
     store = store_of(loaded.model)
@@ -79,7 +79,7 @@ def worker(a: argparse.Namespace) -> dict:
         resident -= sum(p.numel() for p in lay.blocks.parameters()) * nbytes
     activations = a.nsamples * a.seqlen * info["hidden_size"] * nbytes
     used = peak_rss - base
-    return {"method": a.method, "offload": a.offload, "one_pass": cfg.one_pass, "dtype": a.dtype,
+    return {"method": a.method, "offload": a.offload, "one_pass": cfg.passes_once, "dtype": a.dtype,
             "nsamples": a.nsamples,
             "seqlen": a.seqlen, "batch_size": a.batch_size, "seconds": seconds,
             "base_rss": base, "rss_after_load": rss_loaded, "peak_rss": peak_rss, "used": used,
@@ -98,7 +98,10 @@ def main() -> None:
     ap.add_argument("--nsamples", type=int, default=64)
     ap.add_argument("--seqlen", type=int, default=512)
     ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--two-pass", action="store_true", help="the two-pass order (default: one pass per block)")
+    order = ap.add_mutually_exclusive_group()
+    order.add_argument("--one-pass", dest="one_pass", action="store_true", default=None,
+                       help="one pass per block (default: the method's default order)")
+    order.add_argument("--two-pass", dest="one_pass", action="store_false", help="two passes per block")
     ap.add_argument("--configs", default="wanda:cpu,sparsegpt:cpu,wanda:disk,sparsegpt:disk")
     ap.add_argument("--results", default=str(HERE / "results" / "memory.json"))
     a = ap.parse_args()
@@ -117,7 +120,7 @@ def main() -> None:
         method, offload = spec.split(":")
         cmd = [sys.executable, __file__, "--worker", "--method", method, "--offload", offload,
                "--dtype", a.dtype, "--calib", str(calib), "--nsamples", str(a.nsamples),
-               "--seqlen", str(a.seqlen), "--batch-size", str(a.batch_size)] + (["--two-pass"] if a.two_pass else [])
+               "--seqlen", str(a.seqlen), "--batch-size", str(a.batch_size)] + ({True: ["--one-pass"], False: ["--two-pass"]}.get(a.one_pass, []))
         p = subprocess.run(cmd, capture_output=True, text=True)
         if p.returncode != 0:
             print(f"{spec}: failed\n{p.stderr[-3000:]}")

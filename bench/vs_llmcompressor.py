@@ -23,9 +23,10 @@ llm-compressor is configured as our run: ``WandaPruningModifier`` / ``SparseGPTM
 output head (``re:.*lm_head``); SparseGPT ``block_size=128``, ``dampening_frac=0.01``; the
 ``sequential`` pipeline; no shuffling; the same batch size as ours (``--batch-size``, default 8).
 
-Ours runs with its defaults: one forward pass per block (``PruneConfig.one_pass``, see
-``core/lockstep.py``); llm-compressor's sequential pipeline makes two (calibrate, then propagate).
-``--two-pass`` runs ours in the same two-pass order as theirs, for the comparison of like with like.
+Ours runs in each method's default order (``PruneConfig.passes_once``: one forward pass per block
+for SparseGPT, see ``core/lockstep.py``; two for Wanda, as the reference); llm-compressor's
+sequential pipeline makes two (calibrate, then propagate). ``--one-pass`` / ``--two-pass`` force one
+order for both methods.
 
 The last line printed is one JSON object with the four ratios (ours / theirs) and every figure.
 """
@@ -66,7 +67,7 @@ def worker_ours(a: argparse.Namespace) -> dict:
     loaded = load_model(a.model, "cpu", a.dtype)
     t_load = time.perf_counter() - t0
     cfg = PruneConfig(method=a.method, sparsity=0.5, structure=a.structure, batch_size=a.batch_size,
-                      one_pass=not a.two_pass)
+                      one_pass=a.one_pass)
     t0 = time.perf_counter()
     res = run_to_completion(iter_prune(loaded.model, ids, cfg, "cpu", previews=False))
     t_prune = time.perf_counter() - t0
@@ -206,8 +207,11 @@ def main() -> None:
     ap.add_argument("--nsamples", type=int, default=64)
     ap.add_argument("--seqlen", type=int, default=512)
     ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--two-pass", action="store_true",
-                    help="run ours in the reference two-pass order (default: one pass per block)")
+    order = ap.add_mutually_exclusive_group()
+    order.add_argument("--one-pass", dest="one_pass", action="store_true", default=None,
+                       help="run ours with one pass per block (default: each method's default order)")
+    order.add_argument("--two-pass", dest="one_pass", action="store_false",
+                       help="run ours in the reference two-pass order, theirs")
     ap.add_argument("--eval-windows", type=int, default=40, help="WikiText-2 windows (0: all)")
     ap.add_argument("--configs", default="all", help="comma list like wanda:unstructured,sparsegpt:2:4")
     ap.add_argument("--results", default=str(HERE / "results" / "vs_llmcompressor.json"))
@@ -235,9 +239,9 @@ def main() -> None:
                  "calibration": calib.name, "llmcompressor_error": why, "runs": {}}
     if why:
         print(f"llm-compressor unavailable: {why}")
-    out["ours_order"] = "two-pass" if a.two_pass else "one-pass"
+    out["ours_order"] = {True: "one-pass", False: "two-pass"}.get(a.one_pass, "method default")
     common = ["--model", model_dir, "--calib", str(calib), "--dtype", a.dtype,
-              "--batch-size", str(a.batch_size)] + (["--two-pass"] if a.two_pass else [])
+              "--batch-size", str(a.batch_size)] + ({True: ["--one-pass"], False: ["--two-pass"]}.get(a.one_pass, []))
     ev = ["--model", model_dir, "--seqlen", str(a.seqlen), "--eval-windows", str(a.eval_windows)]
     dense = _run(sys.executable, ["--worker", "eval"] + ev)
     out["dense"] = dense

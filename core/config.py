@@ -68,11 +68,12 @@ class PruneConfig:
     """Modules whose name contains one of these strings are left dense (e.g. ``down_proj``)."""
     batch_size: int = 8
     """Calibration samples per forward pass."""
-    one_pass: bool = True
-    """One forward pass per block: each module is pruned as soon as every batch has reached it, and
-    the modules after it in the block see its pruned output ("true sequential"; see
+    one_pass: bool | None = None
+    """True: one forward pass per block; each module is pruned as soon as every batch has reached
+    it, and the modules after it in the block see its pruned output ("true sequential"; see
     ``core/lockstep.py``). False: the reference order, two passes per block (statistics of the
-    dense block, then the pruned block's outputs), which reproduces the papers' code exactly."""
+    dense block, then the pruned block's outputs), which reproduces the papers' code exactly.
+    None (default): the method's own choice, :attr:`passes_once`."""
     offload: bool = True
     """Keep only the block being pruned (and its activations) on the compute device."""
     offload_to: str = "cpu"
@@ -119,6 +120,16 @@ class PruneConfig:
             object.__setattr__(self, "structure", f"{n}:{m}")
         else:
             object.__setattr__(self, "structure", "unstructured")
+
+    @property
+    def passes_once(self) -> bool:
+        """Whether the run takes one pass per block. By default only when SparseGPT reconstructs the
+        weights (directly or as DSnoT's initial mask): its updates compensate for the pruned
+        modules before them, and one pass matched or beat two here, while Wanda's 2:4 masks
+        scored on already-pruned inputs lost about 10% perplexity (``bench/results/methods.md``)."""
+        if self.one_pass is not None:
+            return bool(self.one_pass)
+        return self.method == "sparsegpt" or (self.method == "dsnot" and self.dsnot_init == "sparsegpt")
 
     @property
     def nm(self) -> tuple[int, int]:

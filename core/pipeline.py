@@ -459,7 +459,7 @@ def iter_prune(
     model_was_training = model.training
     model.eval()
 
-    one_pass = cfg.one_pass and needs is not None
+    one_pass = cfg.passes_once and needs is not None
     if one_pass:
         from .memory import module_shapes, one_pass_fits
         from .models import describe

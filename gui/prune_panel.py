@@ -40,9 +40,10 @@ TIPS = {
     "offload": "Keep only the block being pruned on the GPU; the rest stays in host memory.",
     "dsnot_skip": "Modules that keep their initial mask. The DSnoT paper refines attention only "
                   "(its default skips the MLP).",
-    "one_pass": "Run each block once: every module is pruned as soon as all calibration batches have "
-                "reached it, and the modules after it see its pruned output (about half the time). "
-                "Off: the papers' order, a statistics pass of the dense block and then a second pass.",
+    "one_pass": "One pass per block: every module is pruned as soon as all calibration batches have "
+                "reached it, and the modules after it see its pruned output (less time, more memory). "
+                "Two passes: the papers' order, statistics of the dense block, then its pruned outputs. "
+                "Default: one pass for SparseGPT, two for the others.",
 }
 
 
@@ -139,10 +140,12 @@ class PrunePanel(QWidget):
         self.offload.setToolTip(TIPS["offload"])
         aform.addRow(self._label("Batch size:", self.batch), self.batch)
         aform.addRow(self.offload)
-        self.one_pass = QCheckBox("One pass per block")
-        self.one_pass.setChecked(True)
+        self.one_pass = QComboBox()
+        for text, key in (("Method's default", "default"), ("One pass per block", "one"),
+                          ("Two passes (reference order)", "two")):
+            self.one_pass.addItem(text, key)
         self.one_pass.setToolTip(TIPS["one_pass"])
-        aform.addRow(self.one_pass)
+        aform.addRow(self._label("Pass order:", self.one_pass), self.one_pass)
         xform.addRow(Collapsible("Advanced", adv))
 
         self.status = StatusLine()
@@ -182,7 +185,7 @@ class PrunePanel(QWidget):
             w.valueChanged.connect(self._changed)
         self.owl.toggled.connect(self._changed)
         self.offload.toggled.connect(self._changed)
-        self.one_pass.toggled.connect(self._changed)
+        self.one_pass.currentIndexChanged.connect(self._changed)
         self.skip.textChanged.connect(self._changed)
         self.save_button.clicked.connect(self.save_recipe_dialog)
         self.load_button.clicked.connect(self.load_recipe_dialog)
@@ -215,7 +218,7 @@ class PrunePanel(QWidget):
             dsnot_skip=str(self.dsnot_skip.currentData()),
             sparsegpt_blocksize=self.blocksize.value(), sparsegpt_damp=self.damp.value(),
             skip_modules=skip, batch_size=self.batch.value(), offload=self.offload.isChecked(),
-            one_pass=self.one_pass.isChecked(),
+            one_pass={"one": True, "two": False}.get(str(self.one_pass.currentData())),
         )
 
     def set_config(self, cfg: PruneConfig) -> None:
@@ -242,7 +245,7 @@ class PrunePanel(QWidget):
             self.skip.setText(", ".join(cfg.skip_modules))
             self.batch.setValue(cfg.batch_size)
             self.offload.setChecked(cfg.offload)
-            self.one_pass.setChecked(cfg.one_pass)
+            self.one_pass.setCurrentIndex(self.one_pass.findData({True: "one", False: "two"}.get(cfg.one_pass, "default")))
         finally:
             self._applying = False
         self._changed()

@@ -315,7 +315,7 @@ class AppState(QObject):
             n, L = self.calib_config.nsamples, self.calib_config.seqlen
         nbytes = _DTYPE_BYTES.get(str(info.get("dtype")), 4)
         est = memory.estimate_run_memory(info, n, L, cfg.method, nbytes, cfg.batch_size, cfg.owl,
-                                          one_pass=cfg.one_pass)
+                                          one_pass=cfg.passes_once)
         avail = memory.available_memory(str(self.loaded.device))
         return est, avail
 

@@ -36,7 +36,7 @@ def test_one_pass_does_not_depend_on_batching(make_model, tokenizer, arch, metho
     masks = []
     for batch in (1, 4, 6):
         model = make_model(arch)
-        run_to_completion(iter_prune(model, ids, PruneConfig(method=method, batch_size=batch)))
+        run_to_completion(iter_prune(model, ids, PruneConfig(method=method, batch_size=batch, one_pass=True)))
         masks.append({k: v == 0 for k, v in model.state_dict().items() if k.endswith("weight")})
     for other in masks[1:]:
         for k in masks[0]:
@@ -66,7 +66,8 @@ def _live_batch_threads() -> int:
 def test_cancel_in_one_pass_stops_every_batch_thread(make_model, tokenizer, after):
     model = make_model("llama")
     seen: list[ModulePruned] = []
-    gen = iter_prune(model, _ids(len(tokenizer)), PruneConfig(batch_size=2), should_stop=lambda: len(seen) >= after)
+    gen = iter_prune(model, _ids(len(tokenizer)), PruneConfig(batch_size=2, one_pass=True),
+                     should_stop=lambda: len(seen) >= after)
     with pytest.raises(Cancelled):
         for ev in gen:
             if isinstance(ev, ModulePruned):
@@ -78,7 +79,7 @@ def test_cancel_in_one_pass_stops_every_batch_thread(make_model, tokenizer, afte
 
 def test_abandoning_the_generator_mid_block_stops_the_threads(make_model, tokenizer):
     model = make_model("llama")
-    gen = iter_prune(model, _ids(len(tokenizer)), PruneConfig(batch_size=2))
+    gen = iter_prune(model, _ids(len(tokenizer)), PruneConfig(batch_size=2, one_pass=True))
     for ev in gen:
         if isinstance(ev, ModulePruned):
             break
@@ -96,7 +97,7 @@ def test_error_inside_a_batch_reaches_the_caller(make_model, tokenizer):
 
     block.mlp.up_proj.register_forward_pre_hook(boom)
     with pytest.raises(RuntimeError, match="simulated failure"):
-        run_to_completion(iter_prune(model, _ids(len(tokenizer)), PruneConfig(batch_size=2)))
+        run_to_completion(iter_prune(model, _ids(len(tokenizer)), PruneConfig(batch_size=2, one_pass=True)))
     assert _live_batch_threads() == 0
     assert is_incomplete(model)
 
@@ -187,7 +188,7 @@ def test_one_pass_that_would_not_fit_takes_two_passes(make_model, tokenizer, mon
     free = int((need_one + need_two) / 2 / 0.9)
     monkeypatch.setattr(memory, "available_memory", lambda device="cpu": {"host_available": free})
     events = []
-    res = run_to_completion(iter_prune(model, ids, PruneConfig(batch_size=2)), events.append)
+    res = run_to_completion(iter_prune(model, ids, PruneConfig(batch_size=2, one_pass=True)), events.append)
     assert any("two passes" in n for n in res.notes)
     assert any(isinstance(e, Message) and "two passes" in e.text for e in events)
     ref = make_model("llama")
@@ -196,5 +197,22 @@ def test_one_pass_that_would_not_fit_takes_two_passes(make_model, tokenizer, mon
         assert torch.equal(va, vb), k
     # plenty of memory: one pass
     monkeypatch.setattr(memory, "available_memory", lambda device="cpu": {"host_available": 1 << 40})
-    res = run_to_completion(iter_prune(make_model("llama"), ids, PruneConfig(batch_size=2)))
+    res = run_to_completion(iter_prune(make_model("llama"), ids, PruneConfig(batch_size=2, one_pass=True)))
     assert not any("two passes" in n for n in res.notes)
+
+
+@pytest.mark.parametrize("method,init,expected", [("sparsegpt", "wanda", True), ("wanda", "wanda", False),
+                                                  ("magnitude", "wanda", False), ("dsnot", "wanda", False),
+                                                  ("dsnot", "sparsegpt", True)])
+def test_default_pass_order_by_method(make_model, tokenizer, method, init, expected):
+    """By default only SparseGPT's weight reconstruction runs in one pass; the batch threads exist
+    exactly then."""
+    cfg = PruneConfig(method=method, dsnot_init=init, owl=method == "magnitude", batch_size=2)
+    assert cfg.passes_once is expected
+    assert PruneConfig(method=method, one_pass=not expected).passes_once is (not expected)
+    model = make_model("llama")
+    peak = [0]
+    gen = iter_prune(model, _ids(len(tokenizer)), cfg)
+    for _ in gen:
+        peak[0] = max(peak[0], _live_batch_threads())
+    assert (peak[0] > 0) is expected
