@@ -259,7 +259,7 @@ def _build(cls: type, d: dict[str, Any]) -> Any:
         if f.name in d and f.default is not MISSING and f.default is not None:
             d[f.name] = _typed(cls.__name__, f.name, f.default, d[f.name])
         elif f.name in d and f.default is None and d[f.name] is not None:  # "int | None" and the like
-            kind = {"int": 0, "float": 0.0, "str": ""}.get(str(f.type).split("|")[0].strip())
+            kind = {"int": 0, "float": 0.0, "str": "", "bool": False}.get(str(f.type).split("|")[0].strip())
             if kind is not None:
                 d[f.name] = _typed(cls.__name__, f.name, kind, d[f.name])
     try:

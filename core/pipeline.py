@@ -6,9 +6,12 @@ modules one by one (checking for cancellation between modules), and replays the 
 produce the next block's inputs. Only the current block and the activations live on the compute
 device; statistics are float32, activations stay in the model's dtype.
 
-Passes over the data, per block, are the minimum each method needs: none for magnitude, one
-statistics pass plus one output pass for the others (plus one dense pre-pass for OWL, which must
-know every block's outliers before it can allocate sparsity).
+Passes over the data, per block: none for magnitude; for the others either two (a statistics
+pass with the dense block, then an output pass with the pruned one: the reference order) or one
+(``core/lockstep.py``: every module pruned as soon as all batches have reached it), as
+``PruneConfig.passes_once`` says; plus one dense pre-pass for OWL, which must know every block's
+outliers before it can allocate sparsity. One pass falls back to two when it would not fit in
+memory, or when a module runs twice per forward pass.
 """
 
 from __future__ import annotations

@@ -218,12 +218,17 @@ def test_impossible_settings(capsys, model, text, tmp_path, extra, expected):
     assert not (tmp_path / "out").exists()
 
 
-def test_bad_recipe_file(capsys, tmp_path):
+@pytest.mark.parametrize("prune, expected", [
+    ('{"sparsity": "half"}', "The PruneConfig setting 'sparsity' must be a number"),
+    ('{"one_pass": "yes"}', "The PruneConfig setting 'one_pass' must be true or false"),
+    ('{"dsnot_skip": "everything"}', "DSnoT's skip must be one of mlp, attention, none"),
+])
+def test_bad_recipe_file(capsys, tmp_path, prune, expected):
     p = tmp_path / "recipe.json"
-    p.write_text('{"prune": {"sparsity": "half"}}')
+    p.write_text('{"prune": %s}' % prune)
     code, _, err = run(capsys, "prune", "--recipe", p)
     assert code == EXIT_ERROR
-    assert "The PruneConfig setting 'sparsity' must be a number" in error_line(err)
+    assert expected in error_line(err)
 
 
 # ---- faults -----------------------------------------------------------------------------------
