@@ -59,6 +59,7 @@ def main() -> int:
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "methods.md"))
     ap.add_argument("--work", default=str(REPO / "bench" / ".work" / "methods"))
     ap.add_argument("--fresh", action="store_true", help="ignore the reports of earlier runs")
+    ap.add_argument("--no-run", action="store_true", help="only assemble the table from the reports at hand")
     a = ap.parse_args()
 
     work = Path(a.work) / f"{a.nsamples}x{a.seqlen}-w{a.eval_windows}"
@@ -73,6 +74,8 @@ def main() -> int:
         for name, sflags in SETTINGS:
             slug = "".join(c if c.isalnum() else "-" for c in f"{label}-{name}").strip("-")
             report_path = work / f"{slug}.json"
+            if a.no_run and not report_path.exists():
+                continue
             if a.fresh or not report_path.exists():
                 cmd = _cli() + ["prune", "--model", "demo", "--device", "cpu", "--dtype", "fp32",
                                 *mflags, *sflags, "--calibration", str(C4), "--nsamples", str(a.nsamples),
