@@ -26,6 +26,8 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from vs_llmcompressor import add_order_flags, order_flags, write_calibration  # noqa: E402
 
 
 def worker(a: argparse.Namespace) -> dict:
@@ -98,10 +100,7 @@ def main() -> None:
     ap.add_argument("--nsamples", type=int, default=64)
     ap.add_argument("--seqlen", type=int, default=512)
     ap.add_argument("--batch-size", type=int, default=8)
-    order = ap.add_mutually_exclusive_group()
-    order.add_argument("--one-pass", dest="one_pass", action="store_true", default=None,
-                       help="one pass per block (default: the method's default order)")
-    order.add_argument("--two-pass", dest="one_pass", action="store_false", help="two passes per block")
+    add_order_flags(ap)
     ap.add_argument("--configs", default="wanda:cpu,sparsegpt:cpu,wanda:disk,sparsegpt:disk")
     ap.add_argument("--results", default=str(HERE / "results" / "memory.json"))
     a = ap.parse_args()
@@ -109,9 +108,6 @@ def main() -> None:
     if a.worker:
         print(json.dumps(worker(a)))
         return
-    sys.path.insert(0, str(HERE))
-    from vs_llmcompressor import write_calibration
-
     from prunestudio.core.demo_model import ensure_demo_model
 
     calib = write_calibration(str(ensure_demo_model()), a.nsamples, a.seqlen)
@@ -120,7 +116,7 @@ def main() -> None:
         method, offload = spec.split(":")
         cmd = [sys.executable, __file__, "--worker", "--method", method, "--offload", offload,
                "--dtype", a.dtype, "--calib", str(calib), "--nsamples", str(a.nsamples),
-               "--seqlen", str(a.seqlen), "--batch-size", str(a.batch_size)] + ({True: ["--one-pass"], False: ["--two-pass"]}.get(a.one_pass, []))
+               "--seqlen", str(a.seqlen), "--batch-size", str(a.batch_size)] + order_flags(a.one_pass)
         p = subprocess.run(cmd, capture_output=True, text=True)
         if p.returncode != 0:
             print(f"{spec}: failed\n{p.stderr[-3000:]}")

@@ -115,7 +115,6 @@ def worker_llmc(a: argparse.Namespace) -> dict:
 
 def worker_eval(a: argparse.Namespace) -> dict:
     """Our evaluation, for any pruned weights file: block sparsity and WikiText-2 perplexity."""
-    import torch
     from safetensors.torch import load_file
 
     from prunestudio.core import architecture
@@ -139,6 +138,20 @@ def worker_eval(a: argparse.Namespace) -> dict:
     ppl = run_to_completion(iter_perplexity(loaded.model, ids, a.seqlen, batch_size=4,
                                             max_windows=a.eval_windows or None))
     return {"sparsity": zeros / total, "ppl": ppl}
+
+
+def add_order_flags(ap: argparse.ArgumentParser) -> None:
+    """``--one-pass`` / ``--two-pass`` (``PruneConfig.one_pass``; neither: each method's default)."""
+    order = ap.add_mutually_exclusive_group()
+    order.add_argument("--one-pass", dest="one_pass", action="store_true", default=None,
+                       help="ours with one pass per block (default: each method's default order)")
+    order.add_argument("--two-pass", dest="one_pass", action="store_false",
+                       help="ours in the reference two-pass order")
+
+
+def order_flags(one_pass: bool | None) -> list[str]:
+    """The flags that pass ``one_pass`` on to a worker process."""
+    return [] if one_pass is None else (["--one-pass"] if one_pass else ["--two-pass"])
 
 
 # ------------------------------------------------------------------------------------------------
@@ -207,11 +220,7 @@ def main() -> None:
     ap.add_argument("--nsamples", type=int, default=64)
     ap.add_argument("--seqlen", type=int, default=512)
     ap.add_argument("--batch-size", type=int, default=8)
-    order = ap.add_mutually_exclusive_group()
-    order.add_argument("--one-pass", dest="one_pass", action="store_true", default=None,
-                       help="run ours with one pass per block (default: each method's default order)")
-    order.add_argument("--two-pass", dest="one_pass", action="store_false",
-                       help="run ours in the reference two-pass order, theirs")
+    add_order_flags(ap)
     ap.add_argument("--eval-windows", type=int, default=40, help="WikiText-2 windows (0: all)")
     ap.add_argument("--configs", default="all", help="comma list like wanda:unstructured,sparsegpt:2:4")
     ap.add_argument("--results", default=str(HERE / "results" / "vs_llmcompressor.json"))
@@ -241,7 +250,7 @@ def main() -> None:
         print(f"llm-compressor unavailable: {why}")
     out["ours_order"] = {True: "one-pass", False: "two-pass"}.get(a.one_pass, "method default")
     common = ["--model", model_dir, "--calib", str(calib), "--dtype", a.dtype,
-              "--batch-size", str(a.batch_size)] + ({True: ["--one-pass"], False: ["--two-pass"]}.get(a.one_pass, []))
+              "--batch-size", str(a.batch_size)] + order_flags(a.one_pass)
     ev = ["--model", model_dir, "--seqlen", str(a.seqlen), "--eval-windows", str(a.eval_windows)]
     dense = _run(sys.executable, ["--worker", "eval"] + ev)
     out["dense"] = dense
