@@ -7,8 +7,9 @@ run): every linear module call inside the decoder blocks (2 * tokens * in * out;
 pass stops after the block's last module, so it is not counted there), causal attention
 (2 * batch * heads * L^2 * head_dim: the useful half of QK^T and AV), the statistics
 (SparseGPT's Hessian, 2 * tokens * in^2 per distinct module input; the squared norms), and
-SparseGPT's own algebra per module (Cholesky, inverse and upper Cholesky, 4/3 n^3; the in-block
-OBS updates, 2 * rows * (B - i) per column; the lazy block updates, 2 * rows * B * rest). Wanda's
+SparseGPT's own algebra (Cholesky, inverse and upper Cholesky, 4/3 n^3 per distinct module
+input; the in-block OBS updates, 2 * rows * (B - i) per column, rank-1 inside 16-column sub-blocks
+and products between them; the lazy block updates, 2 * rows * B * rest). Wanda's
 scoring and top-k are elementwise and not counted. The embedding lookup in the capture is free.
 
 The count divided by the run's wall time is printed beside a ``torch.mm`` probe of the same dtype
@@ -96,6 +97,7 @@ def patch_algebra(counter: Counter):
 
     orig_add = stats_mod.InputStats.add
     orig_prune = sg.sparsegpt_prune
+    orig_factor = sg.hessian_factor
 
     def add(self, x):
         n = x.numel() // x.shape[-1]
@@ -109,7 +111,6 @@ def patch_algebra(counter: Counter):
     def prune(weight, hessian, sparsity, n=0, m=0, blocksize=128, percdamp=0.01, **kw):
         rows, cols = weight.shape
         bs = max(m, (blocksize // m) * m) if n and m else blocksize
-        counter.add("sparsegpt factorisation", 4 / 3 * cols ** 3)
         inner = lazy = 0
         for c0 in range(0, cols, bs):
             c1 = min(c0 + bs, cols)
@@ -120,12 +121,18 @@ def patch_algebra(counter: Counter):
         counter.add("sparsegpt lazy updates", lazy)
         return orig_prune(weight, hessian, sparsity, n=n, m=m, blocksize=blocksize, percdamp=percdamp, **kw)
 
+    def factor(hessian, *a, **kw):  # once per distinct module input (q/k/v share one)
+        counter.add("sparsegpt factorisation", 4 / 3 * hessian.shape[0] ** 3)
+        return orig_factor(hessian, *a, **kw)
+
     stats_mod.InputStats.add = add
     sg.sparsegpt_prune = prune
+    sg.hessian_factor = factor
 
     def undo():
         stats_mod.InputStats.add = orig_add
         sg.sparsegpt_prune = orig_prune
+        sg.hessian_factor = orig_factor
 
     return undo
 

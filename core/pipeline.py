@@ -31,7 +31,7 @@ from .devices import empty_cache, limit_host_allocator_retention, one_cpu_thread
 from .errors import Cancelled, ConfigError, PruneStudioError
 from .events import (AllocationComputed, BlockDone, BlockStarted, Event, Message, ModulePruned,
                      PhaseDone, PhaseStarted, RunFinished, RunStarted)
-from .methods import prune_module, stats_needs
+from .methods import SharedInputCache, prune_module, stats_needs
 from .methods.masks import check_nm
 from .stats import InputStats, StatsNeeds
 
@@ -211,15 +211,16 @@ def _is_oom(e: BaseException) -> bool:
 
 
 def _prune_one(mod: nn.Module, st: InputStats | None, s: float, cfg: PruneConfig, n_blk: int, m: int,
-               seqlen: int, name: str, sync: bool) -> Any:
-    """Prune one module in place (weights written back, exact zeros applied); returns the outcome."""
+               seqlen: int, name: str, sync: bool, shared: SharedInputCache | None = None) -> Any:
+    """Prune one module in place (new weights written back, exact zeros applied); returns the outcome."""
     w = architecture.get_weight_2d(mod).detach().to(torch.float32)
     with one_cpu_thread(w.device):  # small kernels: see devices.one_cpu_thread
         if n_blk and m:
-            outcome = prune_module(w, st, n_blk / m, cfg, n_blk, m, seqlen, name, sync=sync)
+            outcome = prune_module(w, st, n_blk / m, cfg, n_blk, m, seqlen, name, sync=sync, shared=shared)
         else:
-            outcome = prune_module(w, st, s, cfg, seqlen=seqlen, name=name, sync=sync)
-        architecture.set_weight_2d(mod, outcome.weight)
+            outcome = prune_module(w, st, s, cfg, seqlen=seqlen, name=name, sync=sync, shared=shared)
+        if outcome.weight is not None:
+            architecture.set_weight_2d(mod, outcome.weight)
         architecture.apply_mask(mod, outcome.mask)  # exact zeros whatever the dtype
     return outcome
 
@@ -339,6 +340,7 @@ class _BlockRun:
         self.notes: list[str] = []
         self.zeros = self.numel = 0
         self.originals: dict[str, torch.Tensor] = {}  # one-pass only: weights before pruning
+        self.shared = SharedInputCache()  # e.g. one SparseGPT factor for q/k/v
 
     def prune(self, name: str, st: InputStats | None, keep_original: bool = False) -> Generator[Event, None, None]:
         """Prune module ``name``; its event now, or (deferred) after :meth:`settle`."""
@@ -351,7 +353,7 @@ class _BlockRun:
         if not sync or keep_original:
             original = architecture.get_weight_2d(mod).detach().clone()
             self.originals[name] = original
-        outcome = _prune_one(mod, st, self.s, cfg, n_blk, m, self.seqlen, name, sync)
+        outcome = _prune_one(mod, st, self.s, cfg, n_blk, m, self.seqlen, name, sync, self.shared)
         p = _Pending(name, outcome, time.perf_counter() - tm, original if not sync else None, n_blk)
         if self.defer:
             p.defer(self.previews)
@@ -386,10 +388,14 @@ class _BlockRun:
 
         lock = LockstepBlock(self.block, inputs, names, needs, device)
         try:
+            left = set(names)
             for name in lock.modules():
                 if should_stop():
                     raise Cancelled()
                 yield from self.prune(name, lock.stats[name], keep_original=first)
+                left.discard(name)
+                if not left:
+                    self.shared.clear()  # before the batches finish the block
         except NotLockstepable as e:
             if not first:
                 raise PruneStudioError(
@@ -576,6 +582,7 @@ def iter_prune(
                             if should_stop():
                                 raise Cancelled()
                             yield from run.prune(name, stats.stats[name] if stats is not None else None)
+                        run.shared.clear()
                         yield from run.settle(stats.stats if stats is not None else {})
                         del stats
                         if inputs is not None and bi + 1 < nblocks:

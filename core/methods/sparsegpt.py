@@ -31,7 +31,8 @@ from ..devices import one_cpu_thread
 from ..errors import ConfigError, PruneStudioError
 from .masks import check_nm
 
-__all__ = ["SparseGPTResult", "sparsegpt_prune", "inverse_hessian_factor", "inverse_hessian_factor_nosync"]
+__all__ = ["HessianFactor", "SparseGPTResult", "hessian_factor", "inverse_hessian_factor",
+           "inverse_hessian_factor_nosync", "sparsegpt_prune"]
 
 
 @dataclass(frozen=True)
@@ -127,19 +128,73 @@ def _validate(weight: torch.Tensor, hessian: torch.Tensor, sparsity: float, n: i
 
 
 def _column_loop(w1: torch.Tensor, err1: torch.Tensor, mask1: torch.Tensor, hinv1: torch.Tensor,
-                 d: torch.Tensor, d2: torch.Tensor, count: int, n: int, m: int, nm: bool) -> None:
-    """Prune the columns of one block in order, spreading each error over the rest of the block."""
-    for i in range(count):
-        if nm and i % m == 0:
-            group = w1[:, i : i + m]
-            score = (group * group) / d2[i : i + m].unsqueeze(0)
-            idx = torch.topk(score, n, dim=1, largest=False, sorted=False).indices
-            mask1[:, i : i + m].scatter_(1, idx, True)
-        # error of column i, (w - q) / d: q keeps the entry or zeroes it
-        e = err1[:, i]
-        torch.div(torch.where(mask1[:, i], w1[:, i], 0.0), d[i], out=e)
-        # OBS update of the rest of the block (row i of U is the update direction)
-        w1[:, i:].addr_(e, hinv1[i, i:], alpha=-1.0)
+                 d: torch.Tensor, d2: torch.Tensor, count: int, n: int, m: int, nm: bool, sub: int) -> None:
+    """Prune the columns of one block in order, spreading each error over the rest of the block.
+
+    The block is walked in sub-blocks of ``sub`` columns (a multiple of ``m`` for N:M): a column's
+    error updates the rest of its sub-block at once (rank 1), and a finished sub-block's errors
+    update the block's later columns in one product, the same two-level scheme the reference
+    uses between blocks (lazy batch updates), applied once more inside the block. Every column
+    still sees every earlier column's update before it is pruned; only the order of the sums
+    changes. The rank-1 updates touch ``sub`` columns instead of up to ``blocksize``, which is
+    what bounds this loop on a CPU (memory traffic, one small kernel per column).
+    """
+    removed = mask1.to(w1.dtype)  # 1 where the entry is removed (its error is w / d), else 0
+    for s0 in range(0, count, sub):
+        s1 = min(s0 + sub, count)
+        for i in range(s0, s1):
+            if nm and i % m == 0:
+                group = w1[:, i : i + m]
+                score = (group * group) / d2[i : i + m].unsqueeze(0)
+                idx = torch.topk(score, n, dim=1, largest=False, sorted=False).indices
+                mask1[:, i : i + m].scatter_(1, idx, True)
+                removed[:, i : i + m] = mask1[:, i : i + m]
+            # error of column i, (w - q) / d: q keeps the entry or zeroes it
+            e = err1[:, i]
+            torch.mul(w1[:, i], removed[:, i], out=e)
+            e.div_(d[i])
+            # OBS update of the rest of the sub-block (row i of U is the update direction)
+            w1[:, i:s1].addr_(e, hinv1[i, i:s1], alpha=-1.0)
+        if s1 < count:
+            w1[:, s1:].addmm_(err1[:, s0:s1], hinv1[s0:s1, s1:], alpha=-1.0)
+
+
+@dataclass(frozen=True)
+class HessianFactor:
+    """What SparseGPT needs from a module's input Hessian, whatever the module's weight.
+
+    Modules that read the same input (q/k/v, gate/up) share one Hessian and so one factor: the
+    pipeline computes it once per shared input (:func:`hessian_factor`) instead of once per module.
+    """
+
+    upper: torch.Tensor  # upper Cholesky factor of (H + damping)^-1, dead inputs' diagonal set to 1
+    dead: torch.Tensor  # bool per input feature: H_jj == 0 (the weight column is zeroed)
+    damping: float
+    damping_increased: bool
+    ok: torch.Tensor | None = None  # sync=False only, as in SparseGPTResult
+
+
+def hessian_factor(hessian: torch.Tensor, percdamp: float = 0.01, sync: bool = True,
+                   device: torch.device | None = None) -> HessianFactor:
+    """Fix dead inputs, damp and factor ``hessian`` (float32 copy; the argument is not modified).
+
+    ``sync=False``: no host synchronisation, at ``percdamp`` only (see :func:`sparsegpt_prune`).
+    """
+    h = hessian.detach().to(device=device or hessian.device, dtype=torch.float32, copy=True)
+    diag = torch.diagonal(h)
+    dead = diag == 0
+    diag.masked_fill_(dead, 1.0)
+    if sync:
+        upper, damping, increased = inverse_hessian_factor(h, percdamp)
+        return HessianFactor(upper, dead, damping, increased)
+    upper, ok = inverse_hessian_factor_nosync(h, percdamp)
+    return HessianFactor(upper, dead, float(percdamp), False, ok)
+
+
+def inner_block(blocksize: int, m: int = 0) -> int:
+    """Columns per sub-block of the column loop: 16, or a multiple of ``m`` (N:M), at most ``blocksize``."""
+    sub = max(m, (16 // m) * m) if m else 16
+    return max(1, min(sub, blocksize))
 
 
 @torch.no_grad()
@@ -152,20 +207,24 @@ def sparsegpt_prune(
     blocksize: int = 128,
     percdamp: float = 0.01,
     sync: bool = True,
+    factor: HessianFactor | None = None,
 ) -> SparseGPTResult:
     """Prune ``weight`` (out x in) to ``sparsity`` (or N:M when ``n`` and ``m`` are given).
 
     ``hessian`` is ``2/n sum x x^T`` of the module's inputs (:attr:`InputStats.hessian`); it is
-    not modified. With N:M the block size is rounded down to a multiple of ``m`` (at least ``m``)
-    so no group straddles two blocks. Returns a :class:`SparseGPTResult`.
+    not modified. ``factor``: :func:`hessian_factor` of it, when already computed for another
+    module with the same input (it must come from this Hessian, ``percdamp`` and ``sync``). With
+    N:M the block size is rounded down to a multiple of ``m`` (at least ``m``) so no group
+    straddles two blocks. Returns a :class:`SparseGPTResult`.
 
     ``sync=False`` (GPU pipeline): no host synchronisation at all; the damping is not raised when
     ``H`` is not positive definite, ``result.ok`` says whether it was, and ``result.error`` stays
     a device tensor. A result with ``ok`` False must be recomputed with ``sync=True``.
 
-    Implementation note: each column costs three kernels (its error, the division, the rank-1
-    update) instead of the reference's seven; the values are bit-identical to the reference loop
-    (``q`` is read back from the updated block, since a kept entry's own update is ``0 * U_ii``).
+    Implementation note: each column costs three small kernels (its error, the division, the
+    rank-1 update of its sub-block, see :func:`_column_loop`) instead of the reference's seven;
+    the values equal the reference loop's up to the order of floating-point sums (``q`` is read
+    back from the updated block, since a kept entry's own update is ``0 * U_ii``).
     """
     _validate(weight, hessian, sparsity, n, m, blocksize, percdamp)
     nm = bool(n and m)
@@ -173,20 +232,12 @@ def sparsegpt_prune(
         blocksize = max(m, (blocksize // m) * m)
     rows, cols = weight.shape
     w = weight.detach().to(torch.float32, copy=True)
-    h = hessian.detach().to(device=w.device, dtype=torch.float32, copy=True)
-
-    diag = torch.diagonal(h)
-    dead = diag == 0
-    diag.masked_fill_(dead, 1.0)
-    w.masked_fill_(dead.unsqueeze(0), 0.0)
-
-    ok = None
-    if sync:
-        hinv, damping, increased = inverse_hessian_factor(h, percdamp)
-    else:
-        hinv, ok = inverse_hessian_factor_nosync(h, percdamp)
-        damping, increased = float(percdamp), False
-    del h
+    if factor is None:
+        factor = hessian_factor(hessian, percdamp, sync, device=w.device)
+    w.masked_fill_(factor.dead.unsqueeze(0), 0.0)
+    hinv, ok = factor.upper, factor.ok
+    damping, increased = factor.damping, factor.damping_increased
+    sub = inner_block(blocksize, m if nm else 0)
 
     mask = torch.zeros(rows, cols, dtype=torch.bool, device=w.device)
     losses = torch.zeros(rows, dtype=torch.float32, device=w.device)
@@ -209,7 +260,7 @@ def sparsegpt_prune(
                 mask1.view(-1).scatter_(0, idx, True)
 
         with one_cpu_thread(w.device):
-            _column_loop(w1, err1, mask1, hinv1, d, d2, count, n, m, nm)
+            _column_loop(w1, err1, mask1, hinv1, d, d2, count, n, m, nm, sub)
 
         # a kept entry's last change was its own zero error, so w1 holds q where not masked
         w[:, c0:c1] = w1.masked_fill_(mask1, 0.0)

@@ -219,3 +219,30 @@ def test_skip_modules_stay_dense(make_model, tokenizer):
     assert all("down_proj" not in n for n in res.layers[0]["modules"])
     w = lay.blocks[0].get_submodule("mlp.down_proj").weight
     assert (w == 0).sum() == 0
+
+
+@pytest.mark.parametrize("arch", ["llama", "opt"])
+@pytest.mark.parametrize("one_pass", [True, False], ids=["one-pass", "two-pass"])
+def test_sparsegpt_factors_each_shared_input_once(make_model, tokenizer, arch, one_pass, monkeypatch):
+    """q/k/v (and Llama's gate/up) read one input: its inverse-Hessian factor is computed once per
+    block and gives the very weights that a factor per module gives."""
+    from prunestudio.core.methods import SharedInputCache
+    from prunestudio.core.methods import sparsegpt as sg
+
+    ids = _ids(len(tokenizer))
+    cfg = PruneConfig(method="sparsegpt", sparsity=0.5, batch_size=3, one_pass=one_pass)
+    calls = []
+    real = sg.hessian_factor
+    monkeypatch.setattr(sg, "hessian_factor", lambda *a, **k: calls.append(1) or real(*a, **k))
+    model = make_model(arch)
+    run_to_completion(iter_prune(model, ids, cfg))
+    nblocks = len(architecture.layout(model).blocks)
+    assert len(calls) == 4 * nblocks  # attention input, attention output, MLP input, MLP hidden
+
+    calls.clear()
+    monkeypatch.setattr(SharedInputCache, "get", lambda self, stats, key, make: make())
+    ref = make_model(arch)
+    run_to_completion(iter_prune(ref, ids, cfg))
+    assert len(calls) == len(architecture.layout(ref).module_names) * nblocks
+    for (name, p), (_, p_ref) in zip(model.named_parameters(), ref.named_parameters()):
+        assert torch.equal(p, p_ref), name

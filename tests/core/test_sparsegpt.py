@@ -86,10 +86,11 @@ def _recon(w: torch.Tensor, w_pruned: torch.Tensor, x: torch.Tensor) -> float:
     return float(torch.linalg.matrix_norm(x @ w.T - x @ w_pruned.T))
 
 
-@pytest.mark.parametrize("blocksize", [8, 16, 64])
-def test_fast_equals_slow_unstructured(blocksize: int) -> None:
+@pytest.mark.parametrize("blocksize,cols", [(8, 64), (16, 64), (64, 64), (40, 72), (128, 200)])
+def test_fast_equals_slow_unstructured(blocksize: int, cols: int) -> None:
+    # 40 / 72 / 200: blocks and the column loop's 16-column sub-blocks that do not divide evenly
     torch.manual_seed(0)
-    w, _, stats = _module(12, 64, 300, seed=1)
+    w, _, stats = _module(12, cols, 300, seed=1)
     fast = sparsegpt_prune(w, stats.hessian, 0.5, blocksize=blocksize)
     slow_w, slow_mask, slow_err = sparsegpt_reference_slow(w, stats.hessian, 0.5, mask_block=blocksize)
     assert torch.equal(fast.mask, slow_mask)
@@ -98,11 +99,12 @@ def test_fast_equals_slow_unstructured(blocksize: int) -> None:
     assert not fast.damping_increased and fast.damping == pytest.approx(0.01)
 
 
-def test_fast_equals_slow_nm() -> None:
+@pytest.mark.parametrize("n,m,blocksize", [(2, 4, 16), (2, 4, 64), (4, 8, 40), (3, 24, 48)])
+def test_fast_equals_slow_nm(n: int, m: int, blocksize: int) -> None:
     torch.manual_seed(0)
-    w, _, stats = _module(12, 64, 300, seed=2)
-    fast = sparsegpt_prune(w, stats.hessian, 0.5, n=2, m=4, blocksize=16)
-    slow_w, slow_mask, _ = sparsegpt_reference_slow(w, stats.hessian, 0.5, n=2, m=4)
+    w, _, stats = _module(12, 96, 300, seed=2)
+    fast = sparsegpt_prune(w, stats.hessian, 0.5, n=n, m=m, blocksize=blocksize)
+    slow_w, slow_mask, _ = sparsegpt_reference_slow(w, stats.hessian, 0.5, n=n, m=m)
     assert torch.equal(fast.mask, slow_mask)
     torch.testing.assert_close(fast.weight, slow_w.float(), rtol=1e-4, atol=1e-4)
 
@@ -213,3 +215,21 @@ def test_invalid_settings() -> None:
         sparsegpt_prune(w, stats.hessian[:8, :8], 0.5)
     with pytest.raises(ConfigError):
         sparsegpt_prune(w, stats.hessian, 0.5, percdamp=-1.0)
+
+
+def test_shared_factor_gives_the_same_result() -> None:
+    """A factor computed once for an input shared by several modules (q/k/v) prunes each of them
+    exactly as computing it anew would, including the dead inputs' zeroed columns."""
+    from prunestudio.core.methods.sparsegpt import hessian_factor
+
+    w, _, stats = _module(10, 48, 200, seed=6)
+    h = stats.hessian.clone()
+    h[5, :] = 0.0
+    h[:, 5] = 0.0  # a dead input
+    fac = hessian_factor(h, 0.01)
+    for seed in (7, 8):
+        other = torch.randn(10, 48, generator=torch.Generator().manual_seed(seed))
+        a = sparsegpt_prune(other, h, 0.5, factor=fac)
+        b = sparsegpt_prune(other, h, 0.5)
+        assert torch.equal(a.mask, b.mask) and torch.equal(a.weight, b.weight)
+        assert bool((a.weight[:, 5] == 0).all())
