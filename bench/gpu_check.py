@@ -45,7 +45,7 @@ def build_model(shape: dict, layers: int, dtype: torch.dtype, init_device: str, 
     """A Llama model of ``shape`` with ``layers`` blocks, seeded random weights, on the CPU."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from prunestudio.core.models import _fix_rotary_buffers
+    from prunestudio.core.meta_buffers import rebuild_meta_buffers
 
     kw = {k: v for k, v in shape.items() if k != "full_layers"}
     cfg = LlamaConfig(num_hidden_layers=layers, bos_token_id=1, eos_token_id=2, **kw)
@@ -60,7 +60,7 @@ def build_model(shape: dict, layers: int, dtype: torch.dtype, init_device: str, 
                 t = torch.empty(p.shape, dtype=dtype, device=init_device).normal_(0.0, 0.02, generator=g).cpu()
             mod_name, _, leaf = name.rpartition(".")
             model.get_submodule(mod_name)._parameters[leaf] = torch.nn.Parameter(t, requires_grad=False)
-    _fix_rotary_buffers(model)
+    rebuild_meta_buffers(model)
     model.eval()
     return model
 
@@ -175,7 +175,6 @@ def main() -> None:
     ap.add_argument("--out", default=None, help="write the JSON result here too")
     a = ap.parse_args()
 
-    from prunestudio.core import architecture
     from prunestudio.core.memory import estimate_run_memory, module_shapes
     from prunestudio.core.models import describe
 

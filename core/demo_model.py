@@ -117,7 +117,7 @@ def iter_fetch_demo_model(force: bool = False,
         if should_stop():
             raise Cancelled()
         yield PhaseProgress("fetch-demo", 1, 3, "dequantising the GGUF weights")
-        from .models import load_gguf_as_plain
+        from .gguf_model import load_gguf_as_plain
 
         model, tokenizer = load_gguf_as_plain(gguf)
         if should_stop():

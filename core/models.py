@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 import re
 import traceback
 from dataclasses import dataclass, field
@@ -21,6 +20,8 @@ import torch
 from . import architecture
 from .devices import dtype_name, resolve_device, resolve_dtype
 from .errors import Cancelled, ModelLoadError
+from .gguf_model import load_gguf_as_plain
+from .load_errors import REMOTE_CODE_HINT, explain_load_error, transformers_version
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 
@@ -68,136 +69,6 @@ def _max_context(cfg: Any) -> int | None:
     return None
 
 
-def _wrap(e: BaseException, what: str) -> ModelLoadError:
-    msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    text = f"{what}: {msg}"
-    low = str(e).lower()
-    details = traceback.format_exc()
-    if isinstance(e, pickle.UnpicklingError) or "weights only load failed" in low or "weights_only" in low:
-        return ModelLoadError(
-            f"{what}: the pickled .bin weights contain more than plain tensors and were refused "
-            "for safety (torch.load with weights_only=True failed).",
-            hint="Convert them to safetensors with a tool you trust, or use a safetensors copy of the model.",
-            details=details,
-        )
-    if "trust_remote_code" in low or "custom code" in low:
-        return ModelLoadError(
-            f"{what}: this model needs its own Python code from the model folder, which Prune "
-            "Studio does not run by default.",
-            hint=_REMOTE_CODE_HINT,
-            details=details,
-        )
-    gguf_arch = re.search(r"gguf model with architecture (\S+) is not supported", low)
-    if gguf_arch:
-        return ModelLoadError(
-            f"{what}: transformers {_tf_version()} cannot read GGUF models of the "
-            f"'{gguf_arch.group(1)}' architecture (it reads {_gguf_archs()}).",
-            hint="Use the model's Hugging Face folder (safetensors) instead.",
-            details=details,
-        )
-    if "ignore_mismatched_sizes" in low or "size mismatch" in low:
-        return ModelLoadError(
-            f"{what}: the weights do not have the shapes its configuration describes "
-            "(a broken conversion, or files of two different models).",
-            details=details,
-        )
-    if "does not recognize this architecture" in low or "unrecognized" in low or "model_type" in low:
-        return ModelLoadError(
-            f"{what}: this installation of transformers ({_tf_version()}) does not know the model's "
-            "architecture.",
-            hint="Upgrade transformers, or use a model of a supported architecture.",
-            details=details,
-        )
-    return ModelLoadError(text, details=details)
-
-
-_REMOTE_CODE_HINT = (
-    "Only if you trust its author, allow it with --trust-remote-code (CLI) or the 'trust remote "
-    "code' option (app): the model's Python files then run on this machine with your rights."
-)
-
-
-def _tf_version() -> str:
-    try:
-        import transformers
-
-        return transformers.__version__
-    except Exception:  # pragma: no cover
-        return "?"
-
-
-def _gguf_archs() -> str:
-    try:
-        from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
-
-        return ", ".join(sorted(a for a in GGUF_SUPPORTED_ARCHITECTURES if a not in ("general", "tokenizer")))
-    except Exception:  # pragma: no cover
-        return "a fixed list of architectures"
-
-
-def _strip_quantization(config: Any) -> Any:
-    if hasattr(config, "quantization_config"):
-        try:
-            delattr(config, "quantization_config")
-        except AttributeError:
-            config.quantization_config = None
-    return config
-
-
-def load_gguf_as_plain(gguf: Path, dtype: torch.dtype = torch.float32) -> tuple[Any, Any]:
-    """Load a GGUF file through transformers and rebuild it as an ordinary (non-quantised) model.
-
-    transformers marks GGUF-loaded models as quantised and refuses ``save_pretrained``; rebuilding
-    from the config and loading the dequantised state dict gives a normal model.
-    """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    gguf = Path(gguf)
-    try:
-        import gguf as _gguf  # noqa: F401
-    except ImportError as e:  # pragma: no cover - gguf is a dependency
-        raise ModelLoadError("Reading GGUF files needs the 'gguf' package.") from e
-    _check_gguf(gguf)
-    try:
-        loaded = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=dtype)
-        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    except Exception as e:  # transformers raises many types for unsupported GGUF files
-        raise _wrap(e, f"Could not read GGUF file {gguf.name}") from e
-    config = _strip_quantization(loaded.config)
-    state = loaded.state_dict()
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
-    model.load_state_dict(state, assign=True, strict=False)
-    if getattr(config, "tie_word_embeddings", False):
-        model.tie_weights()
-    model.generation_config = loaded.generation_config
-    del loaded
-    _fix_rotary_buffers(model)
-    for name, p in list(model.named_parameters()) + list(model.named_buffers()):
-        if p.is_meta:
-            raise ModelLoadError(f"GGUF file {gguf.name} has no tensor for {name}.")
-    model.eval()
-    return model, tokenizer
-
-
-def _fix_rotary_buffers(model: Any) -> None:
-    """Rebuild non-persistent buffers (rotary ``inv_freq``) left on the meta device.
-
-    Modules built on the meta device keep meta buffers that no state dict carries; re-creating
-    such a module from its config on the CPU gives the right values, whatever its rope type.
-    """
-    for mod in model.modules():
-        meta = [n for n, b in mod.named_buffers(recurse=False) if b.is_meta]
-        if not meta or not hasattr(mod, "config"):
-            continue
-        fresh = type(mod)(mod.config)
-        for n in meta:
-            setattr(mod, n, getattr(fresh, n))
-        for attr in ("attention_scaling",):
-            if hasattr(fresh, attr):
-                setattr(mod, attr, getattr(fresh, attr))
-
-
 def _check_folder(path: Path) -> None:
     if not (path / "config.json").exists():
         raise ModelLoadError(
@@ -237,7 +108,7 @@ def _check_config(path: Path, trust_remote_code: bool) -> None:
         raise ModelLoadError(
             f"The model in {path.name} (model type '{model_type}') is defined by Python code shipped "
             "with it (auto_map in config.json), which Prune Studio does not run by default.",
-            hint=_REMOTE_CODE_HINT,
+            hint=REMOTE_CODE_HINT,
         )
     if auto_map:
         return  # trusted custom code: transformers loads it
@@ -247,7 +118,7 @@ def _check_config(path: Path, trust_remote_code: bool) -> None:
         )
     raise ModelLoadError(
         f"The model in {path.name} has the architecture '{model_type}', which this installation of "
-        f"transformers ({_tf_version()}) does not know.",
+        f"transformers ({transformers_version()}) does not know.",
         hint="Upgrade transformers, or use a model of a supported architecture.",
     )
 
@@ -281,29 +152,6 @@ def _check_safetensors(path: Path) -> None:
     except (OSError, ValueError, RecursionError) as e:  # JSONDecodeError, UnicodeDecodeError are ValueErrors
         raise ModelLoadError(
             f"The weight file {path.name} is truncated or corrupt ({e}); download it again."
-        ) from e
-
-
-def _check_gguf(path: Path) -> None:
-    """A readable GGUF header: the magic bytes and metadata parse (catches truncated files)."""
-    try:
-        with open(path, "rb") as f:
-            magic = f.read(4)
-    except OSError as e:
-        raise ModelLoadError(f"Could not read {path.name}: {e.strerror or e}.") from e
-    if magic != b"GGUF":
-        raise ModelLoadError(f"{path.name} is not a GGUF file (it does not start with the GGUF signature).")
-    try:
-        from gguf import GGUFReader
-
-        GGUFReader(str(path))
-    except ImportError:  # pragma: no cover - gguf is a dependency
-        return
-    except Exception as e:  # the reader raises ValueError, struct errors, IndexError ... on junk
-        raise ModelLoadError(
-            f"The GGUF file {path.name} is truncated or corrupt ({type(e).__name__}: "
-            f"{str(e).splitlines()[0][:200] if str(e) else ''}); download it again.",
-            details=traceback.format_exc(),
         ) from e
 
 
@@ -396,7 +244,7 @@ def load_model(
         try:
             tokenizer = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=trust_remote_code)
         except Exception as e:
-            raise _wrap(e, f"Could not load the tokenizer in {folder.name}") from e
+            raise explain_load_error(e, f"Could not load the tokenizer in {folder.name}") from e
         check_stop()
     elif gguf_name is not None:
         model, tokenizer = load_gguf_as_plain(folder / gguf_name, dtype=dt)
@@ -409,7 +257,7 @@ def load_model(
                 weights_only=True, output_loading_info=True,
             )
         except Exception as e:
-            raise _wrap(e, f"Could not load the model in {folder.name}") from e
+            raise explain_load_error(e, f"Could not load the model in {folder.name}") from e
         missing = sorted(loading.get("missing_keys") or ())
         if missing:
             raise ModelLoadError(
@@ -427,7 +275,7 @@ def load_model(
                     hint="Copy the tokenizer files of the original model into it.",
                     details=traceback.format_exc(),
                 ) from e
-            raise _wrap(e, f"Could not load the tokenizer in {folder.name}") from e
+            raise explain_load_error(e, f"Could not load the tokenizer in {folder.name}") from e
         check_stop()
     model.eval()
     info = describe(model)

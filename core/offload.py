@@ -32,6 +32,7 @@ from torch import nn
 
 from . import architecture
 from .errors import ModelLoadError, PruneStudioError
+from .meta_buffers import rebuild_meta_buffers
 
 __all__ = ["DiskBlockStore", "load_model_lazy", "store_of", "save_lazy_model", "place_outside"]
 
@@ -281,8 +282,6 @@ def load_model_lazy(folder: str | os.PathLike, dtype: torch.dtype = torch.float3
     """
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from .models import _fix_rotary_buffers
-
     folder = Path(folder)
     where = _index_safetensors(folder)
     try:
@@ -316,7 +315,7 @@ def load_model_lazy(folder: str | os.PathLike, dtype: torch.dtype = torch.float3
             hint="This checkpoint needs its tensor names converted while loading; use offload cpu.")
     if getattr(model.config, "tie_word_embeddings", False) or getattr(getattr(model.config, "get_text_config", lambda: None)(), "tie_word_embeddings", False):
         model.tie_weights()
-    _fix_rotary_buffers(model)
+    rebuild_meta_buffers(model)
     for name, t in list(model.named_parameters()) + list(model.named_buffers()):
         if t.is_meta and not name.startswith(prefix):
             raise ModelLoadError(f"Disk offload: no tensor for {name} in {folder.name}.")
