@@ -9,10 +9,10 @@ running job and waits for its thread.
 from __future__ import annotations
 
 import logging
-import logging.handlers
 import os
 import sys
-from pathlib import Path
+
+from .logfile import setup_logging
 
 log = logging.getLogger("prunestudio")
 
@@ -22,33 +22,6 @@ def guard_std_streams() -> None:
     for name in ("stdout", "stderr"):
         if getattr(sys, name) is None:
             setattr(sys, name, open(os.devnull, "w", encoding="utf-8"))  # noqa: SIM115 - lives as long as the app
-
-
-def log_dir() -> Path:
-    env = os.environ.get("PRUNESTUDIO_LOG_DIR")
-    if env:
-        return Path(env)
-    from platformdirs import user_log_dir
-
-    return Path(user_log_dir("prunestudio", appauthor=False))
-
-
-def setup_logging(level: int = logging.INFO) -> Path | None:
-    """Rotating log file in the user log folder; returns its path (None if it cannot be written)."""
-    root = logging.getLogger("prunestudio")
-    root.setLevel(level)
-    path = None
-    try:
-        d = log_dir()
-        d.mkdir(parents=True, exist_ok=True)
-        path = d / "prunestudio.log"
-        handler = logging.handlers.RotatingFileHandler(path, maxBytes=2_000_000, backupCount=3, encoding="utf-8")
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(threadName)s] %(message)s"))
-        root.addHandler(handler)
-    except OSError:
-        path = None
-    logging.captureWarnings(True)
-    return path
 
 
 def configure_application(app) -> None:  # noqa: ANN001 - QApplication

@@ -128,7 +128,7 @@ class MainWindow(QMainWindow):
         self.steps.update_status(step_status(self.state))
 
     def _open_logs(self) -> None:
-        from .app import log_dir
+        from .logfile import log_dir
         from .eval_panel import open_folder
 
         open_folder(log_dir())
