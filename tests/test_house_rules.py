@@ -65,3 +65,52 @@ def test_trust_remote_code_is_off_by_default():
 
     assert inspect.signature(load_model).parameters["trust_remote_code"].default is False
     assert Recipe().trust_remote_code is False
+
+
+def _local_imports(package: str) -> dict[str, set[str]]:
+    """Module -> modules of the same package it imports, at any depth (lazy imports count too).
+
+    Modules are paths relative to the package root without ``.py`` (``methods/sparsegpt``;
+    a package is its ``__init__``)."""
+    root = REPO / package
+    graph: dict[str, set[str]] = {}
+    for path in sorted(root.rglob("*.py")):
+        rel = path.relative_to(root).with_suffix("")
+        name = str(rel.parent) if rel.name == "__init__" else str(rel)
+        here = rel.parent.parts  # the package the module lives in
+        deps: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not isinstance(node, ast.ImportFrom) or node.level == 0:
+                continue
+            base = here[: len(here) - (node.level - 1)] if node.level > 1 else here
+            if node.level - 1 > len(here):
+                continue  # above the package (core -> gui is checked elsewhere)
+            parts = list(base) + (node.module.split(".") if node.module else [])
+            targets = ["/".join(parts + [a.name]) for a in node.names] + ["/".join(parts)]
+            for t in targets:
+                if (root / f"{t}.py").exists() or (root / t / "__init__.py").exists():
+                    deps.add(t or ".")
+        graph[name] = deps - {name}
+    return graph
+
+
+def test_no_import_cycles():
+    """Modules import downward only: no file imports a file that (indirectly) imports it back."""
+    for package in ("core", "gui"):
+        graph = _local_imports(package)
+        state: dict[str, int] = {}
+        cycles: list[list[str]] = []
+
+        def visit(node: str, stack: list[str]) -> None:
+            state[node] = 1
+            for dep in sorted(graph.get(node, ())):
+                if state.get(dep) == 1:
+                    cycles.append(stack[stack.index(dep):] + [dep] if dep in stack else [node, dep])
+                elif dep not in state:
+                    visit(dep, stack + [dep])
+            state[node] = 2
+
+        for node in sorted(graph):
+            if node not in state:
+                visit(node, [node])
+        assert not cycles, f"{package}/: import cycles {cycles}"
