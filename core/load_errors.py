@@ -14,46 +14,36 @@ __all__ = ["REMOTE_CODE_HINT", "explain_load_error", "gguf_architectures", "tran
 def explain_load_error(e: BaseException, what: str) -> ModelLoadError:
     """A :class:`ModelLoadError` that says why loading failed (``what``: the step), from the
     exception transformers or torch raised; the traceback goes in its details."""
-    msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    text = f"{what}: {msg}"
     low = str(e).lower()
-    details = traceback.format_exc()
+    known = _diagnose(e, low)
+    if known is None:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        return ModelLoadError(f"{what}: {msg}", details=traceback.format_exc())
+    reason, hint = known
+    return ModelLoadError(f"{what}: {reason}", hint=hint, details=traceback.format_exc())
+
+
+def _diagnose(e: BaseException, low: str) -> tuple[str, str] | None:
+    """(reason, hint) for the failures users meet, from the exception and its lower-case text."""
     if isinstance(e, pickle.UnpicklingError) or "weights only load failed" in low or "weights_only" in low:
-        return ModelLoadError(
-            f"{what}: the pickled .bin weights contain more than plain tensors and were refused "
-            "for safety (torch.load with weights_only=True failed).",
-            hint="Convert them to safetensors with a tool you trust, or use a safetensors copy of the model.",
-            details=details,
-        )
+        return ("the pickled .bin weights contain more than plain tensors and were refused for safety "
+                "(torch.load with weights_only=True failed).",
+                "Convert them to safetensors with a tool you trust, or use a safetensors copy of the model.")
     if "trust_remote_code" in low or "custom code" in low:
-        return ModelLoadError(
-            f"{what}: this model needs its own Python code from the model folder, which Prune "
-            "Studio does not run by default.",
-            hint=REMOTE_CODE_HINT,
-            details=details,
-        )
+        return ("this model needs its own Python code from the model folder, which Prune Studio does "
+                "not run by default.", REMOTE_CODE_HINT)
     gguf_arch = re.search(r"gguf model with architecture (\S+) is not supported", low)
     if gguf_arch:
-        return ModelLoadError(
-            f"{what}: transformers {transformers_version()} cannot read GGUF models of the "
-            f"'{gguf_arch.group(1)}' architecture (it reads {gguf_architectures()}).",
-            hint="Use the model's Hugging Face folder (safetensors) instead.",
-            details=details,
-        )
+        return (f"transformers {transformers_version()} cannot read GGUF models of the "
+                f"'{gguf_arch.group(1)}' architecture (it reads {gguf_architectures()}).",
+                "Use the model's Hugging Face folder (safetensors) instead.")
     if "ignore_mismatched_sizes" in low or "size mismatch" in low:
-        return ModelLoadError(
-            f"{what}: the weights do not have the shapes its configuration describes "
-            "(a broken conversion, or files of two different models).",
-            details=details,
-        )
+        return ("the weights do not have the shapes its configuration describes (a broken conversion, "
+                "or files of two different models).", "")
     if "does not recognize this architecture" in low or "unrecognized" in low or "model_type" in low:
-        return ModelLoadError(
-            f"{what}: this installation of transformers ({transformers_version()}) does not know the model's "
-            "architecture.",
-            hint="Upgrade transformers, or use a model of a supported architecture.",
-            details=details,
-        )
-    return ModelLoadError(text, details=details)
+        return (f"this installation of transformers ({transformers_version()}) does not know the "
+                "model's architecture.", "Upgrade transformers, or use a model of a supported architecture.")
+    return None
 
 
 REMOTE_CODE_HINT = (
