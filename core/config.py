@@ -126,7 +126,8 @@ class PruneConfig:
         """Whether the run takes one pass per block. By default only when SparseGPT reconstructs the
         weights (directly or as DSnoT's initial mask): its updates compensate for the pruned
         modules before them, and one pass matched or beat two here, while Wanda's 2:4 masks
-        scored on already-pruned inputs lost about 10% perplexity (``bench/results/methods.md``)."""
+        scored on already-pruned inputs lost 1-10% perplexity on each of four calibration draws
+        (``bench/results/NOTES.md``)."""
         if self.one_pass is not None:
             return bool(self.one_pass)
         return self.method == "sparsegpt" or (self.method == "dsnot" and self.dsnot_init == "sparsegpt")

@@ -602,7 +602,7 @@ def iter_prune(
                         raise BlockOutOfMemory(
                             f"Out of memory on {device} while pruning block {bi}.",
                             hint=("Turn off one pass per block (--two-pass): it keeps every batch's "
-                                  "activations inside the block at once. " if one_pass and needs is not None else "")
+                                  "activations inside the block at once. " if one_pass else "")
                                  + "Use fewer calibration samples, a shorter sequence length, a smaller "
                                  "batch size, or keep offload on.",
                             details=str(e)) from e

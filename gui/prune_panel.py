@@ -141,9 +141,9 @@ class PrunePanel(QWidget):
         aform.addRow(self._label("Batch size:", self.batch), self.batch)
         aform.addRow(self.offload)
         self.one_pass = QComboBox()
-        for text, key in (("Method's default", "default"), ("One pass per block", "one"),
-                          ("Two passes (reference order)", "two")):
-            self.one_pass.addItem(text, key)
+        for text, value in (("Method's default", None), ("One pass per block", True),
+                            ("Two passes (reference order)", False)):
+            self.one_pass.addItem(text, value)  # the PruneConfig.one_pass value itself
         self.one_pass.setToolTip(TIPS["one_pass"])
         aform.addRow(self._label("Pass order:", self.one_pass), self.one_pass)
         xform.addRow(Collapsible("Advanced", adv))
@@ -218,7 +218,7 @@ class PrunePanel(QWidget):
             dsnot_skip=str(self.dsnot_skip.currentData()),
             sparsegpt_blocksize=self.blocksize.value(), sparsegpt_damp=self.damp.value(),
             skip_modules=skip, batch_size=self.batch.value(), offload=self.offload.isChecked(),
-            one_pass={"one": True, "two": False}.get(str(self.one_pass.currentData())),
+            one_pass=self.one_pass.currentData(),
         )
 
     def set_config(self, cfg: PruneConfig) -> None:
@@ -245,7 +245,7 @@ class PrunePanel(QWidget):
             self.skip.setText(", ".join(cfg.skip_modules))
             self.batch.setValue(cfg.batch_size)
             self.offload.setChecked(cfg.offload)
-            self.one_pass.setCurrentIndex(self.one_pass.findData({True: "one", False: "two"}.get(cfg.one_pass, "default")))
+            self.one_pass.setCurrentIndex(self.one_pass.findData(cfg.one_pass))
         finally:
             self._applying = False
         self._changed()

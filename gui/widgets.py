@@ -276,10 +276,7 @@ def layout_reading_order(root: QWidget) -> list[QWidget]:
     def visit_widget(w: QWidget) -> None:
         if w.focusPolicy() & Qt.FocusPolicy.TabFocus and w.focusProxy() is None:
             out.append(w)
-        if isinstance(w, QSplitter):
-            for i in range(w.count()):
-                visit_widget(w.widget(i))
-        elif isinstance(w, QTabWidget):  # the tab bar, then each page
+        if isinstance(w, (QSplitter, QTabWidget)):  # each pane or page in order (after a tab bar)
             for i in range(w.count()):
                 visit_widget(w.widget(i))
         elif isinstance(w, QAbstractScrollArea):  # a view (table, text, plot) is one stop
