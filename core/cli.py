@@ -74,10 +74,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=None, help="calibration samples per forward pass")
     order = p.add_mutually_exclusive_group()
     order.add_argument("--one-pass", dest="one_pass", action="store_true", default=None,
-                       help="one forward pass per block, each module pruned before the next runs (default)")
+                       help="one forward pass per block, each module pruned before the next runs "
+                            "(the default for SparseGPT, and for DSnoT on SparseGPT's mask)")
     order.add_argument("--two-pass", dest="one_pass", action="store_false",
                        help="the reference order: statistics of each dense block, then a second pass for "
-                            "its outputs")
+                            "its outputs (the default for the other methods)")
     p.add_argument("--skip", action="append", default=None, help="leave modules whose name contains this dense")
     p.add_argument("--owl", action="store_true", default=None, help="OWL layer-wise sparsity allocation")
     p.add_argument("--owl-m", type=float, default=None)
