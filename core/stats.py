@@ -47,6 +47,33 @@ def _half_gram_ok(device: torch.device) -> bool:
     return _HALF_GRAM[key]
 
 
+_CHUNK_ROWS = 256
+
+
+def column_sq_sum(x: torch.Tensor) -> torch.Tensor:
+    """Sum over the rows of ``x`` (``[rows, features]``) of ``x**2``, per feature, in float32.
+
+    On the CPU the rows are taken 256 at a time and squared into a running ``[256, features]``
+    sum, which stays in cache: one read of ``x`` and no temporary of its size (squaring the whole
+    activation, as ``(x * x).sum(0)`` does, allocated and wrote tens of MB per module input and
+    was about 3% of a Wanda run). Elsewhere one fused expression is faster than a loop of kernels.
+    """
+    rows = x.shape[0]
+    if x.device.type != "cpu" or rows < 2 * _CHUNK_ROWS:
+        x = x.to(torch.float32)
+        return (x * x).sum(dim=0)
+    full = rows - rows % _CHUNK_ROWS
+    acc = torch.zeros(_CHUNK_ROWS, x.shape[1], dtype=torch.float32)
+    for chunk in x[:full].split(_CHUNK_ROWS):
+        chunk = chunk.to(torch.float32)
+        acc.addcmul_(chunk, chunk)
+    out = acc.sum(dim=0)
+    if full < rows:
+        tail = x[full:].to(torch.float32)
+        out += (tail * tail).sum(dim=0)
+    return out
+
+
 class InputStats:
     """Accumulates statistics of the inputs of one linear module (features on the last dim)."""
 
@@ -63,17 +90,18 @@ class InputStats:
     @torch.no_grad()
     def add(self, x: torch.Tensor) -> None:
         x = x.reshape(-1, x.shape[-1])
-        low = x if x.dtype in (torch.bfloat16, torch.float16) and x.device.type == "cuda" else None
-        x = x.to(torch.float32)
         n = x.shape[0]
         if n == 0:
             return
+        sq = column_sq_sum(x) if self.sq_norm is not None or self._sumsq is not None else None
         if self.sq_norm is not None:
-            self.sq_norm += (x * x).sum(dim=0)
+            self.sq_norm += sq
         if self._sum is not None:
-            self._sum += x.sum(dim=0)
-            self._sumsq += (x * x).sum(dim=0)
+            self._sum += x.sum(dim=0, dtype=torch.float32)
+            self._sumsq += sq
         if self.hessian is not None:
+            low = x if x.dtype in (torch.bfloat16, torch.float16) and x.device.type == "cuda" else None
+            x = x.to(torch.float32)
             # Running mean of 2 x x^T as in the SparseGPT reference: H <- H * n/(n+k) + 2/(n+k) X^T X
             total = self.nsamples + n
             self.hessian.mul_(self.nsamples / total)
