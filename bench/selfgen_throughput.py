@@ -1,6 +1,6 @@
 """Self-generation throughput: the batched generator beside per-sample ``model.generate``.
 
-    python bench/selfgen_throughput.py [--n 8] [--seqlen 128] [--batch-size 8]
+    python bench/selfgen_throughput.py [--n 32] [--seqlen 128] [--batch-size 32]
 
 Both produce ``n`` samples of exactly ``seqlen`` tokens from the demo model (float32, CPU) with
 the same sampling settings (temperature 0.6, top-p 0.95, top-k 50, repetition penalty 1.2):
@@ -29,15 +29,18 @@ HERE = Path(__file__).resolve().parent
 
 
 def main() -> None:
+    from prunestudio.core.selfgen import GenerationSettings
+
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--n", type=int, default=8)
+    ap.add_argument("--n", type=int, default=32)
     ap.add_argument("--seqlen", type=int, default=128)
-    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--batch-size", type=int, default=GenerationSettings.batch_size,
+                    help="the generator's batch (default: the product's default)")
     ap.add_argument("--results", default=str(HERE / "results" / "selfgen_throughput.json"))
     a = ap.parse_args()
     os.environ.setdefault("PRUNESTUDIO_CACHE", "/tmp/pscache")
     from prunestudio.core.models import load_model
-    from prunestudio.core.selfgen import GenerationSettings, document_start, generate_calibration_set
+    from prunestudio.core.selfgen import document_start, generate_calibration_set
 
     loaded = load_model("demo", "cpu", "fp32")
     model, tok = loaded.model, loaded.tokenizer

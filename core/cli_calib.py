@@ -2,7 +2,7 @@
 
     prunestudio calib generate --model demo --n 128 --seqlen 512 [--prefix-source none|PATH|hf:...]
                                [--prefix-tokens 2] [--temperature 0.6 --top-p 0.95 --top-k 50
-                               --repetition-penalty 1.2] [--drop-top 0.2] [--batch-size 8]
+                               --repetition-penalty 1.2] [--drop-top 0.2] [--batch-size 32]
                                --seed 0 --out set.jsonl [--device auto --dtype auto]
     prunestudio calib score {set.jsonl|PATH|hf:...} --model demo [--nsamples 64 --seqlen 512 --seed 0]
 
@@ -124,7 +124,9 @@ def register(subparsers: Any) -> None:
     g.add_argument("--repetition-penalty", type=float, default=d.repetition_penalty)
     g.add_argument("--drop-top", type=float, default=d.drop_top,
                    help=f"fraction of samples with the highest perplexity to drop (default {d.drop_top})")
-    g.add_argument("--batch-size", type=int, default=d.batch_size)
+    g.add_argument("--batch-size", type=int, default=d.batch_size,
+                   help=f"sequences decoded together (default {d.batch_size}; fewer when their KV cache "
+                        "would not fit in a quarter of the free memory)")
     g.add_argument("--seed", type=int, default=d.seed)
     g.add_argument("--out", required=True, help="where to write the set (.jsonl)")
     g.set_defaults(handler=_cmd_generate)

@@ -211,6 +211,26 @@ def one_pass_fits(info: dict[str, Any], nsamples: int, seqlen: int, method: str,
                    f"{format_bytes(free)} is free; two passes need {format_bytes(need_two)}.")
 
 
+def kv_cache_bytes_per_token(config: Any, dtype_bytes: int) -> int | None:
+    """Bytes of KV cache one token of one sequence takes while decoding: keys and values of every
+    layer (``layers x 2 x kv_heads x head_dim x dtype``), or None when the config does not say."""
+    def first(*names: str) -> int | None:
+        for name in names:
+            v = getattr(config, name, None)
+            if isinstance(v, int) and not isinstance(v, bool) and v > 0:
+                return v
+        return None
+
+    layers = first("num_hidden_layers", "n_layer", "num_layers")
+    heads = first("num_attention_heads", "n_head")
+    kv_heads = first("num_key_value_heads", "multi_query_group_num") or heads
+    hidden = first("hidden_size", "n_embd", "d_model")
+    head_dim = first("head_dim") or (hidden // heads if hidden and heads else None)
+    if not (layers and kv_heads and head_dim):
+        return None
+    return layers * 2 * kv_heads * head_dim * dtype_bytes
+
+
 def available_memory(device: str = "cpu") -> dict[str, int | None]:
     """What the machine has now: host RAM available and, for a CUDA device, free GPU memory."""
     out: dict[str, int | None] = {"host_available": None, "host_total": None,

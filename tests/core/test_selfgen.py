@@ -322,3 +322,82 @@ def test_start_token_rule():
     assert sg.start_token(gpt2_tok) == (eot, "endoftext")
     assert sg.document_start(llama_tok) == ([llama_tok.bos_token_id], "bos")
     assert sg.document_start(gpt2_tok) == ([gpt2_tok.convert_tokens_to_ids("."), eot], "endoftext")
+
+
+def _cache_bytes(cache) -> int:
+    """Bytes of every tensor a KV cache object holds (walks its attributes and containers)."""
+    seen, total, todo = set(), 0, [cache]
+    while todo:
+        obj = todo.pop()
+        if id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        if isinstance(obj, torch.Tensor):
+            total += obj.numel() * obj.element_size()
+        elif isinstance(obj, (list, tuple)):
+            todo.extend(obj)
+        elif isinstance(obj, dict):
+            todo.extend(obj.values())
+        elif hasattr(obj, "__dict__"):
+            todo.extend(vars(obj).values())
+    return total
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "opt", "gemma", "phi3"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_kv_cache_estimate_equals_the_cache_a_forward_builds(make_model, arch, dtype):
+    from prunestudio.core.memory import kv_cache_bytes_per_token
+
+    model = make_model(arch).to(dtype)
+    tokens = 37
+    with torch.inference_mode():
+        out = model(input_ids=torch.randint(3, 90, (2, tokens)), use_cache=True)
+    measured = _cache_bytes(out.past_key_values) / (2 * tokens)
+    assert kv_cache_bytes_per_token(model.config, torch.finfo(dtype).bits // 8) == measured
+
+
+def test_batch_shrinks_to_fit_memory_and_samples_stay_the_same(llama, monkeypatch):
+    """With too little free memory for the KV cache of a full batch, fewer sequences are decoded
+    at a time, the run says so, and every sample is what it would have been otherwise."""
+    from prunestudio.core import memory
+    from prunestudio.core.memory import kv_cache_bytes_per_token
+
+    model, tok = llama
+    st = _settings(n=6, seqlen=40, batch_size=6)
+    full = sg.generate_calibration_set(model, tok, st)
+    per_seq = kv_cache_bytes_per_token(model.config, 4) * st.seqlen + 4 * model.config.vocab_size * 4
+    monkeypatch.setattr(memory, "available_memory",
+                        lambda device="cpu": {"host_available": 4 * 2 * per_seq + 5, "device_free": None})
+    assert sg.fitting_batch(model, 6, st.seqlen, model.config.vocab_size) == 2
+    events: list = []
+    gen = sg.iter_generate(model, tok, st)
+    while True:
+        try:
+            events.append(next(gen))
+        except StopIteration as done:
+            small = done.value
+            break
+    notes = [e.detail for e in events if isinstance(e, PhaseProgress) and "would not fit" in e.detail]
+    assert notes == ["2 samples at a time (batch size 6 would not fit in memory)"]
+    assert _ids(small) == _ids(full)
+    # arrivals come two by two: the effective batch was used
+    arrivals = [e.index for e in events if isinstance(e, sg.SampleGenerated)]
+    assert arrivals == list(range(6))
+    # no memory figure at all: the requested batch
+    monkeypatch.setattr(memory, "available_memory", lambda device="cpu": {"host_available": None})
+    assert sg.fitting_batch(model, 6, st.seqlen, model.config.vocab_size) == 6
+
+
+def test_progress_inside_a_batch(llama, monkeypatch):
+    """A batch being decoded reports its steps (at most every 0.5 s; here every step)."""
+    model, tok = llama
+    monkeypatch.setattr(sg, "_STEP_PROGRESS_SECONDS", 0.0)
+    st = _settings(n=4, seqlen=12, batch_size=2)
+    events = list(sg.iter_generate(model, tok, st))
+    live = [e for e in events if isinstance(e, PhaseProgress) and e.detail.startswith("batch ")]
+    start = len(sg.document_start(tok)[0])
+    steps = st.seqlen - start
+    assert len(live) == 2 * (steps - 1)  # every step but the last of each batch
+    assert [e.detail.split(",")[0] for e in live[: steps - 1]] == [
+        f"batch 1/2: token {i}/{steps}" for i in range(1, steps)]
+    assert {e.done for e in live[: steps - 1]} == {0} and {e.done for e in live[steps - 1:]} == {2}
