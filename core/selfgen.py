@@ -8,8 +8,8 @@ by sampling (temperature 0.6, top-p 0.95, top-k 50, repetition penalty 1.2) up t
 model is filtered out (``floor(n * drop_top)`` samples). The rest is what the pruner calibrates on.
 
 Everything here is Qt-free. :func:`iter_generate` is a generator of :mod:`events` (the GUI shows
-each sample's text as soon as its batch is done) that returns the :class:`CalibrationSet`;
-:func:`generate_calibration_set` drains it.
+the text being written, and each sample's text as soon as its batch is done) that returns the
+:class:`CalibrationSet`; :func:`generate_calibration_set` drains it.
 
 Design notes
 ------------
@@ -35,7 +35,7 @@ import math
 import random
 import time
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Generator, Iterable, Sequence
+from typing import Any, Callable, Generator, Iterable, NamedTuple, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -47,6 +47,7 @@ from .events import Event, PhaseDone, PhaseProgress, PhaseStarted
 __all__ = [
     "GenerationSettings",
     "SampleGenerated",
+    "SampleInProgress",
     "FilteringDone",
     "iter_generate",
     "generate_calibration_set",
@@ -148,6 +149,26 @@ class SampleGenerated(Event):
     text: str
     num_tokens: int
     perplexity: float
+
+
+@dataclass(frozen=True)
+class SampleInProgress(Event):
+    """The first sample of the batch being decoded, as far as it is written (at most every half
+    second, so that a preview can show text before the batch finishes)."""
+
+    index: int
+    text: str
+    num_tokens: int
+    total_tokens: int
+
+
+class DecodeStep(NamedTuple):
+    """What :func:`iter_sample_tokens` yields after a decoding step: steps done and in all, and
+    the generated tokens so far (``[batch, done]``, a view valid until the next step)."""
+
+    done: int
+    total: int
+    generated: torch.Tensor
 
 
 @dataclass(frozen=True)
@@ -456,18 +477,9 @@ def _model_device(model: Any) -> torch.device:
         return torch.device("cpu")
 
 
-def sample_tokens(
-    model: Any,
-    prompts: Sequence[Sequence[int]],
-    length: int,
-    settings: GenerationSettings,
-    sample_seeds: Sequence[int],
-    suppress: torch.Tensor | Iterable[int] = (),
-    pad_id: int = 0,
-    should_stop: Callable[[], bool] = lambda: False,
-) -> tuple[list[list[int]], list[float]]:
-    """:func:`iter_sample_tokens` run to the end: the token lists and perplexities."""
-    steps = iter_sample_tokens(model, prompts, length, settings, sample_seeds, suppress, pad_id, should_stop)
+def sample_tokens(*args: Any, **kwargs: Any) -> tuple[list[list[int]], list[float]]:
+    """:func:`iter_sample_tokens` (same arguments) run to the end: the token lists and perplexities."""
+    steps = iter_sample_tokens(*args, **kwargs)
     while True:
         try:
             next(steps)
@@ -484,11 +496,11 @@ def iter_sample_tokens(
     suppress: torch.Tensor | Iterable[int] = (),
     pad_id: int = 0,
     should_stop: Callable[[], bool] = lambda: False,
-) -> Generator[tuple[int, int], None, tuple[list[list[int]], list[float]]]:
+) -> Generator[DecodeStep, None, tuple[list[list[int]], list[float]]]:
     """Continue each prompt by sampling until it is ``length`` tokens long; one batched pass.
 
-    A generator: yields ``(steps done, steps in all)`` after every decoding step, so that a
-    caller can show progress inside a batch, and returns ``(tokens, perplexities)``.
+    A generator: yields a :class:`DecodeStep` after every decoding step but the last, so that a
+    caller can show progress (and text) inside a batch, and returns ``(tokens, perplexities)``.
 
     Prompts may have different lengths (they are left-padded with an attention mask and explicit
     ``position_ids``, so a row's result is what it would be alone). Row ``b`` draws its randomness
@@ -569,7 +581,7 @@ def iter_sample_tokens(
             seen[rows, tok] = True
             if s == steps - 1:
                 break
-            yield s + 1, steps
+            yield DecodeStep(s + 1, steps, gen[:, : s + 1])
             mask = torch.cat([mask, mask.new_ones((bsz, 1))], dim=-1)
             position_ids = position_ids[:, -1:] + 1
             out = model(
@@ -659,8 +671,9 @@ def iter_generate(
     zero-data mode: the model writes all the rest, the first tokens included. Otherwise the
     document start is followed by the first ``settings.prefix_tokens`` tokens of a text chosen
     with the seed (:func:`prefixes_from_texts`), and the model continues from there. Yields ``PhaseStarted/Progress/Done`` for
-    the ``generate`` and ``filter`` phases, one :class:`SampleGenerated` per sample as soon as its
-    batch is done, and :class:`FilteringDone`; returns the :class:`CalibrationSet` (all samples,
+    the ``generate`` and ``filter`` phases, :class:`SampleInProgress` with the first sample of the
+    batch being decoded (at most every half second), one :class:`SampleGenerated` per sample as
+    soon as its batch is done, and :class:`FilteringDone`; returns the :class:`CalibrationSet` (all samples,
     the filtered ones marked ``dropped`` with a reason). Raises :class:`Cancelled` between
     decoding steps when ``should_stop()`` turns true.
     """
@@ -725,18 +738,21 @@ def iter_generate(
         last = time.perf_counter()
         while True:
             try:
-                done_steps, all_steps = next(steps)
+                step = next(steps)
             except StopIteration as finished:
                 tokens, ppl = finished.value
                 break
             now = time.perf_counter()
             if now - last >= _STEP_PROGRESS_SECONDS:  # a live batch, at most a few times a second
                 last = now
-                rate = (generated_tokens + done_steps * len(idx)) / max(now - t0, 1e-9)
+                rate = (generated_tokens + step.done * len(idx)) / max(now - t0, 1e-9)
                 yield PhaseProgress(
                     "generate", done=len(samples), total=st.n,
-                    detail=f"batch {b0 // batch + 1}/{nbatches}: token {done_steps}/{all_steps}, {rate:.0f} tokens/s",
+                    detail=f"batch {b0 // batch + 1}/{nbatches}: token {step.done}/{step.total}, {rate:.0f} tokens/s",
                 )
+                head = list(batch_prompts[0]) + step.generated[0, : st.seqlen - len(batch_prompts[0])].tolist()
+                yield SampleInProgress(index=b0, text=_decode(tokenizer, head), num_tokens=len(head),
+                                       total_tokens=st.seqlen)
         generated_tokens += sum(st.seqlen - len(p) for p in batch_prompts)
         for i, toks, p in zip(idx, tokens, ppl):
             text = _decode(tokenizer, toks)

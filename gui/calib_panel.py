@@ -15,7 +15,7 @@ from ..core.calibset import CalibrationSet
 from ..core.config import CalibConfig, Recipe
 from ..core.errors import PruneStudioError
 from ..core.events import PhaseDone, PhaseProgress, PhaseStarted
-from ..core.selfgen import FilteringDone, SampleGenerated
+from ..core.selfgen import FilteringDone, SampleGenerated, SampleInProgress
 from ..core.textsources import PRESETS
 from . import dialogs, tasks
 from .sample_table import SampleTable, SampleTableModel
@@ -57,6 +57,7 @@ class CalibPanel(QWidget):
         self.settings = Settings("calibration")
         self.worker: Worker | None = None
         self.score_worker: Worker | None = None
+        self._follow_live = False  # the preview pane shows the sample being written
         self.stats_worker: Worker | None = None  # CalibrationSet.stats() off the GUI thread
         self._stats_dirty = False
 
@@ -358,6 +359,7 @@ class CalibPanel(QWidget):
         self.model.clear()
         self.model.editable = False
         self.text.clear()
+        self._follow_live = True  # the preview shows the text being written until a sample is picked
         self.progress.setRange(0, max(total, 1))
         self.progress.setValue(0)
         self.status.set("busy", "Working… samples appear below as they are ready.")
@@ -376,8 +378,9 @@ class CalibPanel(QWidget):
         if isinstance(ev, SampleGenerated):
             self.model.append_live(ev.text, ev.num_tokens, ev.perplexity)
             self.progress.setValue(min(self.progress.maximum(), self.model.rowCount()))
-            if self.model.rowCount() == 1:
-                self.table.selectRow(0)
+        elif isinstance(ev, SampleInProgress):
+            if self._follow_live:
+                self._show_live(ev)
         elif isinstance(ev, FilteringDone):
             self.model.mark_filtered(ev.dropped, ev.threshold)
         elif isinstance(ev, PhaseStarted):
@@ -402,8 +405,12 @@ class CalibPanel(QWidget):
     def _finished(self) -> None:
         self.worker = None
         self.model.editable = True
+        self._follow_live = False
+        row = self.table.currentIndex().row()  # the sample read during the run stays in view
         if self.state.calib is not None and self.model.samples is not self.state.calib.samples:
             self.model.set_samples(self.state.calib.samples)
+        if self.model.rowCount():
+            self.table.selectRow(row if 0 <= row < self.model.rowCount() else 0)
         self._update_buttons()
 
     def cancel(self) -> None:
@@ -502,7 +509,17 @@ class CalibPanel(QWidget):
         L["ppl"].setText(f"{fmt_float(st['ppl_mean'], 2)} ± {fmt_float(st['ppl_std'], 2)}")
         L["distinct"].setText(f"{fmt_float(st['distinct_2'])} / {fmt_float(st['distinct_4'])}")
 
+    def _show_live(self, ev: SampleInProgress) -> None:
+        bar = self.text.verticalScrollBar()
+        at_end = bar.value() >= bar.maximum() - 2
+        self.text.setPlainText(f"Writing sample {ev.index} · {ev.num_tokens} of {ev.total_tokens} tokens"
+                               f" (click a finished sample to read it)\n\n{ev.text}")
+        if at_end:
+            bar.setValue(bar.maximum())
+
     def _show_sample(self, row: int) -> None:
+        if row >= 0:
+            self._follow_live = False  # a sample is picked: live text no longer replaces it
         if not (0 <= row < len(self.model.samples)):
             self.text.clear()
             return

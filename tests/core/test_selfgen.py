@@ -401,3 +401,30 @@ def test_progress_inside_a_batch(llama, monkeypatch):
     assert [e.detail.split(",")[0] for e in live[: steps - 1]] == [
         f"batch 1/2: token {i}/{steps}" for i in range(1, steps)]
     assert {e.done for e in live[: steps - 1]} == {0} and {e.done for e in live[steps - 1:]} == {2}
+
+
+def test_text_being_written_grows_into_the_finished_sample(llama, monkeypatch):
+    """The live preview shows the batch's first sample token by token, ending in the sample kept."""
+    model, tok = llama
+    monkeypatch.setattr(sg, "_STEP_PROGRESS_SECONDS", 0.0)
+    st = _settings(n=4, seqlen=12, batch_size=2)
+    gen = sg.iter_generate(model, tok, st)
+    events = []
+    while True:
+        try:
+            events.append(next(gen))
+        except StopIteration as stop:
+            cs = stop.value
+            break
+    live = [e for e in events if isinstance(e, sg.SampleInProgress)]
+    start = len(sg.document_start(tok)[0])
+    steps = st.seqlen - start
+    assert [e.index for e in live] == [0] * (steps - 1) + [2] * (steps - 1)
+    assert [e.num_tokens for e in live[: steps - 1]] == list(range(start + 1, st.seqlen))
+    assert {e.total_tokens for e in live} == {st.seqlen}
+    for e in live:  # each is the finished sample's text up to where decoding was
+        final = cs.samples[e.index].input_ids
+        assert e.text == tok.decode(final[: e.num_tokens], skip_special_tokens=True)
+    # it arrives before the batch's finished samples, never after
+    first_done = next(i for i, e in enumerate(events) if isinstance(e, sg.SampleGenerated))
+    assert all(events.index(e) < first_done for e in live[: steps - 1])
