@@ -18,6 +18,7 @@ import torch
 from . import __version__, architecture
 from .calibset import CalibrationSet
 from .config import CalibConfig, Recipe
+from .devices import slow_dtype_warning
 from .errors import CalibrationError, ConfigError
 from .events import Event, Message, PhaseDone, PhaseStarted
 from .models import LoadedModel, load_model
@@ -253,6 +254,9 @@ def iter_job(recipe: Recipe, out_dir: str | Path | None = None, overwrite: bool 
         yield PhaseDone("load", seconds["load"])
         yield Message(f"Loaded {loaded.name}: {loaded.info['blocks']} blocks, "
                       f"{loaded.info['parameters'] / 1e6:.1f}M parameters, on {loaded.device}")
+        slow = slow_dtype_warning(loaded.device, loaded.dtype)
+        if slow:
+            yield Message(slow, "warning")
     validate_recipe(loaded, recipe)
 
     calib: CalibrationSet | None = None

@@ -19,6 +19,7 @@ from typing import Any, Callable, Generator
 
 from ..core.calibset import CalibrationSet
 from ..core.config import CalibConfig, Recipe
+from ..core.devices import slow_dtype_warning
 from ..core.errors import Cancelled, ExportError
 from ..core.events import Event, Message, PhaseDone, PhaseStarted
 from ..core.export import iter_export
@@ -88,6 +89,9 @@ def load(args: LoadArgs, should_stop: StopFn = _never) -> Generator[Event, None,
     info = loaded.info
     yield Message(f"Loaded {loaded.name}: {info.get('architecture')}, {info.get('blocks')} blocks, "
                   f"{info.get('parameters', 0) / 1e6:.1f}M parameters, on {loaded.device}")
+    slow = slow_dtype_warning(loaded.device, loaded.dtype)
+    if slow:
+        yield Message(slow, "warning")
     return loaded
 
 

@@ -33,7 +33,7 @@ from prunestudio.core.calibset import CalibrationSet, CalibSample, tokenizer_fin
 from prunestudio.core.config import CalibConfig, PruneConfig, Recipe
 from prunestudio.core.errors import (CalibrationError, Cancelled, ConfigError, ExportError,
                                      ModelLoadError, PruneStudioError)
-from prunestudio.core.events import PhaseStarted, RunStarted
+from prunestudio.core.events import Message, PhaseStarted, RunStarted
 from prunestudio.core.export import REPORT_NAME, iter_export
 from prunestudio.core.job import build_calibration, iter_eval_ppl, iter_job, validate_recipe
 from prunestudio.core.models import load_model
@@ -860,3 +860,37 @@ def test_fuzz_check_safetensors(fuzz_dir, data):
     p = fuzz_dir / "model.safetensors"
     p.write_bytes(data)
     _only_our_errors(lambda: models_mod._check_safetensors(p))
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_bf16_on_a_cpu_without_bf16_instructions_is_flagged(job_recipe, tmp_path, monkeypatch, native):
+    """bf16 on a CPU that emulates it runs, with a warning naming the faster choice."""
+    for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
+        monkeypatch.setattr(torch.cpu, probe, lambda: native)
+    recipe = Recipe(model=job_recipe.model, device="cpu", dtype="bf16", prune=job_recipe.prune,
+                    calibration=job_recipe.calibration)
+    seen: list = []
+    with pytest.raises(Cancelled):  # stop once the model is loaded and announced
+        _drive(iter_job(recipe, tmp_path / "out", should_stop=lambda: any(
+            isinstance(e, Message) and e.text.startswith("Loaded") for e in seen)), seen.append)
+    warnings = [e.text for e in seen if isinstance(e, Message) and e.level == "warning"]
+    if native:
+        assert not any("bfloat16" in w for w in warnings)
+    else:
+        assert any("no bfloat16 instructions" in w and "fp32" in w for w in warnings)
+
+
+def test_slow_dtype_warning_only_for_emulated_bf16_on_the_cpu(monkeypatch):
+    from prunestudio.core.devices import slow_dtype_warning
+
+    def broken():
+        raise RuntimeError("probe failed")
+
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", broken)  # unknown counts as absent
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    cpu = torch.device("cpu")
+    assert slow_dtype_warning(cpu, torch.bfloat16)
+    assert slow_dtype_warning(cpu, torch.float32) is None
+    assert slow_dtype_warning(torch.device("cuda", 0), torch.bfloat16) is None
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
+    assert slow_dtype_warning(cpu, torch.bfloat16) is None
