@@ -13,6 +13,7 @@ from prunestudio.core.errors import ConfigError
 from prunestudio.core.experiment import (DENSE, GridSpec, collect, mean_std, run_experiment, summarize,
                                          summary_csv, summary_markdown)
 from prunestudio.core.history import History
+from prunestudio.core.pipeline import run_to_completion
 
 
 @pytest.fixture
@@ -265,13 +266,8 @@ def test_settings_share_one_calibration_set(workdir):
                                         seeds=[0], dense_baseline=False,
                                         eval={"ppl": ["eval.txt"], "seqlen": 32, "max_windows": 2}), workdir)
     gen = iter_experiment(spec, workdir / "share", plots=False)
-    events = []
-    while True:
-        try:
-            events.append(next(gen))
-        except StopIteration as stop:
-            res = stop.value
-            break
+    events: list = []
+    res = run_to_completion(gen, events.append)
     assert res.executed == 3
     assert sum(isinstance(e, PhaseStarted) and e.phase == "generate" for e in events) == 1
     rows = History(res.db_path).runs()

@@ -16,6 +16,7 @@ from prunestudio.core import selfgen as sg  # noqa: E402
 from prunestudio.core.calibset import CalibrationSet  # noqa: E402
 from prunestudio.core.errors import CalibrationError, Cancelled, ConfigError  # noqa: E402
 from prunestudio.core.events import PhaseDone, PhaseProgress, PhaseStarted  # noqa: E402
+from prunestudio.core.pipeline import run_to_completion  # noqa: E402
 
 TEXTS = [
     "the quick brown fox jumps over the lazy dog",
@@ -89,14 +90,9 @@ def test_exact_length_and_no_eos(fixture, request):
 def test_drops_exactly_the_highest_perplexity_fraction(llama):
     model, tok = llama
     st = _settings(n=10, drop_top=0.3)
-    events = []
+    events: list = []
     gen = sg.iter_generate(model, tok, st)
-    while True:
-        try:
-            events.append(next(gen))
-        except StopIteration as stop:
-            cs = stop.value
-            break
+    cs = run_to_completion(gen, events.append)
     dropped = [s for s in cs.samples if s.dropped]
     kept = [s for s in cs.samples if not s.dropped]
     assert len(dropped) == 3 == st.num_dropped  # floor(10 * 0.3)
@@ -371,12 +367,7 @@ def test_batch_shrinks_to_fit_memory_and_samples_stay_the_same(llama, monkeypatc
     assert sg.fitting_batch(model, 6, st.seqlen, model.config.vocab_size) == 2
     events: list = []
     gen = sg.iter_generate(model, tok, st)
-    while True:
-        try:
-            events.append(next(gen))
-        except StopIteration as done:
-            small = done.value
-            break
+    small = run_to_completion(gen, events.append)
     notes = [e.detail for e in events if isinstance(e, PhaseProgress) and "would not fit" in e.detail]
     assert notes == ["2 samples at a time (batch size 6 would not fit in memory)"]
     assert _ids(small) == _ids(full)
@@ -409,13 +400,8 @@ def test_text_being_written_grows_into_the_finished_sample(llama, monkeypatch):
     monkeypatch.setattr(sg, "_STEP_PROGRESS_SECONDS", 0.0)
     st = _settings(n=4, seqlen=12, batch_size=2)
     gen = sg.iter_generate(model, tok, st)
-    events = []
-    while True:
-        try:
-            events.append(next(gen))
-        except StopIteration as stop:
-            cs = stop.value
-            break
+    events: list = []
+    cs = run_to_completion(gen, events.append)
     live = [e for e in events if isinstance(e, sg.SampleInProgress)]
     start = len(sg.document_start(tok)[0])
     steps = st.seqlen - start
