@@ -19,7 +19,7 @@ import time
 from typing import Any, Iterable, TextIO
 
 from .errors import ConfigError
-from .events import Event, Message, PhaseDone, PhaseProgress, PhaseStarted
+from .events import Event, Message, PhaseDone, PhaseProgress, PhaseStarted, run_to_completion
 
 
 # ------------------------------------------------------------------------------------------------
@@ -75,15 +75,6 @@ class _Progress:
                 self.say("filter: no sample dropped")
         elif isinstance(ev, Message):
             self.say(("warning: " if ev.level == "warning" else "") + ev.text)
-
-
-def _drain(gen: Any, progress: _Progress) -> Any:
-    while True:
-        try:
-            ev = next(gen)
-        except StopIteration as stop:
-            return stop.value
-        progress(ev)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -186,7 +177,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     loaded = _load(args)
     progress.say(f"Generating {settings.n} samples of {settings.seqlen} tokens with {loaded.name} "
                  f"({'zero-data' if prefixes is None else 'prefixes from ' + src}, seed {settings.seed})")
-    cs = _drain(iter_generate(loaded.model, loaded.tokenizer, settings, prefixes, source_name=source_name),
+    cs = run_to_completion(iter_generate(loaded.model, loaded.tokenizer, settings, prefixes, source_name=source_name),
                 progress)
     path = cs.save(args.out)
     st = cs.stats()

@@ -8,7 +8,9 @@ into Qt signals; neither the events nor their producers know about either.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable, Generator, TypeVar
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -97,3 +99,15 @@ class BlockDone(Event):
 class RunFinished(Event):
     global_sparsity: float
     seconds: float
+
+
+def run_to_completion(gen: Generator[Any, None, T], on_event: Callable[[Any], None] | None = None) -> T:
+    """Drain a generator of events (or of any progress items), optionally forwarding each one;
+    return its result."""
+    while True:
+        try:
+            ev = next(gen)
+        except StopIteration as stop:
+            return stop.value
+        if on_event is not None:
+            on_event(ev)

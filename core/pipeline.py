@@ -29,6 +29,7 @@ from .capture import BlockInputs, capture_first_block_inputs, restore_outside, r
 from .config import PruneConfig
 from .devices import empty_cache, limit_host_allocator_retention, one_cpu_thread
 from .errors import Cancelled, ConfigError, PruneStudioError
+from .events import run_to_completion  # noqa: F401 - callers import it from here too
 from .events import (AllocationComputed, BlockDone, BlockStarted, Event, Message, ModulePruned,
                      PhaseDone, PhaseStarted, RunFinished, RunStarted)
 from .methods import SharedInputCache, prune_module, stats_needs
@@ -676,12 +677,3 @@ def _owl_prepass(lay: architecture.BlockLayout, inputs: BlockInputs, device: tor
     return ratios
 
 
-def run_to_completion(gen: Generator[Event, None, Any], on_event: Callable[[Event], None] | None = None) -> Any:
-    """Drain an event generator, optionally forwarding events; return its result."""
-    while True:
-        try:
-            ev = next(gen)
-        except StopIteration as stop:
-            return stop.value
-        if on_event is not None:
-            on_event(ev)

@@ -40,9 +40,10 @@ from typing import Any, Callable, Generator, Iterable, NamedTuple, Sequence
 import torch
 import torch.nn.functional as F
 
+from . import memory
 from .calibset import CalibrationSet, CalibSample, tokenizer_fingerprint
 from .errors import CalibrationError, Cancelled, ConfigError
-from .events import Event, PhaseDone, PhaseProgress, PhaseStarted
+from .events import Event, PhaseDone, PhaseProgress, PhaseStarted, run_to_completion
 
 __all__ = [
     "GenerationSettings",
@@ -452,17 +453,15 @@ def fitting_batch(model: Any, requested: int, seqlen: int, vocab: int) -> int:
     """The largest batch up to ``requested`` whose decoding state (KV cache of ``seqlen`` tokens
     per sequence, plus a few vocabulary-wide rows) takes at most a quarter of the memory free on
     the model's device now; ``requested`` when the model's config does not describe its cache."""
-    from .memory import available_memory, kv_cache_bytes_per_token
-
     device = _model_device(model)
     try:
         dtype_bytes = next(model.parameters()).element_size()
     except StopIteration:
         return requested
-    per_token = kv_cache_bytes_per_token(getattr(model, "config", None), dtype_bytes)
+    per_token = memory.kv_cache_bytes_per_token(getattr(model, "config", None), dtype_bytes)
     if per_token is None:
         return requested
-    free = available_memory(str(device))
+    free = memory.available_memory(str(device))
     room = free["device_free"] if device.type == "cuda" else free["host_available"]
     if not room:
         return requested
@@ -479,12 +478,7 @@ def _model_device(model: Any) -> torch.device:
 
 def sample_tokens(*args: Any, **kwargs: Any) -> tuple[list[list[int]], list[float]]:
     """:func:`iter_sample_tokens` (same arguments) run to the end: the token lists and perplexities."""
-    steps = iter_sample_tokens(*args, **kwargs)
-    while True:
-        try:
-            next(steps)
-        except StopIteration as done:
-            return done.value
+    return run_to_completion(iter_sample_tokens(*args, **kwargs))
 
 
 def iter_sample_tokens(
@@ -827,9 +821,4 @@ def generate_calibration_set(
     source_name: str | None = None,
 ) -> CalibrationSet:
     """:func:`iter_generate` without the events."""
-    gen = iter_generate(model, tokenizer, settings, prefixes, should_stop, source_name)
-    while True:
-        try:
-            next(gen)
-        except StopIteration as stop:
-            return stop.value
+    return run_to_completion(iter_generate(model, tokenizer, settings, prefixes, should_stop, source_name))

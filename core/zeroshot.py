@@ -31,7 +31,7 @@ from typing import Any
 import torch
 
 from .errors import Cancelled, EvaluationError
-from .events import Event, Message, PhaseDone, PhaseProgress, PhaseStarted
+from .events import Event, Message, PhaseDone, PhaseProgress, PhaseStarted, run_to_completion
 from .tasks import ACC_ONLY_TASKS, TASKS, MCItem, load_task
 
 __all__ = [
@@ -311,14 +311,6 @@ def iter_loglikelihoods(
     return results
 
 
-def _drain(gen: Generator[Event, None, Any]) -> Any:
-    while True:
-        try:
-            next(gen)
-        except StopIteration as stop:
-            return stop.value
-
-
 def loglikelihoods(
     model: Any,
     tokenizer: Any,
@@ -328,7 +320,7 @@ def loglikelihoods(
     max_length: int | None = None,
 ) -> list[float]:
     """:func:`iter_loglikelihoods` without the events."""
-    return _drain(iter_loglikelihoods(model, tokenizer, requests, batch_size, should_stop, max_length))
+    return run_to_completion(iter_loglikelihoods(model, tokenizer, requests, batch_size, should_stop, max_length))
 
 
 # --------------------------------------------------------------------------------------------
@@ -437,7 +429,7 @@ def evaluate_zeroshot(
     should_stop: Callable[[], bool] = lambda: False,
 ) -> dict[str, TaskResult]:
     """:func:`iter_zeroshot` without the events."""
-    return _drain(iter_zeroshot(model, tokenizer, tasks, data_dir, limit, batch_size, should_stop))
+    return run_to_completion(iter_zeroshot(model, tokenizer, tasks, data_dir, limit, batch_size, should_stop))
 
 
 # --------------------------------------------------------------------------------------------
