@@ -68,7 +68,7 @@ class Counter:
 
 def instrument(model, counter: Counter) -> list:
     """Forward hooks on every linear and attention module of the blocks."""
-    from prunestudio.core import architecture
+    from prunestudio.core.model import architecture
 
     lay = architecture.layout(model)
     cfg = model.config
@@ -97,8 +97,8 @@ def instrument(model, counter: Counter) -> list:
 
 
 def patch_algebra(counter: Counter):
-    from prunestudio.core import stats as stats_mod
-    from prunestudio.core.methods import sparsegpt as sg
+    from prunestudio.core.prune import stats as stats_mod
+    from prunestudio.core.prune.methods import sparsegpt as sg
 
     orig_add = stats_mod.InputStats.add
     orig_prune = sg.sparsegpt_prune
@@ -146,7 +146,7 @@ def calibration(tokenizer, nsamples: int, seqlen: int) -> torch.Tensor:
     work = HERE / ".work" / f"calib_{nsamples}x{seqlen}.json"
     if work.exists():
         return torch.tensor(json.loads(work.read_text())["input_ids"], dtype=torch.long)
-    from prunestudio.core.sampling import sample_calibration
+    from prunestudio.core.calib.sampling import sample_calibration
 
     c4 = HERE.parent.parent / "shared" / "data" / "c4" / "c4-en-train.00000-of-01024.first1000.jsonl.gz"
     return sample_calibration(tokenizer, str(c4), nsamples, seqlen, seed=0).input_ids()
@@ -154,8 +154,8 @@ def calibration(tokenizer, nsamples: int, seqlen: int) -> torch.Tensor:
 
 def run_one(method: str, dtype: str, nsamples: int, seqlen: int, batch_size: int) -> dict:
     from prunestudio.core.config import PruneConfig
-    from prunestudio.core.models import load_model
-    from prunestudio.core.pipeline import iter_prune, run_to_completion
+    from prunestudio.core.model.loading import load_model
+    from prunestudio.core.prune.pipeline import iter_prune, run_to_completion
 
     loaded = load_model("demo", "cpu", dtype)
     ids = calibration(loaded.tokenizer, nsamples, seqlen)
@@ -204,7 +204,7 @@ def main() -> None:
                     help="measure bf16 even on a CPU that emulates it (slow: minutes for the probe alone)")
     ap.add_argument("--results", default=str(HERE / "results" / "flops.json"))
     a = ap.parse_args()
-    from prunestudio.core.devices import slow_dtype_warning
+    from prunestudio.core.model.devices import slow_dtype_warning
 
     os.environ.setdefault("PRUNESTUDIO_CACHE", "/tmp/pscache")
     if a.threads:

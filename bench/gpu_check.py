@@ -43,9 +43,8 @@ TINY = dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_ke
 
 def build_model(shape: dict, layers: int, dtype: torch.dtype, init_device: str, seed: int = 0):
     """A Llama model of ``shape`` with ``layers`` blocks, seeded random weights, on the CPU."""
+    from prunestudio.core.model.meta_buffers import rebuild_meta_buffers
     from transformers import LlamaConfig, LlamaForCausalLM
-
-    from prunestudio.core.meta_buffers import rebuild_meta_buffers
 
     kw = {k: v for k, v in shape.items() if k != "full_layers"}
     cfg = LlamaConfig(num_hidden_layers=layers, bos_token_id=1, eos_token_id=2, **kw)
@@ -94,7 +93,7 @@ class RssPeak:
 
 def sync_guard(device: torch.device) -> tuple[list, callable]:
     """Count host synchronisations inside the per-module work of the pipeline (CUDA only)."""
-    from prunestudio.core import pipeline
+    from prunestudio.core.prune import pipeline
 
     caught: list[str] = []
     if device.type != "cuda":
@@ -127,7 +126,7 @@ def sync_guard(device: torch.device) -> tuple[list, callable]:
 def prune_run(model, ids, method: str, device: torch.device, batch_size: int, offload: str = "cpu") -> dict:
     from prunestudio.core.config import PruneConfig
     from prunestudio.core.events import BlockDone
-    from prunestudio.core.pipeline import iter_prune, run_to_completion
+    from prunestudio.core.prune.pipeline import iter_prune, run_to_completion
 
     cfg = PruneConfig(method=method, sparsity=0.5, batch_size=batch_size).with_offload_mode(offload)
     blocks: list[dict] = []
@@ -175,11 +174,11 @@ def main() -> None:
     ap.add_argument("--out", default=None, help="write the JSON result here too")
     a = ap.parse_args()
 
-    from prunestudio.core.memory import estimate_run_memory, module_shapes
-    from prunestudio.core.models import describe
+    from prunestudio.core.model.loading import describe
+    from prunestudio.core.prune.memory import estimate_run_memory, module_shapes
 
     if a.tiny:
-        from prunestudio.core import pipeline
+        from prunestudio.core.prune import pipeline
 
         pipeline.DEFER_HOST_READS = True  # the accelerator's code path, on the CPU
         shape, device, dtype = TINY, torch.device("cpu"), torch.bfloat16
@@ -242,7 +241,7 @@ def main() -> None:
 
     if wanda_model is not None:
         # disk offload: same seeded model, saved, pruned from disk; compared with the in-memory result
-        from prunestudio.core.offload import load_model_lazy, store_of
+        from prunestudio.core.model.offload import load_model_lazy, store_of
 
         with tempfile.TemporaryDirectory(prefix="ps-gpu-check-") as tmp:
             t0 = time.perf_counter()

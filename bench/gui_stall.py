@@ -134,11 +134,10 @@ def main() -> int:
     os.environ.setdefault("PRUNESTUDIO_DATA", str(tmp / "data"))
     os.environ.setdefault("PRUNESTUDIO_SETTINGS", str(tmp / "settings.ini"))
 
-    from PySide6.QtWidgets import QApplication
-
     from prunestudio.gui import errors
     from prunestudio.gui.app import configure_application
     from prunestudio.gui.main_window import MainWindow
+    from PySide6.QtWidgets import QApplication
 
     app = QApplication.instance() or QApplication(sys.argv[:1])
     configure_application(app)

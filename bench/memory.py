@@ -1,5 +1,5 @@
 """Peak host memory of a pruning run, against the weights plus the calibration activations, and
-against Prune Studio's estimate (``core/memory.py``).
+against Prune Studio's estimate (``core/prune/memory.py``).
 
     python bench/memory.py [--nsamples 64] [--seqlen 512] [--configs wanda:cpu,sparsegpt:cpu,wanda:disk]
 
@@ -33,13 +33,12 @@ from vs_llmcompressor import add_order_flags, order_flags, write_calibration  # 
 def worker(a: argparse.Namespace) -> dict:
     import psutil
     import torch
-
-    from prunestudio.core import architecture
     from prunestudio.core.config import PruneConfig
-    from prunestudio.core.memory import estimate_run_memory, module_shapes
-    from prunestudio.core.models import load_model
-    from prunestudio.core.pipeline import iter_prune, run_to_completion
-    from prunestudio.core.offload import store_of
+    from prunestudio.core.model import architecture
+    from prunestudio.core.model.loading import load_model
+    from prunestudio.core.model.offload import store_of
+    from prunestudio.core.prune.memory import estimate_run_memory, module_shapes
+    from prunestudio.core.prune.pipeline import iter_prune, run_to_completion
 
     proc = psutil.Process()
     peak = [0]
@@ -108,7 +107,7 @@ def main() -> None:
     if a.worker:
         print(json.dumps(worker(a)))
         return
-    from prunestudio.core.demo_model import ensure_demo_model
+    from prunestudio.core.model.demo import ensure_demo_model
 
     calib = write_calibration(str(ensure_demo_model()), a.nsamples, a.seqlen)
     rows = []

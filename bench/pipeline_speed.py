@@ -25,9 +25,9 @@ REPO = HERE.parent
 WORKER = r"""
 import json, sys, time, torch
 from prunestudio.core.config import PruneConfig
-from prunestudio.core.models import load_model
-from prunestudio.core.pipeline import iter_prune, run_to_completion
-import prunestudio.core.pipeline as p
+from prunestudio.core.model.loading import load_model
+from prunestudio.core.prune.pipeline import iter_prune, run_to_completion
+import prunestudio.core.prune.pipeline as p
 method, calib = sys.argv[1], sys.argv[2]
 ids = torch.tensor(json.load(open(calib))["input_ids"], dtype=torch.long)
 loaded = load_model("demo", "cpu", "fp32")
@@ -50,9 +50,8 @@ def main() -> None:
     a = ap.parse_args()
     os.environ.setdefault("PRUNESTUDIO_CACHE", "/tmp/pscache")
     sys.path.insert(0, str(HERE))
+    from prunestudio.core.model.demo import ensure_demo_model
     from vs_llmcompressor import write_calibration
-
-    from prunestudio.core.demo_model import ensure_demo_model
 
     calib = write_calibration(str(ensure_demo_model()), a.nsamples, a.seqlen)
     tmp = Path(tempfile.mkdtemp(prefix="ps-baseline-"))

@@ -31,7 +31,7 @@ HERE = Path(__file__).resolve().parent
 
 
 def main() -> None:
-    from prunestudio.core.selfgen import GenerationSettings
+    from prunestudio.core.calib.selfgen import GenerationSettings
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--n", type=int, default=32)
@@ -43,8 +43,8 @@ def main() -> None:
     ap.add_argument("--results", default=str(HERE / "results" / "selfgen_throughput.json"))
     a = ap.parse_args()
     os.environ.setdefault("PRUNESTUDIO_CACHE", "/tmp/pscache")
-    from prunestudio.core.models import load_model
-    from prunestudio.core.selfgen import document_start, generate_calibration_set
+    from prunestudio.core.calib.selfgen import document_start, generate_calibration_set
+    from prunestudio.core.model.loading import load_model
 
     loaded = load_model("demo", "cpu", "fp32")
     model, tok = loaded.model, loaded.tokenizer

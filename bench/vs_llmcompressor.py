@@ -24,7 +24,7 @@ output head (``re:.*lm_head``); SparseGPT ``block_size=128``, ``dampening_frac=0
 ``sequential`` pipeline; no shuffling; the same batch size as ours (``--batch-size``, default 8).
 
 Ours runs in each method's default order (``PruneConfig.passes_once``: one forward pass per block
-for SparseGPT, see ``core/lockstep.py``; two for Wanda, as the reference); llm-compressor's
+for SparseGPT, see ``core/prune/lockstep.py``; two for Wanda, as the reference); llm-compressor's
 sequential pipeline makes two (calibrate, then propagate). ``--one-pass`` / ``--two-pass`` force one
 order for both methods.
 
@@ -56,11 +56,10 @@ WIKI = REPO.parent / "shared" / "data" / "wikitext-2" / "wiki.test.raw"
 # ------------------------------------------------------------------------------------------------
 def worker_ours(a: argparse.Namespace) -> dict:
     import torch
-    from safetensors.torch import save_file
-
     from prunestudio.core.config import PruneConfig
-    from prunestudio.core.models import load_model
-    from prunestudio.core.pipeline import iter_prune, run_to_completion
+    from prunestudio.core.model.loading import load_model
+    from prunestudio.core.prune.pipeline import iter_prune, run_to_completion
+    from safetensors.torch import save_file
 
     ids = torch.tensor(json.loads(Path(a.calib).read_text())["input_ids"], dtype=torch.long)
     t0 = time.perf_counter()
@@ -82,12 +81,11 @@ def worker_llmc(a: argparse.Namespace) -> dict:
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     import torch
     from datasets import Dataset
-    from safetensors.torch import save_file
-    from transformers import AutoModelForCausalLM
-
     from llmcompressor import oneshot
     from llmcompressor.modifiers.obcq import SparseGPTModifier
     from llmcompressor.modifiers.pruning import WandaPruningModifier
+    from safetensors.torch import save_file
+    from transformers import AutoModelForCausalLM
 
     ids = json.loads(Path(a.calib).read_text())["input_ids"]
     dt = {"fp32": torch.float32, "bf16": torch.bfloat16}[a.dtype]
@@ -115,12 +113,11 @@ def worker_llmc(a: argparse.Namespace) -> dict:
 
 def worker_eval(a: argparse.Namespace) -> dict:
     """Our evaluation, for any pruned weights file: block sparsity and WikiText-2 perplexity."""
+    from prunestudio.core.evaluate.perplexity import eval_text, iter_perplexity, tokenize_eval
+    from prunestudio.core.model import architecture
+    from prunestudio.core.model.loading import load_model
+    from prunestudio.core.prune.pipeline import run_to_completion
     from safetensors.torch import load_file
-
-    from prunestudio.core import architecture
-    from prunestudio.core.models import load_model
-    from prunestudio.core.perplexity import eval_text, iter_perplexity, tokenize_eval
-    from prunestudio.core.pipeline import run_to_completion
 
     loaded = load_model(a.model, "cpu", "fp32")
     if a.weights:
@@ -194,8 +191,8 @@ def _constraints() -> Path:
 
 
 def write_calibration(model_dir: str, nsamples: int, seqlen: int) -> Path:
-    from prunestudio.core.models import load_model
-    from prunestudio.core.sampling import sample_calibration
+    from prunestudio.core.calib.sampling import sample_calibration
+    from prunestudio.core.model.loading import load_model
 
     WORK.mkdir(parents=True, exist_ok=True)
     p = WORK / f"calib_{nsamples}x{seqlen}.json"
@@ -237,7 +234,7 @@ def main() -> None:
         return
 
     os.environ.setdefault("PRUNESTUDIO_CACHE", "/tmp/pscache")
-    from prunestudio.core.demo_model import ensure_demo_model
+    from prunestudio.core.model.demo import ensure_demo_model
 
     model_dir = str(ensure_demo_model())
     calib = write_calibration(model_dir, a.nsamples, a.seqlen)
@@ -289,7 +286,7 @@ def main() -> None:
 
 def reevaluate(a: argparse.Namespace) -> None:
     os.environ.setdefault("PRUNESTUDIO_CACHE", "/tmp/pscache")
-    from prunestudio.core.demo_model import ensure_demo_model
+    from prunestudio.core.model.demo import ensure_demo_model
 
     out = json.loads(Path(a.results).read_text())
     ev = ["--model", str(ensure_demo_model()), "--seqlen", str(out["seqlen"]), "--eval-windows", str(a.eval_windows)]

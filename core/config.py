@@ -71,7 +71,7 @@ class PruneConfig:
     one_pass: bool | None = None
     """True: one forward pass per block; each module is pruned as soon as every batch has reached
     it, and the modules after it in the block see its pruned output ("true sequential"; see
-    ``core/lockstep.py``). False: the reference order, two passes per block (statistics of the
+    ``core/prune/lockstep.py``). False: the reference order, two passes per block (statistics of the
     dense block, then the pruned block's outputs), which reproduces the papers' code exactly.
     None (default): the method's own choice, :attr:`passes_once`."""
     offload: bool = True

@@ -4,20 +4,19 @@ from __future__ import annotations
 
 from PySide6.QtCore import Qt
 from PySide6.QtGui import QAction, QCloseEvent, QKeySequence
-from PySide6.QtWidgets import (QHBoxLayout, QLabel, QMainWindow, QMessageBox,
-                               QScrollArea, QStackedWidget, QWidget)
+from PySide6.QtWidgets import QHBoxLayout, QLabel, QMainWindow, QMessageBox, QScrollArea, QStackedWidget, QWidget
 
 from . import dialogs, errors
-from .calib_panel import CalibPanel
-from .eval_panel import EvalPanel
-from .history_panel import HistoryPanel
-from .model_panel import ModelPanel
-from .prune_panel import PrunePanel
+from .panels.calib import CalibPanel
+from .panels.eval import EvalPanel
+from .panels.history import HistoryPanel
+from .panels.model import ModelPanel
+from .panels.prune import PrunePanel
+from .panels.run import RunPanel
 from .resources import app_icon
-from .run_panel import RunPanel
 from .settings import DISPLAY_NAME, Settings, sync_all
 from .state import AppState
-from .steps import STEPS, StepList, step_status
+from .views.steps import STEPS, StepList, step_status
 from .widgets import chain_tab_order
 from .worker import wait_for_workers
 
@@ -129,7 +128,7 @@ class MainWindow(QMainWindow):
 
     def _open_logs(self) -> None:
         from .logfile import log_dir
-        from .eval_panel import open_folder
+        from .panels.eval import open_folder
 
         open_folder(log_dir())
 

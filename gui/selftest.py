@@ -58,7 +58,7 @@ def self_test(workdir: str, should_stop: Any = lambda: False) -> Generator[Event
 
     from transformers import AutoModelForCausalLM
 
-    from ..core import architecture
+    from ..core.model import architecture
 
     back = AutoModelForCausalLM.from_pretrained(exported.path)
     lay = architecture.layout(back)

@@ -17,13 +17,13 @@ from typing import Any
 
 from PySide6.QtCore import QObject, Signal
 
-from ..core import memory
-from ..core.calibset import CalibrationSet
+from ..core.calib.calibset import CalibrationSet
 from ..core.config import CalibConfig, PruneConfig, Recipe
 from ..core.events import Event, Message, PhaseDone, PhaseStarted
-from ..core.history import History
-from ..core.models import LoadedModel
-from ..core.pipeline import PruneResult, is_incomplete
+from ..core.model.loading import LoadedModel
+from ..core.prune import memory
+from ..core.prune.pipeline import PruneResult, is_incomplete
+from ..core.run.history import History
 from .tasks import DenseMeasured, EvalSettings, LoadArgs, ModelReady, PruneFinished, RunOutcome
 from .worker import Worker
 

@@ -1,7 +1,7 @@
 """The jobs the GUI starts, as plain generators (no Qt): each is a short sequence of engine calls.
 
 Nothing here prunes, samples or scores by itself; it only strings the engine's generators together
-the way :func:`prunestudio.core.job.iter_job` does for the CLI, and adds a few GUI-side marker
+the way :func:`prunestudio.core.run.job.iter_job` does for the CLI, and adds a few GUI-side marker
 events so the window learns about intermediate results (a reloaded model, a dense perplexity,
 a finished pruning) as soon as they exist, even if a later step is cancelled.
 
@@ -17,17 +17,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Generator
 
-from ..core.calibset import CalibrationSet
+from ..core.calib.calibset import CalibrationSet
+from ..core.calib.similarity import score_calibration
 from ..core.config import CalibConfig, Recipe
-from ..core.devices import slow_dtype_warning
 from ..core.errors import Cancelled, ExportError
+from ..core.evaluate.zeroshot import iter_zeroshot
 from ..core.events import Event, Message, PhaseDone, PhaseStarted
-from ..core.export import iter_export
-from ..core.job import build_calibration, build_report, iter_eval_ppl, place_model
-from ..core.models import LoadedModel, load_model
-from ..core.pipeline import PruneResult, iter_prune
-from ..core.similarity import score_calibration
-from ..core.zeroshot import iter_zeroshot
+from ..core.model.devices import slow_dtype_warning
+from ..core.model.loading import LoadedModel, load_model
+from ..core.prune.pipeline import PruneResult, iter_prune
+from ..core.run.export import iter_export
+from ..core.run.job import build_calibration, build_report, iter_eval_ppl, place_model
 
 StopFn = Callable[[], bool]
 
@@ -81,7 +81,7 @@ def load(args: LoadArgs, should_stop: StopFn = _never) -> Generator[Event, None,
     if should_stop():
         raise Cancelled()
     if args.spec == "demo":
-        from ..core.demo_model import iter_fetch_demo_model
+        from ..core.model.demo import iter_fetch_demo_model
 
         yield from iter_fetch_demo_model(should_stop=should_stop)  # progress, and cancellable
     loaded = load_model(args.spec, args.device, args.dtype, args.trust_remote_code, should_stop=should_stop)
@@ -97,7 +97,7 @@ def load(args: LoadArgs, should_stop: StopFn = _never) -> Generator[Event, None,
 
 def open_model(args: LoadArgs, should_stop: StopFn = _never) -> Generator[Event, None, LoadedModel]:
     """Step 1's Load button: load, then announce the model with its tokenizer's fingerprint."""
-    from ..core.calibset import tokenizer_fingerprint
+    from ..core.calib.calibset import tokenizer_fingerprint
 
     loaded = yield from load(args, should_stop)
     yield ModelReady(loaded, reloaded=False, tokenizer_fingerprint=tokenizer_fingerprint(loaded.tokenizer))

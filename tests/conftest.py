@@ -44,13 +44,12 @@ def _one_thread(request):
 
 @pytest.fixture(autouse=True)
 def _own_ppl_cache(tmp_path_factory, monkeypatch):
-    """Each test gets an empty dense-perplexity cache (core/ppl_cache.py), outside its tmp_path."""
+    """Each test gets an empty dense-perplexity cache (core/evaluate/ppl_cache.py), outside its tmp_path."""
     monkeypatch.setenv("PRUNESTUDIO_PPL_CACHE", str(tmp_path_factory.mktemp("ppl-cache") / "cache.json"))
 
 
 def tiny_config(arch: str, vocab_size: int = 96):
-    from transformers import (GemmaConfig, GPT2Config, LlamaConfig, MistralConfig, OPTConfig,
-                              Phi3Config, Qwen2Config)
+    from transformers import GemmaConfig, GPT2Config, LlamaConfig, MistralConfig, OPTConfig, Phi3Config, Qwen2Config
 
     common = dict(vocab_size=vocab_size, bos_token_id=1, eos_token_id=2, pad_token_id=0)
     if arch == "llama":
@@ -133,6 +132,6 @@ def shared_data():
 @pytest.fixture(scope="session")
 def demo_loaded():
     """The real default model (downloaded and converted once into the user cache)."""
-    from prunestudio.core.models import load_model
+    from prunestudio.core.model.loading import load_model
 
     return load_model("demo", device="cpu", dtype="fp32")

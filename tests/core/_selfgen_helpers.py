@@ -66,7 +66,11 @@ def make_model(arch: str, tokenizer, seed: int = 0, init: float = 0.4):
     argmax-based comparisons to be robust to float rounding.
     """
     from transformers import (
-        AutoModelForCausalLM, GPT2Config, LlamaConfig, OPTConfig, Qwen2Config,
+        AutoModelForCausalLM,
+        GPT2Config,
+        LlamaConfig,
+        OPTConfig,
+        Qwen2Config,
     )
 
     torch.manual_seed(seed)

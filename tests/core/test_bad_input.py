@@ -23,27 +23,30 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import CORPUS, byte_tokenizer, tiny_model
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from prunestudio.core import models as models_mod
-from prunestudio.core import sampling as sampling_mod
-from prunestudio.core import textsources
-from prunestudio.core.calibset import CalibrationSet, CalibSample, tokenizer_fingerprint
+from prunestudio.core.calib import sampling as sampling_mod
+from prunestudio.core.calib import textsources
+from prunestudio.core.calib.calibset import CalibrationSet, CalibSample, tokenizer_fingerprint
+from prunestudio.core.calib.sampling import sample_calibration
+from prunestudio.core.calib.textsources import iter_texts
 from prunestudio.core.config import CalibConfig, PruneConfig, Recipe
-from prunestudio.core.errors import (CalibrationError, Cancelled, ConfigError, ExportError,
-                                     ModelLoadError, PruneStudioError)
+from prunestudio.core.errors import (
+    CalibrationError,
+    Cancelled,
+    ConfigError,
+    ExportError,
+    ModelLoadError,
+    PruneStudioError,
+)
+from prunestudio.core.evaluate.task_data import TASKS, load_task
 from prunestudio.core.events import Message, PhaseStarted, RunStarted
-from prunestudio.core.export import REPORT_NAME, iter_export
-from prunestudio.core.job import build_calibration, iter_eval_ppl, iter_job, validate_recipe
-from prunestudio.core.models import load_model
-from prunestudio.core.pipeline import BlockOutOfMemory, is_incomplete, iter_prune, run_to_completion
-from prunestudio.core.sampling import sample_calibration
-from prunestudio.core.tasks import TASKS, load_task
-from prunestudio.core.textsources import iter_texts
-
-from conftest import CORPUS, byte_tokenizer, tiny_model
-
+from prunestudio.core.model import loading as models_mod
+from prunestudio.core.model.loading import load_model
+from prunestudio.core.prune.pipeline import BlockOutOfMemory, is_incomplete, iter_prune, run_to_completion
+from prunestudio.core.run.export import REPORT_NAME, iter_export
+from prunestudio.core.run.job import build_calibration, iter_eval_ppl, iter_job, validate_recipe
 
 # ---- shared material --------------------------------------------------------------------------
 
@@ -564,7 +567,7 @@ def test_failed_export_leaves_an_existing_folder_untouched(tok, tmp_path, monkey
 
 
 def test_unwritable_folder_even_as_root(tok, tmp_path, monkeypatch):
-    import prunestudio.core.export as export_mod
+    import prunestudio.core.run.export as export_mod
 
     model, res = _pruned(tok)
 
@@ -655,7 +658,7 @@ def test_cancel_in_every_phase(job_recipe, calls_by_phase, tmp_path, phase):
 
 
 def test_worker_crash_surfaces_as_the_original_exception(job_recipe, tmp_path, monkeypatch):
-    import prunestudio.core.pipeline as pipeline_mod
+    import prunestudio.core.prune.pipeline as pipeline_mod
 
     def boom(*a, **k):
         raise KeyError("something the engine did not expect")
@@ -881,7 +884,7 @@ def test_bf16_on_a_cpu_without_bf16_instructions_is_flagged(job_recipe, tmp_path
 
 
 def test_slow_dtype_warning_only_for_emulated_bf16_on_the_cpu(monkeypatch):
-    from prunestudio.core.devices import slow_dtype_warning
+    from prunestudio.core.model.devices import slow_dtype_warning
 
     def broken():
         raise RuntimeError("probe failed")

@@ -11,11 +11,9 @@ import shutil
 
 import pytest
 import torch
-
-from prunestudio.core.calibset import CalibrationSet, CalibSample, tokenizer_fingerprint
-from prunestudio.core.cli import EXIT_CANCELLED, EXIT_ERROR, EXIT_UNEXPECTED, main
-
 from conftest import CORPUS, byte_tokenizer, tiny_model
+from prunestudio.core.calib.calibset import CalibrationSet, CalibSample, tokenizer_fingerprint
+from prunestudio.core.cli.main import EXIT_CANCELLED, EXIT_ERROR, EXIT_UNEXPECTED, main
 
 
 @pytest.fixture(scope="module")
@@ -262,7 +260,7 @@ def test_disk_full_during_export(capsys, model, text, tmp_path, monkeypatch):
 
 
 def test_unexpected_failure_exits_2_with_one_line(capsys, model, text, monkeypatch):
-    import prunestudio.core.pipeline as pipeline_mod
+    import prunestudio.core.prune.pipeline as pipeline_mod
 
     def boom(*a, **k):
         raise ZeroDivisionError("a bug\nwith a second line")
@@ -278,7 +276,7 @@ def test_unexpected_failure_exits_2_with_one_line(capsys, model, text, monkeypat
 
 
 def test_interrupt_exits_130(capsys, model, text, monkeypatch):
-    import prunestudio.core.pipeline as pipeline_mod
+    import prunestudio.core.prune.pipeline as pipeline_mod
 
     def interrupt(*a, **k):
         raise KeyboardInterrupt

@@ -6,10 +6,9 @@ import sys
 import time
 
 import pytest
-
-from prunestudio.core import demo_model
 from prunestudio.core.errors import Cancelled, ModelLoadError
-from prunestudio.core.pipeline import run_to_completion
+from prunestudio.core.model import demo as demo_model
+from prunestudio.core.prune.pipeline import run_to_completion
 
 
 @pytest.fixture()
@@ -45,7 +44,7 @@ def test_failed_download_is_a_clear_error(tmp_path, monkeypatch):
 
 
 def test_load_model_passes_cancel_to_the_fetch(slow_pip):
-    from prunestudio.core.models import load_model
+    from prunestudio.core.model.loading import load_model
 
     t0 = time.monotonic()
     with pytest.raises(Cancelled):

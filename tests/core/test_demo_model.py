@@ -6,13 +6,12 @@ import json
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM
-
-from prunestudio.core import architecture
 from prunestudio.core.config import CalibConfig, PruneConfig, Recipe
-from prunestudio.core.job import iter_job
-from prunestudio.core.perplexity import perplexity
-from prunestudio.core.pipeline import run_to_completion
+from prunestudio.core.evaluate.perplexity import perplexity
+from prunestudio.core.model import architecture
+from prunestudio.core.prune.pipeline import run_to_completion
+from prunestudio.core.run.job import iter_job
+from transformers import AutoModelForCausalLM
 
 pytestmark = pytest.mark.slow
 

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from prunestudio.core.errors import ConfigError, PruneStudioError
-from prunestudio.core.methods.dsnot import dsnot_refine, dsnot_skips, expected_error
-from prunestudio.core.methods.masks import nm_mask, per_row_mask
-from prunestudio.core.stats import InputStats, StatsNeeds
+from prunestudio.core.prune.methods.dsnot import dsnot_refine, dsnot_skips, expected_error
+from prunestudio.core.prune.methods.masks import nm_mask, per_row_mask
+from prunestudio.core.prune.stats import InputStats, StatsNeeds
 
 
 def _data(rows: int, cols: int, tokens: int, seed: int, mean_scale: float = 2.0):
@@ -206,7 +205,7 @@ def test_errors() -> None:
 
 @pytest.mark.parametrize("arch", ["llama", "opt", "gpt2", "phi3", "gemma"])
 def test_module_roles_split_attention_from_mlp(make_model, arch) -> None:
-    from prunestudio.core import architecture
+    from prunestudio.core.model import architecture
 
     names = architecture.layout(make_model(arch)).module_names
     roles = {n: architecture.module_role(n) for n in names}
@@ -219,9 +218,9 @@ def test_module_roles_split_attention_from_mlp(make_model, arch) -> None:
 def test_pipeline_dsnot_skip_leaves_the_initial_mask(make_model, tokenizer, skip) -> None:
     """Skipped modules keep exactly the Wanda mask; refined ones swap some weights (masks compared in
     the first block, whose inputs are the same in both runs)."""
-    from prunestudio.core import architecture
     from prunestudio.core.config import PruneConfig
-    from prunestudio.core.pipeline import iter_prune, run_to_completion
+    from prunestudio.core.model import architecture
+    from prunestudio.core.prune.pipeline import iter_prune, run_to_completion
 
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(3, len(tokenizer), (6, 24), generator=g)

@@ -1,4 +1,4 @@
-"""Experiment grids (core/experiment.py, core/cli_experiment.py): validation, resume, summary."""
+"""Experiment grids (core/experiment/grid.py, core/cli/experiment.py): validation, resume, summary."""
 
 from __future__ import annotations
 
@@ -8,12 +8,19 @@ import statistics
 from pathlib import Path
 
 import pytest
-
 from prunestudio.core.errors import ConfigError
-from prunestudio.core.experiment import (DENSE, GridSpec, collect, mean_std, run_experiment, summarize,
-                                         summary_csv, summary_markdown)
-from prunestudio.core.history import History
-from prunestudio.core.pipeline import run_to_completion
+from prunestudio.core.experiment.grid import (
+    DENSE,
+    GridSpec,
+    collect,
+    mean_std,
+    run_experiment,
+    summarize,
+    summary_csv,
+    summary_markdown,
+)
+from prunestudio.core.prune.pipeline import run_to_completion
+from prunestudio.core.run.history import History
 
 
 @pytest.fixture
@@ -75,7 +82,7 @@ def test_grid_runs_and_a_rerun_executes_no_cell(workdir):
 
 
 def test_cli_experiment_resumes_and_honours_db(workdir, capsys):
-    from prunestudio.core.cli import main
+    from prunestudio.core.cli.main import main
 
     grid = write_grid(workdir, seeds=[0], dense_baseline=False, eval={"ppl": ["eval.txt"], "seqlen": 32,
                                                                        "max_windows": 2})
@@ -124,7 +131,7 @@ def test_cells_settings_and_keys(workdir):
     assert GridSpec.from_dict(grid_dict(prune={"batch_size": 8}), workdir).cells()[1].key == k0  # the default
     assert GridSpec.from_dict(grid_dict(prune={"batch_size": 2}), workdir).cells()[1].key != k0
     from prunestudio.core.config import CalibConfig, PruneConfig, Recipe
-    from prunestudio.core.experiment import _non_default
+    from prunestudio.core.experiment.grid import _non_default
 
     assert _non_default(Recipe()) == {"prune": {}, "calibration": {}}
     assert _non_default(PruneConfig(method="sparsegpt", structure="2:4")) == {"method": "sparsegpt",
@@ -171,7 +178,7 @@ def test_grid_validation_errors(workdir, over, message):
 
 
 def test_grid_file_errors_name_the_file(tmp_path, capsys):
-    from prunestudio.core.cli import main
+    from prunestudio.core.cli.main import main
 
     bad = tmp_path / "g.json"
     bad.write_text("{not json", encoding="utf-8")
@@ -239,7 +246,7 @@ def test_mean_std_edge_cases():
 def test_summary_writes_tables_and_no_qt(workdir):
     import sys
 
-    from prunestudio.core.experiment import write_summary
+    from prunestudio.core.experiment.grid import write_summary
 
     spec = GridSpec.from_dict(grid_dict(sources=["corpus.txt", "selfgen"]), workdir)
     finished = [(c, {"ppl": {"eval.txt": 20.0 + i}, "tasks_mean_acc": 0.4, "tasks": {}, "seconds": {}})
@@ -260,7 +267,7 @@ def test_summary_writes_tables_and_no_qt(workdir):
 
 def test_settings_share_one_calibration_set(workdir):
     from prunestudio.core.events import PhaseStarted
-    from prunestudio.core.experiment import iter_experiment
+    from prunestudio.core.experiment.grid import iter_experiment
 
     spec = GridSpec.from_dict(grid_dict(sources=["selfgen"], sparsities=[0.5, 0.6], structures=["unstructured", "2:4"],
                                         seeds=[0], dense_baseline=False,

@@ -7,13 +7,12 @@ import os
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM
-
-from prunestudio.core import architecture
 from prunestudio.core.config import PruneConfig
 from prunestudio.core.errors import Cancelled, ExportError
-from prunestudio.core.export import REPORT_NAME, iter_export
-from prunestudio.core.pipeline import iter_prune, run_to_completion
+from prunestudio.core.model import architecture
+from prunestudio.core.prune.pipeline import iter_prune, run_to_completion
+from prunestudio.core.run.export import REPORT_NAME, iter_export
+from transformers import AutoModelForCausalLM
 
 
 def _prune(model, tokenizer, structure="unstructured"):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prunestudio.core.history import History
+from prunestudio.core.run.history import History
 
 
 def test_add_update_and_list(tmp_path):

@@ -1,4 +1,4 @@
-"""One-pass pruning (core/lockstep.py): same masks whatever the batching, clean threads on cancel
+"""One-pass pruning (core/prune/lockstep.py): same masks whatever the batching, clean threads on cancel
 and errors, and a fall-back to the two-pass order for a module that runs twice per forward."""
 
 from __future__ import annotations
@@ -8,16 +8,15 @@ import types
 
 import pytest
 import torch
-from torch import nn
-
-from prunestudio.core import architecture
-from prunestudio.core.capture import BlockInputs
 from prunestudio.core.config import PruneConfig
 from prunestudio.core.errors import Cancelled
 from prunestudio.core.events import ModulePruned
-from prunestudio.core.lockstep import LockstepBlock, NotLockstepable
-from prunestudio.core.pipeline import is_incomplete, iter_prune, run_to_completion
-from prunestudio.core.stats import StatsNeeds
+from prunestudio.core.model import architecture
+from prunestudio.core.prune.capture import BlockInputs
+from prunestudio.core.prune.lockstep import LockstepBlock, NotLockstepable
+from prunestudio.core.prune.pipeline import is_incomplete, iter_prune, run_to_completion
+from prunestudio.core.prune.stats import StatsNeeds
+from torch import nn
 
 
 def _ids(vocab: int, n: int = 6, seqlen: int = 24, seed: int = 0) -> torch.Tensor:
@@ -173,9 +172,9 @@ def test_lockstep_block_refuses_a_module_called_twice():
 def test_one_pass_that_would_not_fit_takes_two_passes(make_model, tokenizer, monkeypatch):
     """With too little free memory for one pass but enough for two, the run takes two passes,
     says why, and gives exactly the two-pass result."""
-    from prunestudio.core import memory
     from prunestudio.core.events import Message
-    from prunestudio.core.models import describe
+    from prunestudio.core.model.loading import describe
+    from prunestudio.core.prune import memory
 
     ids = _ids(len(tokenizer), n=8)
     model = make_model("llama")

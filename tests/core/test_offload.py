@@ -6,15 +6,13 @@ import json
 
 import pytest
 import torch
-
-from prunestudio.core import architecture
+from conftest import tiny_model
 from prunestudio.core.config import PruneConfig
 from prunestudio.core.events import ModulePruned
-from prunestudio.core.models import load_model
-from prunestudio.core.offload import save_lazy_model, store_of
-from prunestudio.core.pipeline import iter_prune, run_to_completion
-
-from conftest import tiny_model
+from prunestudio.core.model import architecture
+from prunestudio.core.model.loading import load_model
+from prunestudio.core.model.offload import save_lazy_model, store_of
+from prunestudio.core.prune.pipeline import iter_prune, run_to_completion
 
 
 def _ids(vocab: int, n: int = 6, seqlen: int = 24, seed: int = 0) -> torch.Tensor:
@@ -119,7 +117,7 @@ def test_owl_with_disk_offload(saved, tmp_path, tokenizer):
 
 
 def test_disk_offload_config_and_cli(tmp_path):
-    from prunestudio.core.cli import _recipe_from_args, build_parser
+    from prunestudio.core.cli.main import _recipe_from_args, build_parser
     from prunestudio.core.errors import ConfigError
 
     args = build_parser().parse_args(["prune", "--model", "demo", "--offload", "disk",
@@ -135,7 +133,7 @@ def test_disk_offload_config_and_cli(tmp_path):
 
 def test_disk_offload_refuses_gguf_and_missing_weights(tmp_path, tokenizer):
     from prunestudio.core.errors import ModelLoadError
-    from prunestudio.core.offload import load_model_lazy
+    from prunestudio.core.model.offload import load_model_lazy
 
     d = tmp_path / "m"
     model = tiny_model("llama", vocab_size=len(tokenizer))

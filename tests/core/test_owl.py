@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from prunestudio.core.errors import ConfigError
-from prunestudio.core.methods.owl import outlier_ratio, owl_allocation, owl_nm_allocation
+from prunestudio.core.prune.methods.owl import outlier_ratio, owl_allocation, owl_nm_allocation
 
 
 def _block_scores(seed: int, outlier_rows: int) -> list[torch.Tensor]:

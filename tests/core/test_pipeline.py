@@ -6,15 +6,13 @@ import math
 
 import pytest
 import torch
-
-from prunestudio.core import architecture
-from prunestudio.core.capture import capture_first_block_inputs, restore_outside, run_block
+from conftest import ARCHS
 from prunestudio.core.config import PruneConfig
 from prunestudio.core.errors import Cancelled, ConfigError
 from prunestudio.core.events import BlockDone, ModulePruned, RunFinished, RunStarted
-from prunestudio.core.pipeline import is_incomplete, iter_prune, run_to_completion
-
-from conftest import ARCHS
+from prunestudio.core.model import architecture
+from prunestudio.core.prune.capture import capture_first_block_inputs, restore_outside, run_block
+from prunestudio.core.prune.pipeline import is_incomplete, iter_prune, run_to_completion
 
 
 def _ids(vocab: int, n: int = 6, seqlen: int = 24, seed: int = 0) -> torch.Tensor:
@@ -226,8 +224,8 @@ def test_skip_modules_stay_dense(make_model, tokenizer):
 def test_sparsegpt_factors_each_shared_input_once(make_model, tokenizer, arch, one_pass, monkeypatch):
     """q/k/v (and Llama's gate/up) read one input: its inverse-Hessian factor is computed once per
     block and gives the very weights that a factor per module gives."""
-    from prunestudio.core.methods import SharedInputCache
-    from prunestudio.core.methods import sparsegpt as sg
+    from prunestudio.core.prune.methods import SharedInputCache
+    from prunestudio.core.prune.methods import sparsegpt as sg
 
     ids = _ids(len(tokenizer))
     cfg = PruneConfig(method="sparsegpt", sparsity=0.5, batch_size=3, one_pass=one_pass)

@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from prunestudio.core import architecture, pipeline
 from prunestudio.core.config import PruneConfig
 from prunestudio.core.events import ModulePruned
-from prunestudio.core.memory import estimate_run_memory, module_shapes
-from prunestudio.core.models import describe
-from prunestudio.core.pipeline import iter_prune, run_to_completion
+from prunestudio.core.model import architecture
+from prunestudio.core.model.loading import describe
+from prunestudio.core.prune import pipeline
+from prunestudio.core.prune.memory import estimate_run_memory, module_shapes
+from prunestudio.core.prune.pipeline import iter_prune, run_to_completion
 
 
 def _ids(vocab: int, n: int = 6, seqlen: int = 24, seed: int = 0) -> torch.Tensor:
@@ -59,8 +59,8 @@ def test_deferred_path_equals_synchronous_path(make_model, tokenizer, arch, meth
 
 @pytest.mark.parametrize("arch", ["llama", "opt", "gpt2", "phi3"])
 def test_statistics_pass_stops_after_last_module_with_same_statistics(make_model, tokenizer, arch):
-    from prunestudio.core.capture import capture_first_block_inputs, restore_outside
-    from prunestudio.core.stats import StatsNeeds
+    from prunestudio.core.prune.capture import capture_first_block_inputs, restore_outside
+    from prunestudio.core.prune.stats import StatsNeeds
 
     model = make_model(arch)
     ids = _ids(len(tokenizer))

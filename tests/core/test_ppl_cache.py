@@ -6,14 +6,12 @@ import json
 
 import pytest
 import torch
-
-from prunestudio.core import ppl_cache
-from prunestudio.core.config import CalibConfig, PruneConfig, Recipe
-from prunestudio.core.events import Message, PhaseStarted
-from prunestudio.core.job import iter_job
-from prunestudio.core.pipeline import run_to_completion
-
 from conftest import CORPUS, byte_tokenizer, tiny_model
+from prunestudio.core.config import CalibConfig, PruneConfig, Recipe
+from prunestudio.core.evaluate import ppl_cache
+from prunestudio.core.events import Message, PhaseStarted
+from prunestudio.core.prune.pipeline import run_to_completion
+from prunestudio.core.run.job import iter_job
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Perplexity suites (core/ppl_suites.py): the SparseGPT/Wanda conventions for WikiText-2 and C4."""
+"""Perplexity suites (core/evaluate/ppl_suites.py): the SparseGPT/Wanda conventions for WikiText-2 and C4."""
 
 from __future__ import annotations
 
@@ -8,12 +8,20 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from prunestudio.core import ppl_suites
 from prunestudio.core.errors import EvaluationError
-from prunestudio.core.perplexity import eval_ids, eval_text, perplexity
-from prunestudio.core.ppl_suites import (C4_DOCS, C4_WINDOWS, SUITES, find_suite_file, join_documents,
-                                         ppl_suite_text, suite_documents, suite_ids, suite_max_windows)
+from prunestudio.core.evaluate import ppl_suites
+from prunestudio.core.evaluate.perplexity import eval_ids, eval_text, perplexity
+from prunestudio.core.evaluate.ppl_suites import (
+    C4_DOCS,
+    C4_WINDOWS,
+    SUITES,
+    find_suite_file,
+    join_documents,
+    ppl_suite_text,
+    suite_documents,
+    suite_ids,
+    suite_max_windows,
+)
 
 SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 
@@ -113,7 +121,7 @@ def test_perplexity_on_a_suite(tmp_path, tokenizer, make_model):
 
 
 def test_cli_eval_with_suites_and_tasks_writes_a_report(tmp_path, tokenizer, make_model, capsys):
-    from prunestudio.core.cli import main
+    from prunestudio.core.cli.main import main
 
     data = tmp_path / "data"
     write_wiki(data)
@@ -137,7 +145,7 @@ def test_cli_eval_with_suites_and_tasks_writes_a_report(tmp_path, tokenizer, mak
 
 
 def test_cli_eval_missing_task_file_is_a_clear_error(tmp_path, tokenizer, make_model, capsys):
-    from prunestudio.core.cli import main
+    from prunestudio.core.cli.main import main
 
     model_dir = tmp_path / "model"
     make_model("llama").save_pretrained(model_dir)

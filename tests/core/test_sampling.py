@@ -6,10 +6,9 @@ import gzip
 import json
 
 import pytest
-
-from prunestudio.core.calibset import CalibrationSet
+from prunestudio.core.calib.calibset import CalibrationSet
+from prunestudio.core.calib.sampling import sample_calibration
 from prunestudio.core.errors import CalibrationError, ConfigError
-from prunestudio.core.sampling import sample_calibration
 
 
 @pytest.mark.parametrize("mode", ["random", "document"])

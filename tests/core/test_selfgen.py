@@ -11,12 +11,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _selfgen_helpers import make_model, make_tokenizer  # noqa: E402
-
-from prunestudio.core import selfgen as sg  # noqa: E402
-from prunestudio.core.calibset import CalibrationSet  # noqa: E402
+from prunestudio.core.calib import selfgen as sg  # noqa: E402
+from prunestudio.core.calib.calibset import CalibrationSet  # noqa: E402
 from prunestudio.core.errors import CalibrationError, Cancelled, ConfigError  # noqa: E402
 from prunestudio.core.events import PhaseDone, PhaseProgress, PhaseStarted  # noqa: E402
-from prunestudio.core.pipeline import run_to_completion  # noqa: E402
+from prunestudio.core.prune.pipeline import run_to_completion  # noqa: E402
 
 TEXTS = [
     "the quick brown fox jumps over the lazy dog",
@@ -242,7 +241,10 @@ def test_greedy_matches_transformers_generate(llama):
 
 def test_candidates_match_hf_logits_processors():
     from transformers.generation.logits_process import (
-        RepetitionPenaltyLogitsProcessor, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper,
+        RepetitionPenaltyLogitsProcessor,
+        TemperatureLogitsWarper,
+        TopKLogitsWarper,
+        TopPLogitsWarper,
     )
 
     g = torch.Generator().manual_seed(0)
@@ -342,7 +344,7 @@ def _cache_bytes(cache) -> int:
 @pytest.mark.parametrize("arch", ["llama", "gpt2", "opt", "gemma", "phi3"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_kv_cache_estimate_equals_the_cache_a_forward_builds(make_model, arch, dtype):
-    from prunestudio.core.memory import kv_cache_bytes_per_token
+    from prunestudio.core.prune.memory import kv_cache_bytes_per_token
 
     model = make_model(arch).to(dtype)
     tokens = 37
@@ -355,8 +357,8 @@ def test_kv_cache_estimate_equals_the_cache_a_forward_builds(make_model, arch, d
 def test_batch_shrinks_to_fit_memory_and_samples_stay_the_same(llama, monkeypatch):
     """With too little free memory for the KV cache of a full batch, fewer sequences are decoded
     at a time, the run says so, and every sample is what it would have been otherwise."""
-    from prunestudio.core import memory
-    from prunestudio.core.memory import kv_cache_bytes_per_token
+    from prunestudio.core.prune import memory
+    from prunestudio.core.prune.memory import kv_cache_bytes_per_token
 
     model, tok = llama
     st = _settings(n=6, seqlen=40, batch_size=6)

@@ -11,9 +11,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _selfgen_helpers import make_model, make_tokenizer  # noqa: E402
-
-from prunestudio.core import similarity as simi  # noqa: E402
-from prunestudio.core.calibset import CalibrationSet, CalibSample, tokenizer_fingerprint  # noqa: E402
+from prunestudio.core.calib import similarity as simi  # noqa: E402
+from prunestudio.core.calib.calibset import CalibrationSet, CalibSample, tokenizer_fingerprint  # noqa: E402
 from prunestudio.core.errors import CalibrationError, Cancelled, ConfigError  # noqa: E402
 
 

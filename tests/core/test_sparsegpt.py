@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from prunestudio.core.errors import ConfigError, PruneStudioError
-from prunestudio.core.methods.masks import nm_mask, per_row_mask
-from prunestudio.core.methods.sparsegpt import sparsegpt_prune
-from prunestudio.core.stats import InputStats, StatsNeeds
+from prunestudio.core.prune.methods.masks import nm_mask, per_row_mask
+from prunestudio.core.prune.methods.sparsegpt import sparsegpt_prune
+from prunestudio.core.prune.stats import InputStats, StatsNeeds
 
 
 def _module(rows: int, cols: int, tokens: int, seed: int = 0):
@@ -220,7 +219,7 @@ def test_invalid_settings() -> None:
 def test_shared_factor_gives_the_same_result() -> None:
     """A factor computed once for an input shared by several modules (q/k/v) prunes each of them
     exactly as computing it anew would, including the dead inputs' zeroed columns."""
-    from prunestudio.core.methods.sparsegpt import hessian_factor
+    from prunestudio.core.prune.methods.sparsegpt import hessian_factor
 
     w, _, stats = _module(10, 48, 200, seed=6)
     h = stats.hessian.clone()

@@ -1,11 +1,10 @@
-"""Input statistics (core/stats.py) against float64 sums, whatever the batch sizes and dtypes."""
+"""Input statistics (core/prune/stats.py) against float64 sums, whatever the batch sizes and dtypes."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-
-from prunestudio.core.stats import InputStats, StatsNeeds, column_sq_sum
+from prunestudio.core.prune.stats import InputStats, StatsNeeds, column_sq_sum
 
 
 @pytest.mark.parametrize("rows", [1, 300, 511, 512, 1024, 1300, 4096 + 17])

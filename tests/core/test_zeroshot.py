@@ -1,18 +1,15 @@
-"""Tests of the built-in zero-shot multiple-choice evaluator (core/zeroshot.py, core/tasks.py)."""
+"""Tests of the built-in zero-shot multiple-choice evaluator (core/evaluate/zeroshot.py, core/evaluate/task_data.py)."""
 
 from __future__ import annotations
 
 import json
 from collections import Counter
 
-
 import pytest
 import torch
-
-from prunestudio.core import tasks as tasks_mod
 from prunestudio.core.errors import Cancelled, EvaluationError
-from prunestudio.core.events import Message, PhaseDone, PhaseProgress, PhaseStarted
-from prunestudio.core.zeroshot import (
+from prunestudio.core.evaluate import task_data as tasks_mod
+from prunestudio.core.evaluate.zeroshot import (
     TASKS,
     MCItem,
     TaskResult,
@@ -27,6 +24,7 @@ from prunestudio.core.zeroshot import (
     loglikelihoods,
     score_items,
 )
+from prunestudio.core.events import Message, PhaseDone, PhaseProgress, PhaseStarted
 
 try:
     from ._zeroshot_helpers import DATA_EVAL, BigramLM, brute_loglik, make_llama, make_tokenizer

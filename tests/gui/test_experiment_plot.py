@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-
-from prunestudio.core.experiment import GridSpec, summarize
-from prunestudio.gui.experiment_plot import write_plot
+from prunestudio.core.experiment.grid import GridSpec, summarize
+from prunestudio.gui.views.experiment_plot import write_plot
 
 
 def test_plot_is_written(tmp_path, qapp):

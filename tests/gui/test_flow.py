@@ -7,15 +7,14 @@ import math
 import numpy as np
 import pytest
 import torch
+from _gui_fixtures import *  # noqa: F401,F403 - the GUI fixtures (see that module)
+from _gui_helpers import LONG, click, generate_calibration, load_folder, screenshot, set_eval, start_run
+from prunestudio.core.calib.selfgen import FilteringDone, SampleGenerated
+from prunestudio.core.events import ModulePruned
+from prunestudio.gui.views.sample_table import BY_HAND
 from PySide6.QtCore import Qt
 from PySide6.QtGui import QPalette
 from PySide6.QtTest import QTest
-
-from _gui_fixtures import *  # noqa: F401,F403 - the GUI fixtures (see that module)
-from _gui_helpers import LONG, click, generate_calibration, load_folder, screenshot, set_eval, start_run
-from prunestudio.core.events import ModulePruned
-from prunestudio.core.selfgen import FilteringDone, SampleGenerated
-from prunestudio.gui.sample_table import BY_HAND
 
 
 def _grab_steps(window, qtbot, folder, prefix: str) -> None:
@@ -137,7 +136,7 @@ def test_whole_flow(window, qtbot, monkeypatch, tiny_model_dir, eval_file, tmp_p
     assert report["ppl_dense"] == pytest.approx(st.run.ppl_dense)
     assert e.open_button.isEnabled()
     opened = []
-    monkeypatch.setattr("prunestudio.gui.eval_panel.open_folder", lambda p: opened.append(p))
+    monkeypatch.setattr("prunestudio.gui.panels.eval.open_folder", lambda p: opened.append(p))
     click(qtbot, e.open_button)
     assert opened == [out]
     from transformers import AutoModelForCausalLM

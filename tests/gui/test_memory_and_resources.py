@@ -8,9 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from _gui_fixtures import *  # noqa: F401,F403 - the GUI fixtures (see that module)
-from prunestudio.core.memory import available_memory, estimate_run_memory, format_bytes
+from prunestudio.core.prune.memory import available_memory, estimate_run_memory, format_bytes
 
 INFO = {"parameters": 134_515_008, "prunable_parameters": 30 * (576 * 576 * 2 + 576 * 192 * 2 + 3 * 576 * 1536),
         "blocks": 30, "hidden_size": 576,
@@ -32,8 +31,8 @@ def test_estimate_parts_and_scaling():
 
 
 def test_estimate_with_real_shapes(make_model):
-    from prunestudio.core.memory import module_shapes
-    from prunestudio.core.models import describe
+    from prunestudio.core.model.loading import describe
+    from prunestudio.core.prune.memory import module_shapes
 
     model = make_model("llama")
     info = describe(model)
@@ -108,10 +107,9 @@ def test_std_stream_guard(monkeypatch):
 @pytest.mark.parametrize("dark", [False, True])
 def test_readable_in_light_and_dark_palettes(configured_app, qtbot, dark, tmp_path, screenshots):
     """Text colours come from the palette: with a dark palette the steps and plots follow it."""
-    from PySide6.QtGui import QColor, QPalette
-
     from prunestudio.gui.main_window import MainWindow
     from prunestudio.gui.state import AppState
+    from PySide6.QtGui import QColor, QPalette
 
     old = configured_app.palette()
     pal = QPalette(old)

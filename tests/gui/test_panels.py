@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from PySide6.QtCore import Qt
-from PySide6.QtTest import QTest
-
 from _gui_fixtures import *  # noqa: F401,F403 - the GUI fixtures (see that module)
 from _gui_helpers import LONG, click, generate_calibration, load_folder, screenshot, start_run
-from prunestudio.core.calibset import CalibrationSet
-from prunestudio.core import selfgen
+from prunestudio.core.calib import selfgen
+from prunestudio.core.calib.calibset import CalibrationSet
 from prunestudio.core.events import AllocationComputed
 from prunestudio.gui import dialogs
+from PySide6.QtCore import Qt
+from PySide6.QtTest import QTest
 
 
 def test_owl_allocation_chart_and_heatmap(window, qtbot, monkeypatch, tiny_model_dir, screenshots, error_dialogs):

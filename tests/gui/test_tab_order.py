@@ -4,11 +4,10 @@ then field, left column then right), whatever order the widgets were created in.
 from __future__ import annotations
 
 import pytest
-from PySide6.QtCore import Qt
-from PySide6.QtWidgets import QApplication, QRadioButton
-
 from _gui_fixtures import *  # noqa: F401,F403 - the GUI fixtures (see that module)
 from prunestudio.gui.widgets import layout_reading_order
+from PySide6.QtCore import Qt
+from PySide6.QtWidgets import QApplication, QRadioButton
 
 
 def _tab_walk(qtbot, start, limit: int = 200) -> list:

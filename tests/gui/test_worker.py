@@ -5,12 +5,11 @@ from __future__ import annotations
 import threading
 
 import pytest
-from PySide6.QtCore import QCoreApplication, QThread
-
 from _gui_fixtures import *  # noqa: F401,F403 - the GUI fixtures (see that module)
 from prunestudio.core.errors import Cancelled
 from prunestudio.core.events import Message, PhaseProgress
 from prunestudio.gui.worker import ErrorInfo, Worker, active_workers, wait_for_workers
+from PySide6.QtCore import QCoreApplication, QThread
 
 T = 20_000
 

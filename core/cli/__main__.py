@@ -1,0 +1,7 @@
+"""``python -m prunestudio.core.cli``"""
+
+import sys
+
+from .main import main
+
+sys.exit(main())

@@ -1,0 +1,358 @@
+"""``prunestudio`` command line: the same engine as the desktop app, headless.
+
+    prunestudio fetch-demo-model
+    prunestudio prune --model demo --method wanda --sparsity 0.5 --calibration selfgen --out DIR
+    prunestudio eval --model DIR --ppl wiki.test.raw --seqlen 512
+    prunestudio calib generate|score ...
+
+Errors are one readable line on stderr and a non-zero exit status (``--verbose`` adds details
+and the traceback): 1 for a bad input or setting, 2 for an unexpected failure (a bug), 130 when
+cancelled.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from ..errors import PruneStudioError
+
+EXIT_ERROR = 1
+EXIT_UNEXPECTED = 2
+EXIT_CANCELLED = 130
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        import transformers
+
+        transformers.utils.logging.set_verbosity_error()
+        transformers.utils.logging.disable_progress_bar()
+    except Exception:  # pragma: no cover - cosmetic only
+        pass
+
+
+def _add_model_args(p: argparse.ArgumentParser, required: bool = True) -> None:
+    p.add_argument("--model", required=required, default=None if required else "demo",
+                   help="demo, a model folder, a .gguf file, or a hub id (owner/name)")
+    p.add_argument("--device", default=None, help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N")
+    p.add_argument("--dtype", default=None, help="auto, fp32, bf16 or fp16")
+    p.add_argument("--trust-remote-code", action="store_true", default=None,
+                   help="run Python code shipped with the model (only for models you trust)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="prunestudio", description="Post-training pruning of LLMs.")
+    parser.add_argument("--verbose", "-v", action="store_true", help="show details of errors")
+    parser.add_argument("--quiet", "-q", action="store_true", help="no progress output")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("fetch-demo-model", help="download and convert the embedded default model")
+
+    p = sub.add_parser("prune", help="prune a model and export it")
+    p.add_argument("--recipe", help="a recipe JSON file; other flags override its values")
+    p.add_argument("--model", default=None, help="demo, a model folder, a .gguf file, or a hub id")
+    p.add_argument("--device", default=None)
+    p.add_argument("--dtype", default=None)
+    p.add_argument("--trust-remote-code", action="store_true", default=None)
+    p.add_argument("--method", choices=["magnitude", "wanda", "sparsegpt", "dsnot"], default=None)
+    p.add_argument("--sparsity", type=float, default=None)
+    p.add_argument("--structure", default=None, help="unstructured, 2:4, 4:8 or any N:M")
+    p.add_argument("--calibration", default=None,
+                   help="selfgen, selfgen:SOURCE, a file, hf:NAME[:CONFIG[:SPLIT]], a preset, or a saved set")
+    p.add_argument("--nsamples", type=int, default=None)
+    p.add_argument("--seqlen", type=int, default=None)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--sampling", choices=["random", "document"], default=None,
+                   help="token windows over the joined corpus (random) or inside single documents")
+    p.add_argument("--batch-size", type=int, default=None, help="calibration samples per forward pass")
+    order = p.add_mutually_exclusive_group()
+    order.add_argument("--one-pass", dest="one_pass", action="store_true", default=None,
+                       help="one forward pass per block, each module pruned before the next runs "
+                            "(the default for SparseGPT, and for DSnoT on SparseGPT's mask)")
+    order.add_argument("--two-pass", dest="one_pass", action="store_false",
+                       help="the reference order: statistics of each dense block, then a second pass for "
+                            "its outputs (the default for the other methods)")
+    p.add_argument("--skip", action="append", default=None, help="leave modules whose name contains this dense")
+    p.add_argument("--owl", action="store_true", default=None, help="OWL layer-wise sparsity allocation")
+    p.add_argument("--owl-m", type=float, default=None)
+    p.add_argument("--owl-lambda", type=float, default=None)
+    p.add_argument("--dsnot-init", choices=["wanda", "magnitude", "sparsegpt"], default=None)
+    p.add_argument("--dsnot-max-cycles", type=int, default=None)
+    p.add_argument("--dsnot-threshold", type=float, default=None)
+    p.add_argument("--dsnot-skip", choices=["mlp", "attention", "none"], default=None,
+                   help="modules DSnoT leaves with their initial mask (default mlp, as the reference)")
+    p.add_argument("--sparsegpt-blocksize", type=int, default=None)
+    p.add_argument("--sparsegpt-damp", type=float, default=None)
+    p.add_argument("--offload", choices=["none", "cpu", "disk"], default=None,
+                   help="where blocks wait while one is pruned: none (all on the compute device), "
+                        "cpu (host memory, default) or disk (memory-mapped from the safetensors "
+                        "files: models larger than RAM)")
+    p.add_argument("--offload-dir", default=None, help="disk offload: folder for the pruned blocks")
+    p.add_argument("--no-offload", action="store_true", default=None,
+                   help="keep the whole model on the compute device (same as --offload none)")
+    p.add_argument("--eval-ppl", default=None,
+                   help="perplexity set: wikitext2 or c4 (the papers' suites), a file, or hf:NAME...")
+    p.add_argument("--eval-seqlen", type=int, default=None)
+    p.add_argument("--eval-max-windows", type=int, default=None,
+                   help="evaluate on at most this many windows (default: the whole set)")
+    p.add_argument("--out", help="export folder (written atomically)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing export folder")
+    p.add_argument("--report", help="also write the report JSON here")
+    p.add_argument("--save-recipe", help="write the effective recipe JSON here")
+    p.add_argument("--save-calibration", help="write the calibration set (.jsonl) here")
+    p.add_argument("--include-paths", action="store_true", help="keep absolute paths in reports")
+
+    e = sub.add_parser("eval", help="evaluate a model (perplexity, zero-shot tasks)")
+    _add_model_args(e)
+    e.add_argument("--ppl", action="append", default=[],
+                   help="perplexity set (repeatable): wikitext2, c4 (the papers' suites), a file or hf:NAME")
+    e.add_argument("--ppl-data", default=None,
+                   help="folder with wikitext-2/wiki.test.raw and c4/*.jsonl.gz for the wikitext2 and c4 "
+                        "suites (default: --task-data, then $PRUNESTUDIO_EVAL_DATA, then the hub)")
+    e.add_argument("--seqlen", type=int, default=512)
+    e.add_argument("--max-windows", type=int, default=None)
+    e.add_argument("--tasks", default=None, help="comma-separated zero-shot tasks, or all")
+    e.add_argument("--task-data", default=None, help="folder with local task files")
+    e.add_argument("--limit", type=int, default=None, help="items per task")
+    e.add_argument("--batch-size", type=int, default=8)
+    e.add_argument("--report", help="write the report JSON here")
+
+    for mod in ("cli_calib", "cli_experiment"):
+        try:
+            module = __import__(f"{__package__}.{mod}", fromlist=["register"])
+        except ImportError:
+            continue
+        module.register(sub)
+    return parser
+
+
+def _recipe_from_args(args: argparse.Namespace) -> Any:
+    from dataclasses import replace
+
+    from ..config import CalibConfig, PruneConfig, Recipe
+
+    recipe = Recipe.load(args.recipe) if args.recipe else Recipe(
+        prune=PruneConfig(), calibration=CalibConfig())
+    prune_kw = {k: v for k, v in {
+        "method": args.method, "sparsity": args.sparsity, "structure": args.structure,
+        "owl": args.owl, "owl_m": args.owl_m, "owl_lambda": args.owl_lambda,
+        "dsnot_init": args.dsnot_init, "dsnot_max_cycles": args.dsnot_max_cycles,
+        "dsnot_threshold": args.dsnot_threshold,
+        "dsnot_skip": args.dsnot_skip, "sparsegpt_blocksize": args.sparsegpt_blocksize,
+        "sparsegpt_damp": args.sparsegpt_damp, "batch_size": args.batch_size,
+        "skip_modules": tuple(args.skip) if args.skip else None,
+        "offload": (False if args.no_offload else None),
+        "offload_dir": args.offload_dir,
+        "one_pass": args.one_pass,
+    }.items() if v is not None}
+    if args.offload is not None:
+        off_kw = {"none": {"offload": False}, "cpu": {"offload": True, "offload_to": "cpu"},
+                  "disk": {"offload": True, "offload_to": "disk"}}[args.offload]
+        prune_kw.update(off_kw)
+    cal_kw = {k: v for k, v in {
+        "source": args.calibration, "nsamples": args.nsamples, "seqlen": args.seqlen,
+        "seed": args.seed, "mode": args.sampling}.items() if v is not None}
+    top_kw = {k: v for k, v in {
+        "model": args.model, "device": args.device, "dtype": args.dtype,
+        "trust_remote_code": args.trust_remote_code,
+        "eval_ppl": (args.eval_ppl,) if args.eval_ppl else None,
+        "eval_seqlen": args.eval_seqlen, "eval_max_windows": args.eval_max_windows}.items() if v is not None}
+    return replace(recipe, prune=replace(recipe.prune, **prune_kw),
+                   calibration=replace(recipe.calibration, **cal_kw), **top_kw)
+
+
+def _write_json(path: str, data: dict[str, Any]) -> None:
+    from ..run.export import _json_default
+
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_name(f".{p.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=_json_default) + "\n", encoding="utf-8")
+    os.replace(tmp, p)
+
+
+def cmd_fetch(args: argparse.Namespace, progress: Any) -> int:
+    from ..model.demo import demo_model_dir, iter_fetch_demo_model
+    from ..prune.pipeline import run_to_completion
+
+    path = run_to_completion(iter_fetch_demo_model(), progress)
+    print(path or demo_model_dir())
+    return 0
+
+
+def cmd_prune(args: argparse.Namespace, progress: Any) -> int:
+    from ..prune.pipeline import run_to_completion
+    from ..run.job import iter_job
+
+    recipe = _recipe_from_args(args)
+    if args.save_recipe:
+        recipe.save(args.save_recipe)
+    res = run_to_completion(iter_job(recipe, args.out, overwrite=args.overwrite,
+                                     include_paths=args.include_paths), progress)
+    if args.report:
+        _write_json(args.report, res.report)
+    if args.save_calibration and res.calibration is not None:
+        res.calibration.save(args.save_calibration)
+    r = res.report
+    summary = f"global sparsity {r['global_sparsity']:.4f}"
+    if r.get("ppl_dense") is not None:
+        summary += f", perplexity {r['ppl_dense']:.3f} -> {r['ppl_pruned']:.3f}"
+    progress.say(summary)
+    if res.export_dir is not None:
+        progress.say(f"Pruned model written to {res.export_dir}")
+        print(res.export_dir)
+    return 0
+
+
+def _suite_dir(task_data: str | None) -> str | None:
+    """The --task-data folder doubles as the perplexity data folder when it holds suite files."""
+    if not task_data:
+        return None
+    base = Path(task_data)
+    return task_data if (base / "wikitext-2").is_dir() or (base / "c4").is_dir() else None
+
+
+def cmd_eval(args: argparse.Namespace, progress: Any) -> int:
+    from ..model.loading import load_model
+    from ..prune.pipeline import run_to_completion
+    from ..run.job import iter_eval_ppl, public_source, versions
+
+    loaded = load_model(args.model, args.device or "auto", args.dtype or "auto", bool(args.trust_remote_code))
+    report: dict[str, Any] = {"format": "prunestudio-eval", "model": public_source(args.model),
+                              "seqlen": args.seqlen, "ppl": {}, "versions": versions()}
+    ppl_data = args.ppl_data or _suite_dir(args.task_data)
+    for src in args.ppl:
+        ppl = run_to_completion(iter_eval_ppl(loaded, src, args.seqlen, max_windows=args.max_windows,
+                                              data_dir=ppl_data), progress)
+        report["ppl"][public_source(src)] = ppl
+        progress.say(f"perplexity {public_source(src)}: {ppl:.3f}")
+    if args.ppl:
+        report["ppl_pruned"] = report["ppl"][public_source(args.ppl[0])]
+    if args.tasks:
+        from ..evaluate.zeroshot import iter_zeroshot
+        from ..run.job import place_model
+
+        place_model(loaded)
+        from ..evaluate.task_data import TASKS
+
+        tasks = list(TASKS) if args.tasks.strip() == "all" else [t.strip() for t in args.tasks.split(",") if t.strip()]
+        res = run_to_completion(iter_zeroshot(loaded.model, loaded.tokenizer, tasks, args.task_data,
+                                              args.limit, args.batch_size), progress)
+        report["tasks"] = {k: v.to_dict() for k, v in res.items()}
+        for k, v in res.items():
+            progress.say(f"{k}: acc {v.acc:.4f}  acc_norm {v.acc_norm:.4f}  (n={v.n})")
+        accs = [v.acc for v in res.values()]
+        report["tasks_mean_acc"] = sum(accs) / len(accs) if accs else None
+    if args.report:
+        _write_json(args.report, report)
+    print(json.dumps({k: v for k, v in report.items() if k in ("ppl", "tasks")}, indent=2))
+    return 0
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to the ``sys.stderr`` of the moment (tests and embedding code swap it)."""
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: Any) -> None:
+        pass
+
+
+class _LevelFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        record.levelname_lower = record.levelname.lower()
+        return super().format(record)
+
+
+def _setup_logging(verbose: bool) -> logging.Logger:
+    """Warnings (and with -v, debug records and tracebacks) as ``level: message`` lines on stderr."""
+    root = logging.getLogger()
+    for h in [h for h in root.handlers if isinstance(h, _StderrHandler)]:
+        root.removeHandler(h)
+    handler = _StderrHandler()
+    handler.setLevel(logging.DEBUG if verbose else logging.WARNING)
+    handler.setFormatter(_LevelFormatter("%(levelname_lower)s: %(message)s"))
+    root.addHandler(handler)
+    log = logging.getLogger("prunestudio")
+    log.setLevel(logging.DEBUG if verbose else logging.NOTSET)
+    return log
+
+
+def _teardown_logging() -> None:
+    """Leave no handler behind when main() is called in-process (tests, scripts)."""
+    root = logging.getLogger()
+    for h in [h for h in root.handlers if isinstance(h, _StderrHandler)]:
+        root.removeHandler(h)
+    logging.getLogger("prunestudio").setLevel(logging.NOTSET)
+
+
+def _first_line(text: str) -> str:
+    text = text.strip()
+    return text.splitlines()[0] if text else ""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command. Exit status: 0 done, 1 an error the user can fix (one line on stderr),
+    2 an unexpected failure (a bug: one line, the traceback with ``-v``), 130 cancelled."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _quiet_libraries()
+    _setup_logging(args.verbose)
+    try:
+        return _run(args)
+    finally:
+        _teardown_logging()
+
+
+def _run(args: argparse.Namespace) -> int:
+    log = logging.getLogger("prunestudio")
+    from .progress import ProgressPrinter
+
+    def err(text: str) -> None:  # errors are shown even with --quiet
+        sys.stderr.write(text + "\n")
+        sys.stderr.flush()
+
+    progress = ProgressPrinter(quiet=args.quiet)
+    handlers = {"fetch-demo-model": cmd_fetch, "prune": cmd_prune, "eval": cmd_eval}
+    handler = handlers.get(args.command) or getattr(args, "handler", None)
+    try:
+        if handler in handlers.values():
+            return handler(args, progress)
+        return int(handler(args) or 0)
+    except KeyboardInterrupt:
+        err("Cancelled.")
+        return EXIT_CANCELLED
+    except PruneStudioError as e:
+        from ..errors import Cancelled
+
+        log.debug("%s failed", args.command, exc_info=True)
+        more = bool(e.details or e.__cause__) and not isinstance(e, Cancelled)
+        err(f"error: {' '.join(str(e).splitlines())}"
+            + (" (rerun with -v for details)" if more and not args.verbose else ""))
+        if args.verbose and e.details and "Traceback (most recent call last)" not in e.details:
+            err(e.details)
+        return EXIT_CANCELLED if isinstance(e, Cancelled) else EXIT_ERROR
+    except MemoryError:
+        log.debug("%s ran out of memory", args.command, exc_info=True)
+        err("error: the machine ran out of memory. Use fewer samples or a shorter sequence length.")
+        return EXIT_ERROR
+    except Exception as e:  # a bug: one line, the traceback only on request
+        log.debug("%s failed unexpectedly", args.command, exc_info=True)
+        msg = _first_line(str(e))
+        err(f"error: unexpected failure ({type(e).__name__}{': ' + msg if msg else ''}); "
+            "rerun with -v for the traceback")
+        return EXIT_UNEXPECTED
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

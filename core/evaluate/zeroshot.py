@@ -1,0 +1,487 @@
+"""Built-in zero-shot multiple-choice evaluation (ARC, PIQA, HellaSwag, WinoGrande, BoolQ, OBQA).
+
+Each choice is scored by the log-likelihood of its continuation given its context, the way
+lm-evaluation-harness does it for ``output_type: multiple_choice``:
+
+* tokenisation: trailing spaces of the context move to the continuation, then
+  ``context_enc = tok(context)``, ``whole = tok(context + continuation)`` and the continuation
+  tokens are ``whole[len(context_enc):]``; the model sees ``(context_enc + continuation_enc)``
+  left-truncated to its maximum length;
+* ``acc`` is 1 when the choice with the highest summed log-likelihood is the gold one;
+* ``acc_norm`` does the same after dividing each log-likelihood by the length of the choice
+  text in characters (lm-eval's ``len(choice)``, without the ``" "`` delimiter). lm-eval
+  reports only ``acc`` for WinoGrande and BoolQ; there ``acc_norm`` is set equal to ``acc``.
+
+Requests of a task are sorted by length and batched across choices and questions, right-padded
+with an attention mask, one forward pass per batch, on the model's own device. The work is a
+generator of :mod:`events` (``evaluate:<task>`` phases), checked for cancellation between
+batches; :func:`evaluate_zeroshot` drains it.
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+import traceback
+from collections.abc import Callable, Generator, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import Cancelled, EvaluationError
+from ..events import Event, Message, PhaseDone, PhaseProgress, PhaseStarted, run_to_completion
+from .task_data import ACC_ONLY_TASKS, TASKS, MCItem, load_task
+
+__all__ = [
+    "MCItem",
+    "TaskResult",
+    "TASKS",
+    "load_task",
+    "encode_pairs",
+    "model_max_length",
+    "loglikelihoods",
+    "iter_loglikelihoods",
+    "iter_evaluate_items",
+    "score_items",
+    "iter_zeroshot",
+    "evaluate_zeroshot",
+    "evaluate_with_lm_eval",
+    "lm_eval_available",
+]
+
+# What transformers' tokenizers use as "no limit" for ``model_max_length``.
+_HUGE_MAX_LENGTH = 1_000_000_000
+_DEFAULT_MAX_LENGTH = 2048
+
+
+@dataclass(frozen=True)
+class TaskResult:
+    """The score of one task. ``acc_norm`` equals ``acc`` for tasks lm-eval scores by acc only."""
+
+    name: str
+    acc: float
+    acc_norm: float
+    n: int
+
+    def to_dict(self) -> dict[str, float | int]:
+        return {"acc": self.acc, "acc_norm": self.acc_norm, "n": self.n}
+
+
+# --------------------------------------------------------------------------------------------
+# Tokenisation (lm-eval's _encode_pair)
+# --------------------------------------------------------------------------------------------
+
+
+def _encode_batch(tokenizer: Any, texts: list[str]) -> list[list[int]]:
+    if not texts:
+        return []
+    try:
+        return [list(ids) for ids in tokenizer(texts)["input_ids"]]
+    except Exception:  # tokenizers that are not batch-callable
+        return [list(tokenizer.encode(t)) for t in texts]
+
+
+def _prefix_token_id(tokenizer: Any) -> int:
+    for attr in ("bos_token_id", "eos_token_id"):
+        tid = getattr(tokenizer, attr, None)
+        if tid is not None:
+            return int(tid)
+    raise EvaluationError("The tokenizer has neither a BOS nor an EOS token to stand for an empty context.")
+
+
+def _pad_token_id(tokenizer: Any) -> int:
+    for attr in ("pad_token_id", "eos_token_id"):
+        tid = getattr(tokenizer, attr, None)
+        if tid is not None:
+            return int(tid)
+    return 0
+
+
+def encode_pairs(tokenizer: Any, requests: Sequence[tuple[str, str]]) -> list[tuple[list[int], list[int]]]:
+    """Token ids ``(context_enc, continuation_enc)`` for each ``(context, continuation)``,
+    split the lm-eval way (see the module docstring)."""
+    prepared: list[tuple[str, str]] = []
+    for context, continuation in requests:
+        n_spaces = len(context) - len(context.rstrip())
+        if n_spaces > 0:
+            continuation = context[-n_spaces:] + continuation
+            context = context[:-n_spaces]
+        prepared.append((context, continuation))
+
+    # Encode each distinct string once (most tasks repeat one context for every choice).
+    strings: dict[str, int] = {}
+    for context, continuation in prepared:
+        if context:
+            strings.setdefault(context, len(strings))
+            strings.setdefault(context + continuation, len(strings))
+        else:
+            strings.setdefault(continuation, len(strings))
+    encoded = _encode_batch(tokenizer, list(strings))
+
+    out: list[tuple[list[int], list[int]]] = []
+    prefix: int | None = None
+    for context, continuation in prepared:
+        if context:
+            context_enc = encoded[strings[context]]
+            whole = encoded[strings[context + continuation]]
+            out.append((context_enc, whole[len(context_enc) :]))
+        else:
+            # lm-eval: an empty context becomes the BOS (or EOS) token.
+            cont = tokenizer.encode(continuation, add_special_tokens=False) if continuation else []
+            if prefix is None:
+                prefix = _prefix_token_id(tokenizer)
+            if cont and cont[0] == prefix:
+                out.append((cont[:1], cont[1:]))
+            else:
+                out.append(([prefix], list(cont)))
+    return out
+
+
+def model_max_length(model: Any, tokenizer: Any) -> int:
+    """The longest input the model takes, found as lm-eval's HFLM finds it."""
+    config = getattr(model, "config", None)
+    for attr in ("n_positions", "max_position_embeddings", "n_ctx"):
+        value = getattr(config, attr, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    value = getattr(tokenizer, "model_max_length", None)
+    if isinstance(value, int) and 0 < value < _HUGE_MAX_LENGTH:
+        return value
+    return _DEFAULT_MAX_LENGTH
+
+
+# --------------------------------------------------------------------------------------------
+# Batched log-likelihoods
+# --------------------------------------------------------------------------------------------
+
+
+def _model_device(model: Any) -> torch.device:
+    try:
+        return next(model.parameters()).device
+    except (StopIteration, AttributeError):
+        return torch.device("cpu")
+
+
+def _forward_options(model: Any) -> tuple[bool, bool]:
+    """(takes ``logits_to_keep``, takes ``use_cache``) for the model's forward."""
+    try:
+        params = inspect.signature(model.forward).parameters
+    except (TypeError, ValueError, AttributeError):
+        return False, False
+    return "logits_to_keep" in params, "use_cache" in params
+
+
+def _logits_of(output: Any) -> torch.Tensor:
+    if isinstance(output, torch.Tensor):
+        return output
+    logits = getattr(output, "logits", None)
+    if logits is None and isinstance(output, (tuple, list)):
+        logits = output[0]
+    if not isinstance(logits, torch.Tensor):
+        raise EvaluationError("The model's forward pass did not return logits.")
+    return logits
+
+
+def _is_oom(exc: BaseException) -> bool:
+    if isinstance(exc, torch.OutOfMemoryError):
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
+
+
+def iter_loglikelihoods(
+    model: Any,
+    tokenizer: Any,
+    requests: Sequence[tuple[str, str]],
+    batch_size: int = 16,
+    should_stop: Callable[[], bool] = lambda: False,
+    max_length: int | None = None,
+    phase: str = "loglikelihood",
+) -> Generator[Event, None, list[float]]:
+    """Summed log-likelihood of each continuation given its context, in request order.
+
+    Yields ``PhaseStarted(phase, total=batches)``, one ``PhaseProgress`` per batch and
+    ``PhaseDone``; raises :class:`Cancelled` when ``should_stop()`` turns true between batches.
+    """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise EvaluationError(f"The batch size must be a whole number of at least 1 (got {batch_size!r}).")
+    started = time.perf_counter()
+    max_len = max_length or model_max_length(model, tokenizer)
+    pairs = encode_pairs(tokenizer, requests)
+
+    # Model input (left-truncated to max_len) and the number of continuation tokens scored.
+    inputs: list[list[int]] = []
+    cont_lens: list[int] = []
+    targets: list[list[int]] = []
+    for context_enc, cont_enc in pairs:
+        whole = context_enc + cont_enc
+        inp = whole[-(max_len + 1) :][:-1]
+        n = min(len(cont_enc), len(inp))
+        inputs.append(inp)
+        cont_lens.append(n)
+        targets.append(cont_enc[len(cont_enc) - n :])
+
+    # Requests with the same model input (e.g. single-token choices after one context, as in
+    # BoolQ) share one row of a batch, as lm-eval's grouping by context does.
+    row_of: dict[tuple[int, ...], int] = {}
+    rows: list[list[int]] = []  # model input of each distinct row
+    members: list[list[int]] = []  # the requests each row scores
+    for i, inp in enumerate(inputs):
+        if cont_lens[i] == 0:
+            continue  # nothing to score: log-likelihood 0
+        r = row_of.setdefault(tuple(inp), len(rows))
+        if r == len(rows):
+            rows.append(inp)
+            members.append([])
+        members[r].append(i)
+    span = [max(cont_lens[i] for i in m) for m in members]  # logit positions each row needs
+
+    # Longest first (a too-big batch fails at once), as lm-eval orders them.
+    order = sorted(range(len(rows)), key=lambda r: -len(rows[r]))
+    batches = [order[k : k + batch_size] for k in range(0, len(order), batch_size)]
+    results = [0.0] * len(inputs)
+
+    yield PhaseStarted(phase, total=len(batches))
+    device = _model_device(model)
+    pad_id = _pad_token_id(tokenizer)
+    takes_keep, takes_cache = _forward_options(model)
+    was_training = bool(getattr(model, "training", False))
+    if hasattr(model, "eval"):
+        model.eval()
+    try:
+        for b, batch in enumerate(batches):
+            if should_stop():
+                raise Cancelled()
+            width = max(len(rows[r]) for r in batch)
+            # Logit positions needed: from the first continuation-predicting one to the end.
+            keep = max(width - len(rows[r]) + span[r] for r in batch)
+            ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+            mask = torch.zeros((len(batch), width), dtype=torch.long)
+            for k, r in enumerate(batch):
+                ids[k, : len(rows[r])] = torch.tensor(rows[r], dtype=torch.long)
+                mask[k, : len(rows[r])] = 1
+            kwargs: dict[str, Any] = {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
+            if takes_keep:
+                kwargs["logits_to_keep"] = keep
+            if takes_cache:
+                kwargs["use_cache"] = False
+            try:
+                with torch.inference_mode():
+                    logits = _logits_of(model(**kwargs))
+                    logits = logits[:, -keep:, :]
+                    offset = width - keep
+                    scored: list[int] = []
+                    sums: list[torch.Tensor] = []
+                    for k, r in enumerate(batch):
+                        end = len(rows[r]) - offset
+                        logp = torch.log_softmax(logits[k, end - span[r] : end].float(), dim=-1)
+                        # Target tokens, right-aligned to the row's last positions.
+                        tgt = torch.tensor(
+                            [[0] * (span[r] - cont_lens[i]) + targets[i] for i in members[r]],
+                            dtype=torch.long,
+                        ).to(logp.device)
+                        picked = logp.gather(-1, tgt.T)  # (span, members)
+                        for j, i in enumerate(members[r]):
+                            sums.append(picked[span[r] - cont_lens[i] :, j].sum())
+                            scored.append(i)
+                    for i, value in zip(scored, torch.stack(sums).tolist()):
+                        results[i] = value
+                    del logits
+            except EvaluationError:
+                raise
+            except Exception as exc:
+                if _is_oom(exc):
+                    raise EvaluationError(
+                        f"Ran out of memory during evaluation with a batch size of {batch_size}.",
+                        hint="Lower the evaluation batch size.",
+                        details=traceback.format_exc(),
+                    ) from None
+                first_line = (str(exc).strip().splitlines() or [""])[0][:200]
+                raise EvaluationError(
+                    f"The model failed during evaluation ({exc.__class__.__name__}: {first_line}).",
+                    details=traceback.format_exc(),
+                ) from None
+            yield PhaseProgress(phase, done=b + 1, total=len(batches), detail=f"{len(inputs)} requests")
+    finally:
+        if was_training and hasattr(model, "train"):
+            model.train()
+    yield PhaseDone(phase, seconds=time.perf_counter() - started)
+    return results
+
+
+def loglikelihoods(
+    model: Any,
+    tokenizer: Any,
+    requests: Sequence[tuple[str, str]],
+    batch_size: int = 16,
+    should_stop: Callable[[], bool] = lambda: False,
+    max_length: int | None = None,
+) -> list[float]:
+    """:func:`iter_loglikelihoods` without the events."""
+    return run_to_completion(iter_loglikelihoods(model, tokenizer, requests, batch_size, should_stop, max_length))
+
+
+# --------------------------------------------------------------------------------------------
+# Metrics
+# --------------------------------------------------------------------------------------------
+
+
+def _argmax(values: Sequence[float]) -> int:
+    """Index of the first maximum (as numpy.argmax)."""
+    best = 0
+    for i, v in enumerate(values):
+        if v > values[best]:
+            best = i
+    return best
+
+
+def score_items(
+    items: Sequence[MCItem], lls: Sequence[Sequence[float]], acc_only: bool = False
+) -> tuple[float, float]:
+    """``(acc, acc_norm)`` from the per-choice log-likelihoods of each item."""
+    if not items:
+        return 0.0, 0.0
+    hits = hits_norm = 0
+    for item, ll in zip(items, lls, strict=True):
+        hits += _argmax(ll) == item.gold
+        normed = [v / max(n, 1) for v, n in zip(ll, item.norm_lengths, strict=True)]
+        hits_norm += _argmax(normed) == item.gold
+    acc = hits / len(items)
+    return acc, (acc if acc_only else hits_norm / len(items))
+
+
+def iter_evaluate_items(
+    model: Any,
+    tokenizer: Any,
+    name: str,
+    items: Sequence[MCItem],
+    batch_size: int = 16,
+    should_stop: Callable[[], bool] = lambda: False,
+    acc_only: bool | None = None,
+) -> Generator[Event, None, TaskResult]:
+    """Score already-loaded questions as task ``name`` (phase ``evaluate:<name>``)."""
+    if acc_only is None:
+        acc_only = name in ACC_ONLY_TASKS
+    requests = [(c, x) for item in items for c, x in zip(item.contexts, item.continuations)]
+    flat = yield from iter_loglikelihoods(
+        model, tokenizer, requests, batch_size, should_stop, phase=f"evaluate:{name}"
+    )
+    lls: list[list[float]] = []
+    k = 0
+    for item in items:
+        lls.append(flat[k : k + item.num_choices])
+        k += item.num_choices
+    acc, acc_norm = score_items(items, lls, acc_only=acc_only)
+    return TaskResult(name=name, acc=acc, acc_norm=acc_norm, n=len(items))
+
+
+def _task_list(tasks: Sequence[str] | str) -> list[str]:
+    names = [tasks] if isinstance(tasks, str) else list(tasks)
+    if not names:
+        raise EvaluationError("No zero-shot task was chosen.")
+    for name in names:
+        if name not in TASKS:
+            raise EvaluationError(f"Unknown zero-shot task '{name}'; the tasks are {', '.join(TASKS)}.")
+    return list(dict.fromkeys(names))
+
+
+def iter_zeroshot(
+    model: Any,
+    tokenizer: Any,
+    tasks: Sequence[str],
+    data_dir: str | Path | None = None,
+    limit: int | None = None,
+    batch_size: int = 16,
+    should_stop: Callable[[], bool] = lambda: False,
+) -> Generator[Event, None, dict[str, TaskResult]]:
+    """Evaluate ``model`` on zero-shot ``tasks`` (names from :data:`TASKS`).
+
+    All task files are loaded first, so a missing one fails before any compute. Yields, per
+    task, ``PhaseStarted("evaluate:<task>", total=batches)``, a ``PhaseProgress`` per batch and
+    ``PhaseDone`` (and, without ``data_dir``, a ``Message`` before each hub download);
+    returns ``{task: TaskResult}``.
+    """
+    names = _task_list(tasks)
+    loaded: dict[str, list[MCItem]] = {}
+    for name in names:
+        if should_stop():
+            raise Cancelled()
+        if data_dir is None:
+            yield Message(f"Fetching the {name} questions from the Hugging Face hub")
+        loaded[name] = load_task(name, data_dir=data_dir, limit=limit)
+    results: dict[str, TaskResult] = {}
+    for name in names:
+        results[name] = yield from iter_evaluate_items(
+            model, tokenizer, name, loaded[name], batch_size, should_stop
+        )
+    return results
+
+
+def evaluate_zeroshot(
+    model: Any,
+    tokenizer: Any,
+    tasks: Sequence[str],
+    data_dir: str | Path | None = None,
+    limit: int | None = None,
+    batch_size: int = 16,
+    should_stop: Callable[[], bool] = lambda: False,
+) -> dict[str, TaskResult]:
+    """:func:`iter_zeroshot` without the events."""
+    return run_to_completion(iter_zeroshot(model, tokenizer, tasks, data_dir, limit, batch_size, should_stop))
+
+
+# --------------------------------------------------------------------------------------------
+# Optional: the same tasks through lm-evaluation-harness itself
+# --------------------------------------------------------------------------------------------
+
+
+def lm_eval_available() -> bool:
+    try:
+        import lm_eval  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def evaluate_with_lm_eval(
+    model: Any,
+    tokenizer: Any,
+    tasks: Iterable[str],
+    limit: int | None = None,
+    batch_size: int = 16,
+) -> dict[str, TaskResult]:
+    """Run ``tasks`` through ``lm_eval.simple_evaluate`` (when lm-eval is installed; it fetches
+    its data from the hub) and map its results to :class:`TaskResult`."""
+    names = _task_list(list(tasks))
+    try:
+        import lm_eval
+        from lm_eval.models.huggingface import HFLM
+    except ImportError:
+        raise EvaluationError(
+            "lm-evaluation-harness is not installed.", hint="Install the lm-eval package to use it."
+        ) from None
+    try:
+        lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+        out = lm_eval.simple_evaluate(model=lm, tasks=names, limit=limit)
+    except Exception as exc:
+        raise EvaluationError(
+            f"lm-evaluation-harness failed ({exc.__class__.__name__}).",
+            details=traceback.format_exc(),
+        ) from None
+    if not out or "results" not in out:
+        raise EvaluationError("lm-evaluation-harness returned no results.")
+    results: dict[str, TaskResult] = {}
+    for name in names:
+        res = out["results"].get(name, {})
+        acc = res.get("acc,none")
+        if acc is None:
+            raise EvaluationError(f"lm-evaluation-harness reported no accuracy for {name}.")
+        acc_norm = res.get("acc_norm,none", acc)
+        samples = out.get("n-samples", {}).get(name, {})
+        n = samples.get("effective") or len(out.get("samples", {}).get(name, [])) or 0
+        if not n and limit:
+            n = limit
+        results[name] = TaskResult(name=name, acc=float(acc), acc_norm=float(acc_norm), n=int(n))
+    return results

@@ -1,0 +1,266 @@
+"""A rough, documented estimate of the memory a pruning run needs (no Qt, no model required).
+
+The pipeline (see :mod:`pipeline`) keeps the whole model in host memory and moves one decoder
+block at a time to the compute device. What it needs on top of the weights:
+
+* **calibration activations**: the hidden states entering the current block for every sample,
+  plus the block's outputs while they are replayed: ``nsamples * seqlen * hidden * dtype_bytes * 2``;
+* **statistics** for the current block, float32, one accumulator per *distinct* module input
+  (q/k/v share one input, gate/up share one): Wanda keeps ``in`` floats (squared norms), DSnoT two
+  more (mean, variance), SparseGPT a Hessian of ``in * in`` floats;
+* **one block's working set**: the block's weights, a float32 copy of the largest module plus its
+  scores and mask while it is pruned, and one calibration batch going through the block
+  (MLP intermediate and attention scores).
+
+The GUI uses it to warn *before* a run that cannot fit. Nothing here is exact: module shapes are
+taken from ``info["module_shapes"]`` (see :func:`module_shapes`) or guessed from the hidden size and
+the prunable parameter count, shared-input grouping follows common module names (unknown names
+count as distinct inputs, the larger estimate), and allocator overhead, fragmentation and framework
+buffers are covered by a flat 10% margin.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["estimate_run_memory", "available_memory", "module_shapes", "format_bytes"]
+
+# modules that read the very same input tensor (the pipeline shares one accumulator for them)
+_SHARED_INPUT_GROUPS = (
+    ("q_proj", "k_proj", "v_proj"),
+    ("query", "key", "value"),
+    ("gate_proj", "up_proj"),
+    ("w1", "w3"),
+)
+# modules whose input is the MLP's intermediate activation (wider than the hidden size)
+_INTERMEDIATE_INPUT = ("down_proj", "fc2", "w2", "mlp.c_proj", "dense_4h_to_h")
+_MARGIN = 0.10
+
+
+def module_shapes(model: Any) -> dict[str, tuple[int, int]]:
+    """``{relative name: (out_features, in_features)}`` of the first block's prunable modules.
+
+    Optional: put the result in ``info["module_shapes"]`` to make the estimate exact on shapes.
+    """
+    from ..model import architecture
+
+    lay = architecture.layout(model)
+    block = lay.blocks[0]
+    shapes: dict[str, tuple[int, int]] = {}
+    for name in lay.module_names:
+        w = architecture.get_weight_2d(block.get_submodule(name))
+        shapes[name] = (int(w.shape[0]), int(w.shape[1]))
+    return shapes
+
+
+def _guess_shapes(info: dict[str, Any]) -> dict[str, tuple[int, int]]:
+    """Shapes from the facts in ``models.describe`` when the real shapes are not given.
+
+    Every module is taken as ``hidden x hidden`` except the intermediate-input ones, whose
+    ``in`` is solved from the per-block prunable parameter count (rounded up).
+    """
+    names = list(info.get("modules_per_block") or [])
+    h = int(info.get("hidden_size") or 0)
+    blocks = max(int(info.get("blocks") or 1), 1)
+    per_block = int(info.get("prunable_parameters") or 0) / blocks
+    if not names or h <= 0:
+        return {}
+    wide = [n for n in names if any(n.endswith(s) or s in n for s in _INTERMEDIATE_INPUT)]
+    narrow = [n for n in names if n not in wide]
+    mlp_up = [n for n in narrow if n.startswith(("mlp", "feed_forward")) or n.endswith(("fc1", "c_fc"))]
+    # parameters left for the MLP once the attention-like modules are h*h each
+    rest = max(per_block - h * h * (len(narrow) - len(mlp_up)), 0)
+    n_mlp = len(mlp_up) + len(wide)
+    inter = int(rest / (h * n_mlp)) + 1 if n_mlp else 4 * h
+    inter = max(inter, h)
+    shapes = {}
+    for n in names:
+        if n in wide:
+            shapes[n] = (h, inter)
+        elif n in mlp_up:
+            shapes[n] = (inter, h)
+        else:
+            shapes[n] = (h, h)
+    return shapes
+
+
+def _distinct_inputs(shapes: dict[str, tuple[int, int]]) -> list[int]:
+    """``in_features`` of each distinct module input (shared groups counted once)."""
+    seen_groups: set[tuple[str, int]] = set()
+    ins: list[int] = []
+    for name, (_out, n_in) in shapes.items():
+        leaf = name.rsplit(".", 1)[-1]
+        parent = name.rsplit(".", 1)[0] if "." in name else ""
+        group = next((g for g in _SHARED_INPUT_GROUPS if leaf in g), None)
+        if group is not None:
+            key = (parent + "|" + ",".join(group), n_in)
+            if key in seen_groups:
+                continue
+            seen_groups.add(key)
+        ins.append(n_in)
+    return ins
+
+
+def estimate_run_memory(
+    info: dict[str, Any],
+    nsamples: int,
+    seqlen: int,
+    method: str,
+    dtype_bytes: int,
+    batch_size: int = 8,
+    owl: bool = False,
+    offload: str = "cpu",
+    one_pass: bool = True,
+) -> dict[str, int]:
+    """Bytes a run needs, by part. ``info`` is ``LoadedModel.info`` (``models.describe``).
+
+    Returns ``weights`` (resident weights: the whole model, or with ``offload="disk"`` what lies
+    outside the blocks plus the one block being pruned), ``activations``, ``statistics``,
+    ``block`` (the working set of the block being pruned: one batch's forward intermediates and
+    the temporaries of pruning its largest module), ``margin``, ``total`` (the sum), and
+    ``device`` / ``host``: what must fit on the compute device (the block's weights, the
+    weights outside the blocks, which stay on the device during the run, activations,
+    statistics, working set; with ``offload="none"`` all weights) and in host memory when the
+    compute device is the CPU (``total``). ``one_pass`` (``PruneConfig.one_pass``): every batch
+    but the one computing waits inside the block, holding what it needs at the module it waits at.
+    """
+    method = (method or "wanda").lower()
+    params = int(info.get("parameters") or 0)
+    blocks = max(int(info.get("blocks") or 1), 1)
+    hidden = int(info.get("hidden_size") or 0)
+    shapes = dict(info.get("module_shapes") or _guess_shapes(info))
+    nsamples, seqlen, batch_size = max(int(nsamples), 0), max(int(seqlen), 0), max(int(batch_size), 1)
+
+    prunable = int(info.get("prunable_parameters") or 0)
+    block_params = prunable // blocks
+    outside = max(params - prunable, 0)  # embeddings, output head, norms (norms are tiny)
+    if offload == "disk":
+        weights = (outside + block_params) * dtype_bytes
+    else:
+        weights = params * dtype_bytes
+    needs_data = method != "magnitude" or owl
+    # the hidden states entering the current block for every sample, and its outputs as they are
+    # replayed (an upper bound: each batch's output replaces its input as soon as it is computed)
+    activations = nsamples * seqlen * hidden * dtype_bytes * 2 if needs_data else 0
+
+    ins = _distinct_inputs(shapes)
+    statistics = 0
+    if needs_data:
+        per_input = {"wanda": 1, "magnitude": 1, "dsnot": 3, "sparsegpt": 1}.get(method, 1)
+        statistics = sum(i * 4 * per_input for i in ins)
+        if method == "sparsegpt":
+            statistics += sum(i * i * 4 for i in ins)
+
+    largest = max((o * i for o, i in shapes.values()), default=0)
+    widest = max((max(o, i) for o, i in shapes.values()), default=4 * hidden)
+    widest_in = max((i for _o, i in shapes.values()), default=hidden)
+    batch = min(batch_size, nsamples) if needs_data else 0
+    tokens = batch * seqlen
+    # one batch through the block: three intermediate-width tensors alive in the MLP plus a few
+    # hidden-width ones, and the float32 square of the widest module input (statistics hook)
+    forward = tokens * (widest * 3 + hidden * 4) * dtype_bytes + (tokens * widest_in * 4 if needs_data else 0)
+    if one_pass and needs_data and nsamples > batch:
+        # one pass: the other batches wait at a module's hook; the worst is the MLP's output
+        # projection, where each holds the intermediate-width input plus the residual and the MLP's
+        # input (hidden width)
+        forward += (nsamples - batch) * seqlen * (widest + 2 * hidden) * dtype_bytes
+    # pruning the largest module: float32 weight copy, new weight, scores, top-k indices, mask
+    prune_temps = largest * (4 + 4 + 4 + 4 + 1)
+    if method == "sparsegpt":
+        prune_temps += 3 * widest_in * widest_in * 4  # Hessian copy, its Cholesky factor, inverse
+    block = forward + prune_temps
+
+    subtotal = weights + activations + statistics + block
+    margin = int(subtotal * _MARGIN)
+    on_device_weights = (params if offload == "none" else outside + block_params) * dtype_bytes
+    device = on_device_weights + activations + statistics + block
+    device += int(device * _MARGIN)
+    return {
+        "weights": int(weights),
+        "activations": int(activations),
+        "statistics": int(statistics),
+        "block": int(block),
+        "margin": margin,
+        "total": int(subtotal + margin),
+        "device": int(device),
+        "host": int(subtotal + margin),
+    }
+
+
+def one_pass_fits(info: dict[str, Any], nsamples: int, seqlen: int, method: str, dtype_bytes: int,
+                  batch_size: int, owl: bool, offload: str, device: str,
+                  avail: dict[str, int | None] | None = None) -> tuple[bool, str]:
+    """Whether one pass per block is expected to fit where the activations live, and if not, why.
+
+    One pass keeps every batch's activations inside the block at once (see ``core/prune/lockstep.py``);
+    when that is expected not to fit (90% of what is free: host memory on the CPU, the GPU's free
+    memory on CUDA) but two passes would, the pipeline takes two passes. Unknown free memory: fits.
+    """
+    kw = dict(batch_size=batch_size, owl=owl, offload=offload)
+    one = estimate_run_memory(info, nsamples, seqlen, method, dtype_bytes, one_pass=True, **kw)
+    two = estimate_run_memory(info, nsamples, seqlen, method, dtype_bytes, one_pass=False, **kw)
+    avail = avail if avail is not None else available_memory(device)
+    if str(device).startswith("cuda"):
+        free, need_one, need_two, where = avail.get("device_free"), one["device"], two["device"], str(device)
+    else:  # the weights are in memory already: what matters is the rest
+        free, where = avail.get("host_available"), "host memory"
+        need_one, need_two = one["total"] - one["weights"], two["total"] - two["weights"]
+    if free is None or need_one <= 0.9 * free or need_two > 0.9 * free:
+        return True, ""
+    return False, (f"One pass per block needs about {format_bytes(need_one)} of {where}, "
+                   f"{format_bytes(free)} is free; two passes need {format_bytes(need_two)}.")
+
+
+def kv_cache_bytes_per_token(config: Any, dtype_bytes: int) -> int | None:
+    """Bytes of KV cache one token of one sequence takes while decoding: keys and values of every
+    layer (``layers x 2 x kv_heads x head_dim x dtype``), or None when the config does not say."""
+    def first(*names: str) -> int | None:
+        for name in names:
+            v = getattr(config, name, None)
+            if isinstance(v, int) and not isinstance(v, bool) and v > 0:
+                return v
+        return None
+
+    layers = first("num_hidden_layers", "n_layer", "num_layers")
+    heads = first("num_attention_heads", "n_head")
+    kv_heads = first("num_key_value_heads", "multi_query_group_num") or heads
+    hidden = first("hidden_size", "n_embd", "d_model")
+    head_dim = first("head_dim") or (hidden // heads if hidden and heads else None)
+    if not (layers and kv_heads and head_dim):
+        return None
+    return layers * 2 * kv_heads * head_dim * dtype_bytes
+
+
+def available_memory(device: str = "cpu") -> dict[str, int | None]:
+    """What the machine has now: host RAM available and, for a CUDA device, free GPU memory."""
+    out: dict[str, int | None] = {"host_available": None, "host_total": None,
+                                  "device_free": None, "device_total": None}
+    try:
+        import psutil
+
+        vm = psutil.virtual_memory()
+        out["host_available"], out["host_total"] = int(vm.available), int(vm.total)
+    except Exception:  # noqa: BLE001 - psutil missing or unsupported platform
+        pass
+    if str(device).startswith("cuda"):
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                dev = torch.device(device)
+                free, total = torch.cuda.mem_get_info(dev.index if dev.index is not None else 0)
+                out["device_free"], out["device_total"] = int(free), int(total)
+        except Exception:  # noqa: BLE001
+            pass
+    return out
+
+
+def format_bytes(n: float | None) -> str:
+    if n is None:
+        return "unknown"
+    n = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"

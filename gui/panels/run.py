@@ -1,0 +1,352 @@
+"""Step 4: start / cancel a run and watch it: progress, heatmap, masks, OWL allocation, resources, log."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from PySide6.QtCore import Qt, QTimer
+from PySide6.QtWidgets import (
+    QCheckBox,
+    QGridLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QProgressBar,
+    QPushButton,
+    QSplitter,
+    QTabWidget,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ...core.events import (
+    AllocationComputed,
+    BlockDone,
+    BlockStarted,
+    Message,
+    ModulePruned,
+    PhaseDone,
+    PhaseProgress,
+    PhaseStarted,
+    RunFinished,
+    RunStarted,
+)
+from .. import dialogs, tasks
+from ..settings import Settings
+from ..state import AppState
+from ..views.heatmap import HeatmapView
+from ..views.log import LogView
+from ..views.mask import MaskView
+from ..views.owl import OwlView
+from ..views.resource_monitor import ResourceMonitor
+from ..widgets import ElidedLabel, StatusLine, fmt_float, fmt_pct, fmt_seconds
+from ..worker import Worker
+
+
+class RunPanel(QWidget):
+    def __init__(self, state: AppState, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.state = state
+        self.settings = Settings("run")
+        self.worker: Worker | None = None
+        self.previews: dict[tuple[int, str], dict[str, Any]] = {}
+        self.module_names: list[str] = []
+        self.num_blocks = 0
+        self.blocks_done = 0
+        self.t_start: float | None = None
+        self.t_prune: float | None = None
+        self.pinned = False
+
+        # ---- controls ----------------------------------------------------------------------
+        self.start_button = QPushButton("&Start run")
+        self.start_button.setToolTip("Prune the loaded model with the settings of steps 2 and 3 (Ctrl+R).")
+        self.cancel_button = QPushButton("&Cancel")
+        self.cancel_button.setToolTip("Stop after the current module (Esc). The model is reloaded before the next run.")
+        self.cancel_button.setEnabled(False)
+        self.eval_dense = QCheckBox("Evaluate the &dense model first")
+        self.eval_dense.setToolTip("Measure the perplexity before pruning (once per model and evaluation "
+                                   "settings; the number is cached). Uses the evaluation text of step 5.")
+        self.eval_pruned = QCheckBox("Evaluate the &pruned model after")
+        self.eval_pruned.setToolTip("Measure the perplexity right after pruning, on the same evaluation text.")
+        self.eval_dense.setChecked(self.settings.get("eval_dense", True))
+        self.eval_pruned.setChecked(self.settings.get("eval_pruned", True))
+        top = QHBoxLayout()
+        for w in (self.start_button, self.cancel_button, self.eval_dense, self.eval_pruned):
+            top.addWidget(w)
+        top.addStretch(1)
+        self.summary = ElidedLabel()
+        self.status = StatusLine()
+
+        prog = QGroupBox("Progress")
+        grid = QGridLayout(prog)
+        self.where = ElidedLabel("–")
+        self.block_bar = QProgressBar()
+        self.block_bar.setFormat("this block: %v / %m modules")
+        self.overall_bar = QProgressBar()
+        self.overall_bar.setFormat("all blocks: %v / %m")
+        self.times = QLabel("–")
+        self.resources = ResourceMonitor()
+        grid.addWidget(QLabel("Now:"), 0, 0)
+        grid.addWidget(self.where, 0, 1, 1, 3)
+        grid.addWidget(QLabel("Blocks:"), 1, 0)
+        grid.addWidget(self.block_bar, 1, 1)
+        grid.addWidget(self.overall_bar, 1, 2, 1, 2)
+        grid.addWidget(QLabel("Time:"), 2, 0)
+        grid.addWidget(self.times, 2, 1)
+        grid.addWidget(self.resources, 2, 2, 1, 2)
+        grid.setColumnStretch(1, 1)
+        grid.setColumnStretch(2, 1)
+        grid.setColumnStretch(3, 1)
+
+        # ---- views -------------------------------------------------------------------------
+        self.heatmap = HeatmapView()
+        self.mask = MaskView()
+        self.owl = OwlView()
+        self.tabs = QTabWidget()
+        self.tabs.addTab(self.mask, "Module &mask")
+        self.tabs.addTab(self.owl.widget, "OWL &allocation")
+        self.log = LogView()
+        views = QSplitter(Qt.Orientation.Horizontal)
+        views.addWidget(self.heatmap)
+        views.addWidget(self.tabs)
+        views.setStretchFactor(0, 3)
+        views.setStretchFactor(1, 2)
+        vsplit = QSplitter(Qt.Orientation.Vertical)
+        vsplit.addWidget(views)
+        vsplit.addWidget(self.log)
+        vsplit.setStretchFactor(0, 4)
+        vsplit.setStretchFactor(1, 1)
+
+        lay = QVBoxLayout(self)
+        lay.addLayout(top)
+        lay.addWidget(self.summary)
+        lay.addWidget(self.status)
+        lay.addWidget(prog)
+        lay.addWidget(vsplit, 1)
+
+        self.clock = QTimer(self)
+        self.clock.setInterval(500)
+        self.clock.timeout.connect(self._tick)
+
+        self.start_button.clicked.connect(self.start)
+        self.cancel_button.clicked.connect(self.cancel)
+        self.heatmap.cellClicked.connect(self._cell_clicked)
+        self.eval_dense.toggled.connect(lambda v: self.settings.set("eval_dense", v))
+        self.eval_pruned.toggled.connect(lambda v: self.settings.set("eval_pruned", v))
+        state.logged.connect(self.log.append_line)
+        for sig in (state.model_changed, state.calib_changed, state.config_changed, state.busy_changed):
+            sig.connect(self._refresh)
+        self._refresh()
+
+    # ---- readiness ---------------------------------------------------------------------------
+    def problems(self) -> list[str]:
+        st = self.state
+        out = []
+        if st.loaded is None and st.model_status not in ("pruned", "incomplete", "loading"):
+            out.append("load a model (step 1)")
+        if st.prune_config is None:
+            out.append(f"fix the pruning settings (step 3: {st.prune_error})")
+        elif not st.calib_ready():
+            out.append("build a calibration set (step 2)")
+        return out
+
+    def _refresh(self, *_a: Any) -> None:
+        st = self.state
+        cfg = st.prune_config
+        parts = []
+        if st.loaded is not None:
+            note = {"pruned": " (pruned by the last run; the dense model is reloaded for the next one)",
+                    "incomplete": " (partly pruned; the dense model is reloaded for the next run)"}
+            parts.append(f"Model: {st.loaded.name}" + note.get(st.model_status, ""))
+        if cfg is not None:
+            parts.append(f"method {cfg.label()}, {cfg.structure}, target {cfg.sparsity:.0%}")
+        if st.calib is not None and cfg is not None and cfg.needs_calibration:
+            parts.append(f"calibration {st.calib.source}: {len(st.calib)} × {st.calib.seqlen} tokens")
+        es = st.eval_settings
+        if es is not None:
+            cached = st.cached_dense()
+            parts.append(f"evaluation on {es.source}" + (f" (dense {cached:.2f}, cached)" if cached else ""))
+        self.summary.setText(" · ".join(parts) if parts else "")
+        has_eval = es is not None
+        self.eval_dense.setEnabled(has_eval)
+        self.eval_pruned.setEnabled(has_eval)
+        if not has_eval:
+            self.eval_dense.setToolTip("Choose an evaluation text in step 5 to measure perplexity in the run.")
+        probs = self.problems()
+        running = self.worker is not None
+        self.start_button.setEnabled(not probs and not st.busy)
+        self.cancel_button.setEnabled(running)
+        if not running and probs and self.status.kind in ("", "todo"):
+            self.status.set("todo", "Before a run: " + "; ".join(probs) + ".")
+        elif not running and not probs and self.status.kind == "todo":
+            self.status.set("", "")
+
+    # ---- run ---------------------------------------------------------------------------------
+    def start(self) -> bool:
+        st = self.state
+        probs = self.problems()
+        if probs:
+            self.status.set("todo", "Before a run: " + "; ".join(probs) + ".")
+            return False
+        if st.busy:
+            self.status.set("warn", "Another job is running; wait for it or cancel it (Esc).")
+            return False
+        kind, sentence = st.memory_verdict()
+        if kind == "warn" and not dialogs.confirm(self, "Not enough memory?", sentence,
+                                                  "Start the run anyway?", "Start anyway", "Cancel"):
+            return False
+        es = st.eval_settings
+        req = tasks.RunRequest(
+            args=st.model_args, recipe=st.recipe(model_in_memory=True), loaded=st.dense_model(), calib=st.calib, eval=es,
+            eval_dense=bool(es) and self.eval_dense.isChecked(),
+            eval_pruned=bool(es) and self.eval_pruned.isChecked(),
+            cached_dense=st.cached_dense(es) if es else None,
+        )
+        self._reset_views()
+        w = Worker(tasks.run, req, name="pruning run")
+        w.yielded.connect(self._event)
+        w.returned.connect(self._done)
+        w.cancelled.connect(self._cancelled)
+        w.errored.connect(self._failed)
+        w.finished.connect(self._finished)
+        self.worker = w
+        st.result = None
+        st.set_run_status("running")
+        self.status.set("busy", "Running…")
+        self.t_start = time.perf_counter()
+        self.clock.start()
+        self.resources.start()
+        if not st.start(w):
+            self.worker = None
+            st.set_run_status("none")
+            return False
+        return True
+
+    def cancel(self) -> None:
+        if self.worker is not None:
+            self.worker.cancel()
+            self.status.set("busy", "Cancelling after the current module…")
+
+    def _reset_views(self) -> None:
+        self.previews.clear()
+        self.pinned = False
+        self.mask.clear()
+        self.owl.clear()
+        self.blocks_done = 0
+        self.t_prune = None
+        self.where.setText("–")
+        self.block_bar.setValue(0)
+        self.overall_bar.setValue(0)
+        self.tabs.setTabEnabled(1, bool(self.state.prune_config and self.state.prune_config.owl))
+
+    def _event(self, ev: Any) -> None:
+        if isinstance(ev, RunStarted):
+            self.module_names = list(ev.module_names)
+            self.num_blocks = ev.num_blocks
+            self.heatmap.reset(ev.num_blocks, ev.module_names)
+            self.block_bar.setRange(0, len(ev.module_names))
+            self.block_bar.setValue(0)
+            self.overall_bar.setRange(0, ev.num_blocks)
+            self.overall_bar.setValue(0)
+            self.where.setText(f"{ev.method} on {ev.num_blocks} blocks × {len(ev.module_names)} modules, "
+                               f"{ev.nsamples} samples × {ev.seqlen} tokens, device {ev.device}")
+        elif isinstance(ev, AllocationComputed):
+            cfg = self.state.prune_config
+            self.owl.set_allocation(ev.block_sparsity, cfg.sparsity if cfg else 0.5)
+            self.tabs.setTabEnabled(1, True)
+        elif isinstance(ev, BlockStarted):
+            if self.t_prune is None:
+                self.t_prune = time.perf_counter()
+            self.block_bar.setValue(0)
+            self.where.setText(f"Block {ev.index + 1} of {ev.num_blocks} (target {ev.target_sparsity:.1%})")
+        elif isinstance(ev, ModulePruned):
+            self.heatmap.set_value(ev.block, ev.name, ev.sparsity)
+            self.previews[(ev.block, ev.name)] = {
+                "sparsity": ev.sparsity, "shape": ev.shape,
+                "mask_image": ev.info.get("mask_image"), "row_sparsity": ev.info.get("row_sparsity"),
+            }
+            self.block_bar.setValue(self.block_bar.value() + 1)
+            self.where.setText(f"Block {ev.block + 1} of {self.num_blocks}: {ev.name} ({ev.sparsity:.1%} zeros)")
+            if not self.pinned:
+                self._show_preview(ev.block, ev.name)
+        elif isinstance(ev, BlockDone):
+            self.blocks_done = ev.index + 1
+            self.overall_bar.setValue(self.blocks_done)
+        elif isinstance(ev, PhaseStarted):
+            if ev.phase.startswith("ppl"):
+                self.where.setText("Evaluating the " + ("dense" if "dense" in ev.phase else "pruned") + " model…")
+            elif ev.phase in ("capture", "owl", "load"):
+                self.where.setText({"capture": "Capturing the first block's inputs…", "owl": "OWL: measuring outliers…",
+                                    "load": "Reloading the dense model…"}[ev.phase])
+        elif isinstance(ev, PhaseProgress):
+            if ev.phase.startswith("ppl"):
+                what = "dense" if "dense" in ev.phase else "pruned"
+                self.where.setText(f"Evaluating the {what} model: {ev.done} / {ev.total}")
+        elif isinstance(ev, RunFinished):
+            self.where.setText(f"Pruned: {ev.global_sparsity:.2%} zeros in {fmt_seconds(ev.seconds)}")
+        elif isinstance(ev, (PhaseDone, Message)):
+            pass
+        self._tick()
+
+    def _tick(self) -> None:
+        if self.t_start is None:
+            return
+        elapsed = time.perf_counter() - self.t_start
+        text = f"elapsed {fmt_seconds(elapsed)}"
+        if self.worker is not None and self.t_prune is not None and 0 < self.blocks_done < self.num_blocks:
+            per = (time.perf_counter() - self.t_prune) / self.blocks_done
+            text += f", about {fmt_seconds(per * (self.num_blocks - self.blocks_done))} left for pruning"
+        self.times.setText(text)
+
+    def _done(self, outcome: tasks.RunOutcome) -> None:
+        self.state.finish_run(outcome)
+        self.where.setText(f"Finished: {outcome.result.global_sparsity:.2%} zeros over the pruned modules")
+        r = outcome.result
+        msg = f"Done: {r.global_sparsity:.2%} zeros overall ({r.method}, {r.structure})."
+        if outcome.ppl_dense is not None or outcome.ppl_pruned is not None:
+            msg += f" Perplexity dense {fmt_float(outcome.ppl_dense, 2)}, pruned {fmt_float(outcome.ppl_pruned, 2)}."
+        for note in r.notes:
+            self.state.log(note, "warning")
+        self.status.set("ok", msg + " Evaluate further or export in step 5.")
+
+    def _cancelled(self) -> None:
+        self.state.set_run_status("cancelled")
+        self.status.set("warn", "Cancelled. The model in memory is partly pruned: it is reloaded "
+                                "automatically before the next job and cannot be exported.")
+
+    def _failed(self, info: Any) -> None:
+        self.state.set_run_status("failed")
+        self.status.set("error", f"The run failed: {info.exception}. The model is reloaded before the next run.")
+
+    def _finished(self) -> None:
+        self.worker = None
+        self.clock.stop()
+        self.resources.stop()
+        self._tick()
+        self.t_start = None
+        self._refresh()
+
+    # ---- cells ---------------------------------------------------------------------------------
+    def _cell_clicked(self, block: int, module: int) -> None:
+        if not (0 <= module < len(self.module_names)):
+            return
+        self.pinned = True
+        self._show_preview(block, self.module_names[module], switch=True)
+
+    def _show_preview(self, block: int, name: str, switch: bool = False) -> None:
+        p = self.previews.get((block, name))
+        if p is None:
+            self.mask.clear()
+            self.mask.title.setText(f"Block {block}, {name}: not pruned yet.")
+            return
+        j = self.module_names.index(name) if name in self.module_names else -1
+        if j >= 0:
+            self.heatmap.select(block, j)
+        self.mask.show_module(block, name, p["sparsity"], p["shape"], p["mask_image"], p["row_sparsity"])
+        if switch:
+            self.tabs.setCurrentWidget(self.mask)
+
+    def sparsity_text(self) -> str:
+        r = self.state.result
+        return fmt_pct(r.global_sparsity) if r else "–"
