@@ -167,24 +167,25 @@ def main() -> int:
     mp.device.setCurrentText("cpu")
     meter.phase = "load"
     mp.load_button.click()
-    wait_for(app, mp.worker)
+    wait_for(app, mp.job.worker)
     if win.state.loaded is None:
         print("the model did not load:", *failures, sep="\n")
         return 2
     print(f"loaded {win.state.loaded.name}: {win.state.loaded.info['parameters'] / 1e6:.1f}M parameters")
 
     cp = win.calib_panel
+    form = cp.form
     if corpus is not None:
-        cp.kind.setCurrentIndex(cp.kind.findData("file"))
-        cp.path.setText(str(corpus))
+        form.kind.setCurrentIndex(form.kind.findData("file"))
+        form.path.setText(str(corpus))
     else:
-        cp.kind.setCurrentIndex(cp.kind.findData("selfgen"))
-    cp.nsamples.setValue(args.nsamples)
-    cp.seqlen.setValue(args.seqlen)
+        form.kind.setCurrentIndex(form.kind.findData("selfgen"))
+    form.nsamples.setValue(args.nsamples)
+    form.seqlen.setValue(args.seqlen)
     meter.phase = "calibrate"
     win.show_step(1)
     cp.go.click()
-    wait_for(app, cp.worker)
+    wait_for(app, cp.job.worker)
 
     pp = win.prune_panel
     pp.method.setCurrentIndex(pp.method.findData(args.method))
@@ -198,7 +199,7 @@ def main() -> int:
     if not rp.start():
         print("the run did not start:", rp.status.text.text())
         return 2
-    wait_for(app, rp.worker)
+    wait_for(app, rp.job.worker)
     run_s = time.perf_counter() - t0
     meter.timer.stop()
     if failures:

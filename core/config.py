@@ -13,10 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .prune.methods import registry as methods
 
-METHODS = ("magnitude", "wanda", "sparsegpt", "dsnot")
 DSNOT_SKIPS = ("mlp", "attention", "none")
-DSNOT_INITS = ("wanda", "magnitude", "sparsegpt")
 OFFLOAD_TARGETS = ("cpu", "disk")
 OFFLOAD_MODES = ("none", "cpu", "disk")
 _NM = re.compile(r"^\s*(\d+)\s*:\s*(\d+)\s*$")
@@ -41,7 +40,7 @@ class PruneConfig:
     """How to prune."""
 
     method: str = "wanda"
-    """magnitude, wanda, sparsegpt or dsnot."""
+    """A registered method (``core/prune/methods/registry.py``): magnitude, wanda, sparsegpt, dsnot..."""
     sparsity: float = 0.5
     """Target fraction of zeros in every pruned module (the mean over blocks with OWL)."""
     structure: str = "unstructured"
@@ -55,7 +54,8 @@ class PruneConfig:
     owl_lambda: float = 0.08
     """OWL: block sparsities range over target +/- lambda."""
     dsnot_init: str = "wanda"
-    """DSnoT: the method that gives the initial mask (wanda, magnitude, sparsegpt)."""
+    """DSnoT: the method that gives the initial mask (wanda, magnitude, sparsegpt: any registered
+    method that refines none)."""
     dsnot_max_cycles: int = 50
     dsnot_threshold: float = 0.1
     dsnot_skip: str = "mlp"
@@ -84,8 +84,7 @@ class PruneConfig:
     """Disk offload: folder for the pruned blocks (default: a temporary folder in the cache)."""
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ConfigError(f"Unknown pruning method '{self.method}' (choose from {', '.join(METHODS)}).")
+        methods.check(self)  # a registered method; DSnoT's initial mask one too
         if not (0.0 < float(self.sparsity) < 1.0):
             raise ConfigError(f"Sparsity must be between 0 and 1 (exclusive), got {self.sparsity}.")
         n, m = parse_structure(self.structure)
@@ -101,8 +100,6 @@ class PruneConfig:
             )
         if self.owl and self.owl_m <= 0:
             raise ConfigError("OWL's outlier threshold M must be positive.")
-        if self.dsnot_init not in DSNOT_INITS:
-            raise ConfigError(f"DSnoT's initial mask must come from {', '.join(DSNOT_INITS)}.")
         if self.dsnot_skip not in DSNOT_SKIPS:
             raise ConfigError(f"DSnoT's skip must be one of {', '.join(DSNOT_SKIPS)}, got '{self.dsnot_skip}'.")
         if self.dsnot_max_cycles < 0 or self.dsnot_threshold < 0:
@@ -123,14 +120,15 @@ class PruneConfig:
 
     @property
     def passes_once(self) -> bool:
-        """Whether the run takes one pass per block. By default only when SparseGPT reconstructs the
-        weights (directly or as DSnoT's initial mask): its updates compensate for the pruned
-        modules before them, and one pass matched or beat two here, while Wanda's 2:4 masks
-        scored on already-pruned inputs lost 1-10% perplexity on each of four calibration draws
-        (``bench/results/NOTES.md``)."""
+        """Whether the run takes one pass per block: :attr:`one_pass`, or else the method's own
+        default (``Method.one_pass``; a refinement takes that of the method it refines). Among the
+        built-ins only SparseGPT's weight reconstruction (directly or as DSnoT's initial mask)
+        defaults to one pass: its updates compensate for the pruned modules before them, and one
+        pass matched or beat two here, while Wanda's 2:4 masks scored on already-pruned inputs
+        lost 1-10% perplexity on each of four calibration draws (``bench/results/NOTES.md``)."""
         if self.one_pass is not None:
             return bool(self.one_pass)
-        return self.method == "sparsegpt" or (self.method == "dsnot" and self.dsnot_init == "sparsegpt")
+        return methods.default_one_pass(self)
 
     @property
     def nm(self) -> tuple[int, int]:
@@ -151,11 +149,12 @@ class PruneConfig:
 
     @property
     def needs_calibration(self) -> bool:
-        return self.method != "magnitude" or self.owl
+        """Whether the method gathers statistics (magnitude does not) or OWL is on."""
+        return methods.stats_needs(self) is not None or self.owl
 
     def label(self) -> str:
-        base = f"dsnot[{self.dsnot_init}]" if self.method == "dsnot" else self.method
-        return ("owl-" if self.owl else "") + base
+        """``wanda``, ``owl-sparsegpt``, ``dsnot[wanda]``: the method as reports name it."""
+        return ("owl-" if self.owl else "") + methods.run_label(self)
 
 
 @dataclass(frozen=True)
@@ -287,7 +286,3 @@ def _typed(where: str, name: str, default: Any, value: Any) -> Any:
         raise ConfigError(f"The {where} setting '{name}' must be {kind[type(default).__name__]}, "
                           f"got {value!r:.60}.")
     return value
-
-
-def with_updates(cfg: Any, **kw: Any) -> Any:
-    return replace(cfg, **kw)

@@ -1,8 +1,15 @@
-"""The one error type the engine raises for anything a user can cause.
+"""The errors the engine raises for anything a user can cause: one base class and a subclass per kind.
 
-Every :class:`PruneStudioError` carries a short, readable sentence (``str(err)``) and optional
-``details`` (longer text, a hint or the underlying traceback) that a GUI shows on demand and the
-CLI prints with ``--verbose``.
+:class:`PruneStudioError` is the base; :class:`ModelLoadError`, :class:`CalibrationError`,
+:class:`ConfigError`, :class:`EvaluationError` and :class:`ExportError` say which step the problem
+belongs to, and :class:`Cancelled` is the user's own stop (the CLI exits 130 on it, the GUI logs it
+as a warning). Two internal signals live next to the code that raises and catches them
+(``prune.lockstep.NotLockstepable``, ``prune.pipeline.BlockOutOfMemory``). Anything else that
+escapes the engine is a bug, shown as such.
+
+Every error carries a short, readable sentence (``str(err)``) and optional ``details`` (longer
+text, a hint or the underlying traceback) that a GUI shows on demand and the CLI prints with
+``--verbose``.
 """
 
 from __future__ import annotations

@@ -63,7 +63,3 @@ def confirm(parent: QWidget | None, title: str, text: str, informative: str = ""
     box.setEscapeButton(cancel)
     box.exec()
     return box.clickedButton() is ok
-
-
-def inform(parent: QWidget | None, title: str, text: str) -> None:
-    QMessageBox.information(parent, title, text)

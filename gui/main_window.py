@@ -16,7 +16,7 @@ from .panels.run import RunPanel
 from .resources import app_icon
 from .settings import DISPLAY_NAME, Settings, sync_all
 from .state import AppState
-from .views.steps import STEPS, StepList, step_status
+from .panels.steps import STEPS, StepList, step_status
 from .widgets import chain_tab_order
 from .worker import wait_for_workers
 

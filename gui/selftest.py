@@ -16,6 +16,7 @@ from typing import Any, Generator
 
 from ..core.config import CalibConfig, PruneConfig, Recipe
 from ..core.events import Event, Message
+from ..core.run.load import LoadArgs, iter_load
 from . import tasks
 
 log = logging.getLogger(__name__)
@@ -48,12 +49,13 @@ def _tiny_model_folder(folder: Path) -> Path:
 def self_test(workdir: str, should_stop: Any = lambda: False) -> Generator[Event, None, str]:
     work = Path(workdir)
     folder = _tiny_model_folder(work / "tiny-model")
-    args = tasks.LoadArgs(spec=str(folder), device="cpu", dtype="fp32")
-    loaded = yield from tasks.load(args, should_stop)
+    args = LoadArgs(spec=str(folder), device="cpu", dtype="fp32")
+    loaded = yield from iter_load(args, should_stop)
     cal = CalibConfig(source="selfgen", nsamples=4, seqlen=32, seed=0)
     calib = yield from tasks.calibrate(loaded, args, cal, should_stop)
-    recipe = Recipe(model=str(folder), prune=PruneConfig(method="wanda", sparsity=0.5), calibration=cal)
-    outcome = yield from tasks.run(tasks.RunRequest(args, recipe, loaded, calib), should_stop)
+    recipe = Recipe(model=str(folder), prune=PruneConfig(method="wanda", sparsity=0.5), calibration=cal,
+                    device=args.device, dtype=args.dtype)
+    outcome = yield from tasks.run(tasks.RunRequest(recipe, loaded, calib), should_stop)
     exported = yield from tasks.export(outcome, str(work / "export"), False, should_stop)
 
     from transformers import AutoModelForCausalLM

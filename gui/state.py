@@ -5,13 +5,16 @@ its signals. It also owns the one rule about the model in memory (see :mod:`task
 pruned it (fully or partly), every job that needs the dense model gets ``None`` and reloads it,
 and only a completely pruned model of the latest run may be evaluated as pruned or exported.
 
-One job touching the model runs at a time (:meth:`start`); Esc cancels it (:meth:`cancel`).
+What is in memory is a :class:`ModelStatus`, how the latest run went a :class:`RunStatus`.
+One job touching the model runs at a time (:meth:`start`; panels start theirs through
+:class:`jobs.PanelJob`); Esc cancels it (:meth:`cancel`).
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import replace
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -21,15 +24,39 @@ from ..core.calib.calibset import CalibrationSet
 from ..core.config import CalibConfig, PruneConfig, Recipe
 from ..core.events import Event, Message, PhaseDone, PhaseStarted
 from ..core.model.loading import LoadedModel
+from ..core.model.memory import available_memory, format_bytes
 from ..core.prune import memory
 from ..core.prune.pipeline import PruneResult, is_incomplete
+from ..core.run.evaluation import EvalSettings
 from ..core.run.history import History
-from .tasks import DenseMeasured, EvalSettings, LoadArgs, ModelReady, PruneFinished, RunOutcome
+from ..core.run.load import LoadArgs
+from ..core.run.run import DenseMeasured, PruneFinished, RunOutcome
+from .tasks import ModelReady
 from .worker import Worker
 
 log = logging.getLogger("prunestudio.gui")
 
-NONE, LOADING, DENSE, PRUNED, INCOMPLETE = "none", "loading", "dense", "pruned", "incomplete"
+
+class ModelStatus(StrEnum):
+    """What is in memory: nothing, a model being loaded, the dense model, a (partly) pruned one."""
+
+    NONE = "none"
+    LOADING = "loading"
+    DENSE = "dense"
+    PRUNED = "pruned"  # completely pruned by the latest run: may be evaluated and exported
+    INCOMPLETE = "incomplete"  # partly pruned (a cancelled or failed run): reloaded before the next job
+
+
+class RunStatus(StrEnum):
+    """How the latest run went (``NONE``: no run since the model was loaded)."""
+
+    NONE = "none"
+    RUNNING = "running"
+    DONE = "done"
+    CANCELLED = "cancelled"
+    FAILED = "failed"
+
+
 _DTYPE_BYTES = {"fp32": 4, "float32": 4, "bf16": 2, "bfloat16": 2, "fp16": 2, "float16": 2}
 
 
@@ -48,7 +75,7 @@ class AppState(QObject):
         self.load_args = LoadArgs("demo")  # step 1's current choice (what a recipe saves)
         self.model_args = LoadArgs("demo")  # what the model in memory was loaded from (reloads)
         self.loaded: LoadedModel | None = None
-        self.model_status = NONE
+        self.model_status: ModelStatus = ModelStatus.NONE
         self.module_shapes: dict[str, tuple[int, int]] = {}
         self.calib: CalibrationSet | None = None
         self.calib_config = CalibConfig()
@@ -57,7 +84,7 @@ class AppState(QObject):
         self.eval_settings: EvalSettings | None = None
         self.result: PruneResult | None = None  # the latest finished pruning
         self.run: RunOutcome | None = None  # the latest finished run (with its report)
-        self.run_status = "none"  # none | running | done | cancelled | failed
+        self.run_status: RunStatus = RunStatus.NONE
         self.export_path: Path | None = None
         self.history_id: int | None = None
         self.dense_cache: dict[tuple[Any, ...], float] = {}  # EvalSettings.cache_key -> ppl
@@ -93,13 +120,14 @@ class AppState(QObject):
     def _job_finished(self, worker: Worker) -> None:
         if self.current is worker:
             self.current = None
-        if self.loaded is not None and is_incomplete(self.loaded.model) and self.model_status != INCOMPLETE:
-            self.model_status = INCOMPLETE
+        loaded = self.loaded
+        if loaded is not None and is_incomplete(loaded.model) and self.model_status != ModelStatus.INCOMPLETE:
+            self.model_status = ModelStatus.INCOMPLETE
             self.log("The model in memory is only partly pruned; it will be reloaded before the next "
                      "job and cannot be exported.", "warning")
             self.model_changed.emit()
-        if self.loaded is None and self.model_status == LOADING:  # a (re)load failed or was cancelled
-            self.model_status = NONE
+        if self.loaded is None and self.model_status == ModelStatus.LOADING:  # a (re)load failed or was cancelled
+            self.model_status = ModelStatus.NONE
             self.log("No model in memory now; load one in step 1.", "warning")
             self.model_changed.emit()
         self.busy_changed.emit(False)
@@ -108,11 +136,11 @@ class AppState(QObject):
         if isinstance(ev, ModelReady):
             self.set_model(ev.loaded, ev.tokenizer_fingerprint or None)
         elif isinstance(ev, DenseMeasured):
-            self.dense_cache[ev.key] = ev.ppl
+            self.dense_cache[ev.settings.cache_key(self.model_args)] = ev.ppl
             self.run_changed.emit()
         elif isinstance(ev, PruneFinished):
             self.result = ev.result
-            self.model_status = PRUNED
+            self.model_status = ModelStatus.PRUNED
             self.model_changed.emit()
         elif isinstance(ev, Message):
             self.log(ev.text, ev.level)
@@ -133,7 +161,7 @@ class AppState(QObject):
         """A new model in memory; a calibration set made for another tokenizer is dropped
         (``tokenizer_fingerprint`` None: a reload of the same model, nothing to check)."""
         self.loaded = loaded
-        self.model_status = DENSE if loaded is not None else NONE
+        self.model_status = ModelStatus.DENSE if loaded is not None else ModelStatus.NONE
         try:
             self.module_shapes = memory.module_shapes(loaded.model) if loaded is not None else {}
         except Exception:  # noqa: BLE001 - shapes only refine the memory estimate
@@ -147,7 +175,7 @@ class AppState(QObject):
 
     def dense_model(self) -> LoadedModel | None:
         """The loaded model if it is dense; otherwise None (and the pruned one is let go)."""
-        if self.model_status == DENSE:
+        if self.model_status == ModelStatus.DENSE:
             return self.loaded
         if self.loaded is not None:
             self.forget_model()
@@ -159,12 +187,12 @@ class AppState(QObject):
         if self.loaded is not None:
             self.forget_model()
         else:
-            self.model_status = LOADING
+            self.model_status = ModelStatus.LOADING
             self.model_changed.emit()
 
     def load_failed(self) -> None:
-        if self.loaded is None and self.model_status == LOADING:
-            self.model_status = NONE
+        if self.loaded is None and self.model_status == ModelStatus.LOADING:
+            self.model_status = ModelStatus.NONE
             self.model_changed.emit()
 
     def forget_model(self) -> None:
@@ -172,17 +200,17 @@ class AppState(QObject):
         self.loaded = None
         if self.run is not None and self.run.loaded is not None:
             self.run = replace(self.run, loaded=None)
-        self.model_status = LOADING
+        self.model_status = ModelStatus.LOADING
         self.model_changed.emit()
         self.run_changed.emit()
 
     def has_model(self) -> bool:
-        return self.loaded is not None or self.model_status == LOADING
+        return self.loaded is not None or self.model_status == ModelStatus.LOADING
 
     def exportable(self) -> bool:
         r = self.run
         return (r is not None and r.loaded is not None and r.loaded is self.loaded
-                and self.model_status == PRUNED and not is_incomplete(r.loaded.model))
+                and self.model_status == ModelStatus.PRUNED and not is_incomplete(r.loaded.model))
 
     # ---- calibration and settings -------------------------------------------------------------
     def set_calib(self, calib: CalibrationSet | None) -> None:
@@ -216,7 +244,7 @@ class AppState(QObject):
             self.run.recipe = replace(self.run.recipe, eval_ppl=(es.source,), eval_seqlen=es.seqlen)
             self.run.ppl_pruned = ppl
             self.run.ppl_dense = self.cached_dense(es)
-            self.run.eval = es
+            self.run.evaluation = es
             if self.run.report is not None:
                 self._update_history({**self.run.report, "ppl_pruned": ppl, "ppl_dense": self.run.ppl_dense})
         self.run_changed.emit()
@@ -253,20 +281,30 @@ class AppState(QObject):
         self.recipe_applied.emit(recipe)
 
     # ---- runs and history ---------------------------------------------------------------------
-    def set_run_status(self, status: str) -> None:
+    def set_run_status(self, status: RunStatus) -> None:
         self.run_status = status
         self.run_changed.emit()
+
+    def begin_run(self) -> None:
+        """A run starts: the previous run's pruning result is no longer the latest."""
+        self.result = None
+        self.set_run_status(RunStatus.RUNNING)
+
+    def forget_run(self) -> None:
+        """A freshly loaded model: no run (and no pruning result) belongs to it yet."""
+        self.result = None
+        self.set_run_status(RunStatus.NONE)
 
     def finish_run(self, outcome: RunOutcome) -> None:
         self.run = outcome
         self.pruned_ppl = {}
-        if outcome.eval is not None and outcome.ppl_pruned is not None:
-            self.pruned_ppl[outcome.eval.cache_key(self.model_args)] = outcome.ppl_pruned
+        if outcome.evaluation is not None and outcome.ppl_pruned is not None:
+            self.pruned_ppl[outcome.evaluation.cache_key(self.model_args)] = outcome.ppl_pruned
         self.result = outcome.result
         self.loaded = outcome.loaded
-        self.model_status = PRUNED
+        self.model_status = ModelStatus.PRUNED
         self.export_path = None
-        self.run_status = "done"
+        self.run_status = RunStatus.DONE
         try:
             self.history_id = self.history().add(outcome.report)
             self.history_changed.emit()
@@ -314,9 +352,9 @@ class AppState(QObject):
         else:
             n, L = self.calib_config.nsamples, self.calib_config.seqlen
         nbytes = _DTYPE_BYTES.get(str(info.get("dtype")), 4)
-        est = memory.estimate_run_memory(info, n, L, cfg.method, nbytes, cfg.batch_size, cfg.owl,
-                                          one_pass=cfg.passes_once)
-        avail = memory.available_memory(str(self.loaded.device))
+        est = memory.estimate_run_memory(info, n, L, cfg, nbytes, cfg.batch_size, cfg.owl,
+                                          offload=cfg.offload_mode, one_pass=cfg.passes_once)
+        avail = available_memory(str(self.loaded.device))
         return est, avail
 
     def memory_verdict(self) -> tuple[str, str]:
@@ -325,7 +363,7 @@ class AppState(QObject):
         if got is None:
             return "", ""
         est, avail = got
-        fb = memory.format_bytes
+        fb = format_bytes
         dev = str(self.loaded.device) if self.loaded is not None else "cpu"
         # the weights are already in memory: what is still needed is the rest
         extra_host = est["total"] - est["weights"] if dev == "cpu" else est["weights"] // 20

@@ -10,11 +10,13 @@ The engine's long operations are generators: ``yield`` = progress event, ``retur
     w.finished.connect(panel.on_done)     # always last (after returned, errored or cancelled)
     w.start();  ...;  w.cancel()          # cancel = a threading.Event the engine polls
 
-How events travel: the worker thread appends to a locked deque and, only when the deque was
-empty, emits a private signal queued to this object (which lives on the GUI thread). The GUI
-thread drains the deque in one go, so a burst costs one wake-up; consecutive ``PhaseProgress``
-of one phase collapse to the newest; a drain stops after ``budget_ms`` and reschedules itself so
-the event loop keeps breathing; wake-ups come at most every ``min_interval_ms``. Every public
+How events travel: the worker thread drains the generator with the engine's one drain loop
+(:func:`~prunestudio.core.events.run_to_completion`), appends each event to a locked deque and,
+only when the deque was empty, emits a private signal queued to this object (which lives on the
+GUI thread). The GUI thread empties the deque in one go, so a burst costs one wake-up;
+consecutive ``PhaseProgress`` of one phase collapse to the newest; a drain stops after
+``budget_ms`` and reschedules itself so the event loop keeps breathing; wake-ups come at most
+every ``min_interval_ms``. Every public
 signal is emitted on the GUI thread: slots may touch widgets. The worker thread never does.
 
 Errors: any exception leaves the generator as an :class:`ErrorInfo` (exception object plus its
@@ -39,7 +41,7 @@ from typing import Any, Callable
 from PySide6.QtCore import QObject, Qt, QThread, QTimer, Signal, Slot
 
 from ..core.errors import Cancelled
-from ..core.events import PhaseProgress
+from ..core.events import PhaseProgress, run_to_completion
 
 log = logging.getLogger("prunestudio.gui.worker")
 
@@ -184,15 +186,7 @@ class Worker(QObject):
             assert call is not None
             result = call()
             if inspect.isgenerator(result):
-                gen = result
-                while True:
-                    try:
-                        ev = next(gen)
-                    except StopIteration as stop:
-                        result = stop.value
-                        break
-                    self._post(("event", ev))
-                del gen
+                result = run_to_completion(result, lambda ev: self._post(("event", ev)))
             self._post(("returned", result))
         except BaseException as e:  # noqa: BLE001 - everything is delivered, nothing escapes
             tb = traceback.format_exc()

@@ -68,7 +68,8 @@ def test_trust_remote_code_is_off_by_default():
 
 
 def _local_imports(package: str) -> dict[str, set[str]]:
-    """Module -> modules of the same package it imports, at any depth (lazy imports count too).
+    """Module -> modules of the same package it imports, at any depth (lazy imports count too;
+    imports under ``if TYPE_CHECKING:`` do not: they are annotations, never run).
 
     Modules are paths relative to the package root without ``.py`` (``methods/sparsegpt``;
     a package is its ``__init__``)."""
@@ -79,8 +80,12 @@ def _local_imports(package: str) -> dict[str, set[str]]:
         name = str(rel.parent) if rel.name == "__init__" else str(rel)
         here = rel.parent.parts  # the package the module lives in
         deps: set[str] = set()
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            if not isinstance(node, ast.ImportFrom) or node.level == 0:
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        typing_only = {id(n) for block in ast.walk(tree) if isinstance(block, ast.If)
+                       and ast.unparse(block.test) in ("TYPE_CHECKING", "typing.TYPE_CHECKING")
+                       for stmt in block.body for n in ast.walk(stmt)}
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.ImportFrom) or node.level == 0 or id(node) in typing_only:
                 continue
             base = here[: len(here) - (node.level - 1)] if node.level > 1 else here
             if node.level - 1 > len(here):

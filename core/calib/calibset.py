@@ -13,7 +13,6 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable
@@ -21,6 +20,7 @@ from typing import Any, Iterable
 import torch
 
 from ..errors import CalibrationError
+from ..files import atomic_path
 
 FORMAT = "prunestudio-calibration-set"
 FORMAT_VERSION = 1
@@ -133,17 +133,10 @@ class CalibrationSet:
             "tokenizer_fingerprint": self.tokenizer_fingerprint,
             "sha256": self.sha256(),
         }
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".calib-", suffix=".jsonl", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(json.dumps(header) + "\n")
-                for s in self.samples:
-                    f.write(json.dumps(asdict(s), ensure_ascii=False) + "\n")
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+            f.write(json.dumps(header) + "\n")
+            for s in self.samples:
+                f.write(json.dumps(asdict(s), ensure_ascii=False) + "\n")
         return path
 
     @classmethod

@@ -26,20 +26,10 @@ from typing import Any, Callable
 import torch
 
 from ..errors import CalibrationError, Cancelled, ConfigError
+from ..model.devices import logits_micro_batch, model_device
 from .calibset import CalibrationSet, tokenizer_fingerprint
 
 __all__ = ["minkpp_scores", "score_calibration", "token_minkpp"]
-
-# Float32 logits (and the two same-sized temporaries) held at once per micro-batch.
-_LOGITS_BUDGET_BYTES = 512 * 2**20
-
-
-def _model_device(model: Any) -> torch.device:
-    try:
-        return next(model.parameters()).device
-    except StopIteration:
-        return torch.device("cpu")
-
 
 def _check_k(k: float) -> None:
     if isinstance(k, bool) or not isinstance(k, (int, float)) or not (0 < k <= 1):
@@ -77,10 +67,10 @@ def _score_batches(
         raise CalibrationError("Scoring needs a [samples, tokens] tensor with at least 2 tokens per sample.")
     if batch_size < 1:
         raise ConfigError(f"The batch size must be a positive whole number (got {batch_size!r}).")
-    device = _model_device(model)
+    device = model_device(model)
     seqlen = input_ids.shape[1]
     vocab = int(getattr(model.config, "vocab_size", 0) or 50_000)
-    mb = max(1, min(batch_size, _LOGITS_BUDGET_BYTES // max(1, seqlen * vocab * 4)))
+    mb = logits_micro_batch(batch_size, seqlen, vocab)
     scores: list[float] = []
     ppls: list[float] = []
     model.eval()

@@ -23,12 +23,11 @@ def register(sub: Any) -> None:
     p.add_argument("--db", default=None, help="run history database (default: OUT/history.sqlite3)")
     p.add_argument("--dry-run", action="store_true", help="list the cells and whether each is done; run nothing")
     p.add_argument("--summary-only", action="store_true", help="write the summary of the finished cells; run nothing")
-    p.add_argument("--no-plots", action="store_true", help=argparse.SUPPRESS)  # plots: gui.experiment_plot
     p.set_defaults(handler=cmd_experiment)
 
 
 def cmd_experiment(args: argparse.Namespace) -> int:
-    from ..experiment.grid import (
+    from ..experiment import (
         CellFinished,
         CellSkipped,
         CellStarted,
@@ -37,7 +36,7 @@ def cmd_experiment(args: argparse.Namespace) -> int:
         iter_experiment,
         write_summary,
     )
-    from ..prune.pipeline import run_to_completion
+    from ..events import run_to_completion
     from .progress import ProgressPrinter
 
     printer = ProgressPrinter(quiet=getattr(args, "quiet", False))
@@ -45,7 +44,7 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     if args.summary_only:
         from ..run.history import History
 
-        files = write_summary(spec, History(args.db or default_db(args.out)), args.out, plots=not args.no_plots)
+        files = write_summary(spec, History(args.db or default_db(args.out)), args.out)
         for f in files.values():
             print(f)
         return 0
@@ -61,8 +60,7 @@ def cmd_experiment(args: argparse.Namespace) -> int:
         else:
             printer(ev)
 
-    res = run_to_completion(iter_experiment(spec, args.out, args.db, dry_run=args.dry_run,
-                                            plots=not args.no_plots), on_event)
+    res = run_to_completion(iter_experiment(spec, args.out, args.db, dry_run=args.dry_run), on_event)
     if not args.dry_run:
         printer.say(f"{res.executed} cells run, {res.skipped} already done; history {res.db_path}")
         for f in res.files.values():

@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..errors import PruneStudioError
+from ..files import atomic_write_text
+from ..prune.methods import registry
 
 EXIT_ERROR = 1
 EXIT_UNEXPECTED = 2
@@ -47,6 +49,22 @@ def _add_model_args(p: argparse.ArgumentParser, required: bool = True) -> None:
                    help="run Python code shipped with the model (only for models you trust)")
 
 
+def _method_help() -> tuple[str, str]:
+    """``--method``'s help and which methods run in one pass by default, from the method registry."""
+    from ..config import PruneConfig
+
+    methods = registry.methods()
+    text = " ".join(f"{m.name}: {m.description}" for m in methods) + f" Default: {PruneConfig.method}."
+    once = [m.label for m in methods if m.one_pass]
+    refining = [m.label for m in methods if m.one_pass is None]
+    if not once:
+        return text, "no method's default"
+    default = "the default for " + " and ".join(once)
+    if refining:
+        default += f", and for {' and '.join(refining)} on {' or '.join(once)}'s mask"
+    return text, default
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="prunestudio", description="Post-training pruning of LLMs.")
     parser.add_argument("--verbose", "-v", action="store_true", help="show details of errors")
@@ -61,7 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None)
     p.add_argument("--dtype", default=None)
     p.add_argument("--trust-remote-code", action="store_true", default=None)
-    p.add_argument("--method", choices=["magnitude", "wanda", "sparsegpt", "dsnot"], default=None)
+    method_help, one_pass_default = _method_help()
+    p.add_argument("--method", choices=registry.names(), default=None, help=method_help.replace("%", "%%"))
     p.add_argument("--sparsity", type=float, default=None)
     p.add_argument("--structure", default=None, help="unstructured, 2:4, 4:8 or any N:M")
     p.add_argument("--calibration", default=None,
@@ -75,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     order = p.add_mutually_exclusive_group()
     order.add_argument("--one-pass", dest="one_pass", action="store_true", default=None,
                        help="one forward pass per block, each module pruned before the next runs "
-                            "(the default for SparseGPT, and for DSnoT on SparseGPT's mask)")
+                            f"({one_pass_default})".replace("%", "%%"))
     order.add_argument("--two-pass", dest="one_pass", action="store_false",
                        help="the reference order: statistics of each dense block, then a second pass for "
                             "its outputs (the default for the other methods)")
@@ -83,7 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--owl", action="store_true", default=None, help="OWL layer-wise sparsity allocation")
     p.add_argument("--owl-m", type=float, default=None)
     p.add_argument("--owl-lambda", type=float, default=None)
-    p.add_argument("--dsnot-init", choices=["wanda", "magnitude", "sparsegpt"], default=None)
+    p.add_argument("--dsnot-init", choices=registry.names(refining=False), default=None,
+                   help="the method whose mask DSnoT refines (default wanda)")
     p.add_argument("--dsnot-max-cycles", type=int, default=None)
     p.add_argument("--dsnot-threshold", type=float, default=None)
     p.add_argument("--dsnot-skip", choices=["mlp", "attention", "none"], default=None,
@@ -124,12 +144,13 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--batch-size", type=int, default=8)
     e.add_argument("--report", help="write the report JSON here")
 
-    for mod in ("cli_calib", "cli_experiment"):
-        try:
-            module = __import__(f"{__package__}.{mod}", fromlist=["register"])
-        except ImportError:
-            continue
-        module.register(sub)
+    # the other subcommands live in their own modules; a broken one is an error, never a silently
+    # missing command
+    from .calib import register as register_calib
+    from .experiment import register as register_experiment
+
+    register_calib(sub)
+    register_experiment(sub)
     return parser
 
 
@@ -171,11 +192,7 @@ def _recipe_from_args(args: argparse.Namespace) -> Any:
 def _write_json(path: str, data: dict[str, Any]) -> None:
     from ..run.export import _json_default
 
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(f".{p.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=_json_default) + "\n", encoding="utf-8")
-    os.replace(tmp, p)
+    atomic_write_text(path, json.dumps(data, indent=2, default=_json_default) + "\n")
 
 
 def cmd_fetch(args: argparse.Namespace, progress: Any) -> int:
@@ -188,7 +205,7 @@ def cmd_fetch(args: argparse.Namespace, progress: Any) -> int:
 
 
 def cmd_prune(args: argparse.Namespace, progress: Any) -> int:
-    from ..prune.pipeline import run_to_completion
+    from ..events import run_to_completion
     from ..run.job import iter_job
 
     recipe = _recipe_from_args(args)
@@ -220,36 +237,32 @@ def _suite_dir(task_data: str | None) -> str | None:
 
 
 def cmd_eval(args: argparse.Namespace, progress: Any) -> int:
-    from ..model.loading import load_model
-    from ..prune.pipeline import run_to_completion
-    from ..run.job import iter_eval_ppl, public_source, versions
+    from ..events import run_to_completion
+    from ..run.evaluation import iter_eval_ppl
+    from ..run.load import LoadArgs, iter_load, place_model
+    from ..run.report import add_perplexities, add_zeroshot, eval_report, public_source
 
-    loaded = load_model(args.model, args.device or "auto", args.dtype or "auto", bool(args.trust_remote_code))
-    report: dict[str, Any] = {"format": "prunestudio-eval", "model": public_source(args.model),
-                              "seqlen": args.seqlen, "ppl": {}, "versions": versions()}
+    load = LoadArgs(args.model, args.device or "auto", args.dtype or "auto", bool(args.trust_remote_code))
+    loaded = run_to_completion(iter_load(load), progress)
+    report = eval_report(args.model, args.seqlen)
     ppl_data = args.ppl_data or _suite_dir(args.task_data)
+    ppl: dict[str, float] = {}
     for src in args.ppl:
-        ppl = run_to_completion(iter_eval_ppl(loaded, src, args.seqlen, max_windows=args.max_windows,
-                                              data_dir=ppl_data), progress)
-        report["ppl"][public_source(src)] = ppl
-        progress.say(f"perplexity {public_source(src)}: {ppl:.3f}")
-    if args.ppl:
-        report["ppl_pruned"] = report["ppl"][public_source(args.ppl[0])]
+        ppl[public_source(src)] = run_to_completion(
+            iter_eval_ppl(loaded, src, args.seqlen, max_windows=args.max_windows, data_dir=ppl_data), progress)
+        progress.say(f"perplexity {public_source(src)}: {ppl[public_source(src)]:.3f}")
+    add_perplexities(report, ppl)
     if args.tasks:
+        from ..evaluate.task_data import TASKS
         from ..evaluate.zeroshot import iter_zeroshot
-        from ..run.job import place_model
 
         place_model(loaded)
-        from ..evaluate.task_data import TASKS
-
         tasks = list(TASKS) if args.tasks.strip() == "all" else [t.strip() for t in args.tasks.split(",") if t.strip()]
         res = run_to_completion(iter_zeroshot(loaded.model, loaded.tokenizer, tasks, args.task_data,
                                               args.limit, args.batch_size), progress)
-        report["tasks"] = {k: v.to_dict() for k, v in res.items()}
         for k, v in res.items():
             progress.say(f"{k}: acc {v.acc:.4f}  acc_norm {v.acc_norm:.4f}  (n={v.n})")
-        accs = [v.acc for v in res.values()]
-        report["tasks_mean_acc"] = sum(accs) / len(accs) if accs else None
+        add_zeroshot(report, res)
     if args.report:
         _write_json(args.report, report)
     print(json.dumps({k: v for k, v in report.items() if k in ("ppl", "tasks")}, indent=2))

@@ -18,6 +18,7 @@ import torch
 from ..calib.textsources import iter_texts, split_field
 from ..errors import Cancelled, EvaluationError
 from ..events import Event, PhaseDone, PhaseProgress, PhaseStarted
+from ..model.devices import model_device
 
 
 def eval_text(source: str, max_chars: int | None = None, data_dir: str | Path | None = None) -> str:
@@ -85,7 +86,7 @@ def iter_perplexity(
         n = min(n, max_windows)
     if n == 0:
         raise EvaluationError(f"The evaluation text has {input_ids.numel()} tokens, fewer than one window of {seqlen}.")
-    device = device or next(model.parameters()).device
+    device = device or model_device(model)
     windows = input_ids[: n * seqlen].view(n, seqlen)
     t0 = time.perf_counter()
     yield PhaseStarted(phase, total=n)

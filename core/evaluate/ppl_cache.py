@@ -20,11 +20,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from ..files import atomic_write_text
 
 _FILE = "dense_perplexity.json"
 _MAX_ENTRIES = 512
@@ -94,16 +95,7 @@ def store(key: str | None, ppl: float) -> None:
     data[key] = float(ppl)
     if len(data) > _MAX_ENTRIES:
         data = dict(list(data.items())[-_MAX_ENTRIES:])
-    tmp: str | None = None
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".ppl-", suffix=".tmp")
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f)
-        os.replace(tmp, path)
-    except OSError:  # read-only cache folder, disk full: no cache, nothing left behind
-        if tmp is not None:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
+        atomic_write_text(path, json.dumps(data))
+    except OSError:  # read-only cache folder, disk full: no cache (atomic_write_text leaves nothing behind)
+        pass

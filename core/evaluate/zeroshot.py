@@ -32,6 +32,7 @@ import torch
 
 from ..errors import Cancelled, EvaluationError
 from ..events import Event, Message, PhaseDone, PhaseProgress, PhaseStarted, run_to_completion
+from ..model.devices import is_out_of_memory, model_device
 from .task_data import ACC_ONLY_TASKS, TASKS, MCItem, load_task
 
 __all__ = [
@@ -157,13 +158,6 @@ def model_max_length(model: Any, tokenizer: Any) -> int:
 # --------------------------------------------------------------------------------------------
 
 
-def _model_device(model: Any) -> torch.device:
-    try:
-        return next(model.parameters()).device
-    except (StopIteration, AttributeError):
-        return torch.device("cpu")
-
-
 def _forward_options(model: Any) -> tuple[bool, bool]:
     """(takes ``logits_to_keep``, takes ``use_cache``) for the model's forward."""
     try:
@@ -182,13 +176,6 @@ def _logits_of(output: Any) -> torch.Tensor:
     if not isinstance(logits, torch.Tensor):
         raise EvaluationError("The model's forward pass did not return logits.")
     return logits
-
-
-def _is_oom(exc: BaseException) -> bool:
-    if isinstance(exc, torch.OutOfMemoryError):
-        return True
-    text = str(exc).lower()
-    return isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
 
 
 def iter_loglikelihoods(
@@ -244,7 +231,7 @@ def iter_loglikelihoods(
     results = [0.0] * len(inputs)
 
     yield PhaseStarted(phase, total=len(batches))
-    device = _model_device(model)
+    device = model_device(model)
     pad_id = _pad_token_id(tokenizer)
     takes_keep, takes_cache = _forward_options(model)
     was_training = bool(getattr(model, "training", False))
@@ -292,7 +279,7 @@ def iter_loglikelihoods(
             except EvaluationError:
                 raise
             except Exception as exc:
-                if _is_oom(exc):
+                if is_out_of_memory(exc):
                     raise EvaluationError(
                         f"Ran out of memory during evaluation with a batch size of {batch_size}.",
                         hint="Lower the evaluation batch size.",

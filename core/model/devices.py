@@ -6,7 +6,7 @@ import ctypes
 import os
 import sys
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Any, Iterator
 
 import torch
 
@@ -78,6 +78,34 @@ def slow_dtype_warning(device: torch.device, dtype: torch.dtype) -> str | None:
 
 def dtype_name(dtype: torch.dtype) -> str:
     return {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, str(dtype))
+
+
+def model_device(model: Any) -> torch.device:
+    """The device of ``model``'s first parameter (the CPU for a model without parameters)."""
+    try:
+        return next(model.parameters()).device
+    except StopIteration:
+        return torch.device("cpu")
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` means a device or the host ran out of memory: CUDA's OutOfMemoryError, or a
+    RuntimeError saying so (MPS: "out of memory"; the CPU allocator: "can't allocate memory")."""
+    if isinstance(exc, torch.OutOfMemoryError):
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
+
+
+# Float32 logits (and the same-sized temporaries) held at once by a scoring pass.
+LOGITS_BUDGET_BYTES = 512 * 2**20
+
+
+def logits_micro_batch(requested: int, seqlen: int, vocab: int, copies: int = 1) -> int:
+    """How many sequences to score at once so that ``copies`` float32 ``[seqlen, vocab]`` arrays per
+    sequence stay within :data:`LOGITS_BUDGET_BYTES`: at most ``requested``, at least 1."""
+    per_sequence = max(1, seqlen * vocab * 4 * copies)
+    return max(1, min(requested, LOGITS_BUDGET_BYTES // per_sequence))
 
 
 def empty_cache(device: torch.device) -> None:

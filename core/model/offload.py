@@ -30,6 +30,7 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
+from ..files import atomic_path
 from ..errors import ModelLoadError, PruneStudioError
 from . import architecture
 from .meta_buffers import rebuild_meta_buffers
@@ -77,9 +78,6 @@ class _Files:
             f = safe_open(str(path), framework="pt", device="cpu")
             self._open[path] = f
         return f.get_tensor(key)
-
-    def forget(self, path: Path) -> None:
-        self._open.pop(path, None)
 
     def close(self) -> None:
         self._open.clear()
@@ -158,9 +156,6 @@ class DiskBlockStore:
         return hook
 
     # -- materialising ---------------------------------------------------------------------------
-    def is_loaded(self, i: int) -> bool:
-        return self._refs[i] > 0
-
     def loaded_blocks(self) -> list[int]:
         return [i for i, r in enumerate(self._refs) if r > 0]
 
@@ -224,9 +219,8 @@ class DiskBlockStore:
             seen.add(t.data_ptr())
             tensors[rel] = t
         path = self.workdir / f"block-{i:05d}.safetensors"
-        tmp = path.with_name(path.name + ".tmp")
-        save_file(tensors, str(tmp), metadata={"format": "pt"})
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            save_file(tensors, str(tmp), metadata={"format": "pt"})
         self.pruned[i] = path
 
     def block_state_items(self) -> Iterator[tuple[str, torch.Tensor]]:
@@ -330,15 +324,36 @@ def load_model_lazy(folder: str | os.PathLike, dtype: torch.dtype = torch.float3
     return model
 
 
+def move_outside(model: nn.Module, blocks_path: str, device: torch.device) -> dict[str, torch.device]:
+    """Move every parameter and buffer not inside the blocks to ``device``; return where they were."""
+    prefix = blocks_path + "."
+    where: dict[str, torch.device] = {}
+    for name, t in list(model.named_parameters()) + list(model.named_buffers()):
+        if name.startswith(prefix):
+            continue
+        where[name] = t.device
+        if t.device != device:
+            t.data = t.data.to(device)
+    return where
+
+
+def restore_outside(model: nn.Module, where: dict[str, torch.device]) -> None:
+    """Undo :func:`move_outside`: every tensor back on the device it was on."""
+    tensors = dict(model.named_parameters())
+    tensors.update(dict(model.named_buffers()))
+    for name, dev in where.items():
+        t = tensors.get(name)
+        if t is not None and t.device != dev:
+            t.data = t.data.to(dev)
+
+
 def place_outside(model: nn.Module, device: torch.device) -> None:
     """Put everything outside the blocks on ``device``; blocks will be materialised there."""
-    from ..prune.capture import _move_outside
-
     store = store_of(model)
     if store is None:
         model.to(device)
         return
-    _move_outside(model, store.blocks_path, device)
+    move_outside(model, store.blocks_path, device)
     store.default_device = device
 
 

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from ..errors import Cancelled
+from ..model.offload import move_outside
 
 # keyword arguments that carry a KV cache: replaying them accumulates keys across calls
 _CACHE_KWARGS = ("past_key_values", "past_key_value", "layer_past", "cache")
@@ -40,28 +41,6 @@ def _clean_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _move_outside(model: nn.Module, blocks_path: str, device: torch.device) -> dict[str, torch.device]:
-    """Move every parameter and buffer not inside the blocks to ``device``; return where they were."""
-    prefix = blocks_path + "."
-    where: dict[str, torch.device] = {}
-    for name, t in list(model.named_parameters()) + list(model.named_buffers()):
-        if name.startswith(prefix):
-            continue
-        where[name] = t.device
-        if t.device != device:
-            t.data = t.data.to(device)
-    return where
-
-
-def restore_outside(model: nn.Module, where: dict[str, torch.device]) -> None:
-    tensors = dict(model.named_parameters())
-    tensors.update(dict(model.named_buffers()))
-    for name, dev in where.items():
-        t = tensors.get(name)
-        if t is not None and t.device != dev:
-            t.data = t.data.to(dev)
-
-
 @torch.no_grad()
 def capture_first_block_inputs(
     model: nn.Module,
@@ -73,7 +52,7 @@ def capture_first_block_inputs(
     should_stop: Callable[[], bool] = lambda: False,
 ) -> tuple[BlockInputs, dict[str, torch.device]]:
     """Run the embedding part of ``model`` on ``input_ids`` in batches and record block-0 inputs."""
-    where = _move_outside(model, blocks_path, device)
+    where = move_outside(model, blocks_path, device)
     hidden: list[torch.Tensor] = []
     args_l: list[tuple[Any, ...]] = []
     kwargs_l: list[dict[str, Any]] = []

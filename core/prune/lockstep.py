@@ -33,7 +33,8 @@ from torch import nn
 
 from ..errors import PruneStudioError
 from .capture import BlockInputs, run_block
-from .stats import InputStats, StatsNeeds
+from .needs import StatsNeeds
+from .stats import InputStats
 
 __all__ = ["LockstepBlock", "NotLockstepable"]
 

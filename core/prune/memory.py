@@ -6,10 +6,12 @@ block at a time to the compute device. What it needs on top of the weights:
 * **calibration activations**: the hidden states entering the current block for every sample,
   plus the block's outputs while they are replayed: ``nsamples * seqlen * hidden * dtype_bytes * 2``;
 * **statistics** for the current block, float32, one accumulator per *distinct* module input
-  (q/k/v share one input, gate/up share one): Wanda keeps ``in`` floats (squared norms), DSnoT two
-  more (mean, variance), SparseGPT a Hessian of ``in * in`` floats;
+  (q/k/v share one input, gate/up share one), as the method declares (its ``StatsNeeds``): ``in``
+  floats for squared norms (Wanda), two more for mean and variance (DSnoT), a Hessian of
+  ``in * in`` floats (SparseGPT, and DSnoT on SparseGPT's mask);
 * **one block's working set**: the block's weights, a float32 copy of the largest module plus its
-  scores and mask while it is pruned, and one calibration batch going through the block
+  scores and mask while it is pruned (and, for a method that works with a Hessian, the damped
+  copy, its factor and inverse), and one calibration batch going through the block
   (MLP intermediate and attention scores).
 
 The GUI uses it to warn *before* a run that cannot fit. Nothing here is exact: module shapes are
@@ -23,7 +25,12 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["estimate_run_memory", "available_memory", "module_shapes", "format_bytes"]
+from ..config import PruneConfig
+from ..model.memory import available_memory, format_bytes
+from .methods import registry
+from .needs import StatsNeeds
+
+__all__ = ["estimate_run_memory", "one_pass_fits", "module_shapes"]
 
 # modules that read the very same input tensor (the pipeline shares one accumulator for them)
 _SHARED_INPUT_GROUPS = (
@@ -105,7 +112,7 @@ def estimate_run_memory(
     info: dict[str, Any],
     nsamples: int,
     seqlen: int,
-    method: str,
+    method: str | PruneConfig,
     dtype_bytes: int,
     batch_size: int = 8,
     owl: bool = False,
@@ -113,6 +120,11 @@ def estimate_run_memory(
     one_pass: bool = True,
 ) -> dict[str, int]:
     """Bytes a run needs, by part. ``info`` is ``LoadedModel.info`` (``models.describe``).
+
+    ``method``: the run's :class:`PruneConfig`, or a method's name (with the default settings);
+    what the method gathers and whether it works with a Hessian come from the method registry,
+    for a refinement (DSnoT) together with the method whose mask it refines. ``owl``: OWL on top
+    (a ``PruneConfig``'s own ``owl`` counts too).
 
     Returns ``weights`` (resident weights: the whole model, or with ``offload="disk"`` what lies
     outside the blocks plus the one block being pruned), ``activations``, ``statistics``,
@@ -124,7 +136,12 @@ def estimate_run_memory(
     compute device is the CPU (``total``). ``one_pass`` (``PruneConfig.one_pass``): every batch
     but the one computing waits inside the block, holding what it needs at the module it waits at.
     """
-    method = (method or "wanda").lower()
+    cfg = method if isinstance(method, PruneConfig) else PruneConfig(method=(method or "wanda").lower())
+    owl = owl or cfg.owl
+    needs = registry.stats_needs(cfg)
+    if needs is None and owl:
+        needs = StatsNeeds(sq_norm=True)  # OWL scores every block with Wanda's norms
+    hessian = registry.builds_hessian(cfg)
     params = int(info.get("parameters") or 0)
     blocks = max(int(info.get("blocks") or 1), 1)
     hidden = int(info.get("hidden_size") or 0)
@@ -138,17 +155,16 @@ def estimate_run_memory(
         weights = (outside + block_params) * dtype_bytes
     else:
         weights = params * dtype_bytes
-    needs_data = method != "magnitude" or owl
+    needs_data = needs is not None
     # the hidden states entering the current block for every sample, and its outputs as they are
     # replayed (an upper bound: each batch's output replaces its input as soon as it is computed)
     activations = nsamples * seqlen * hidden * dtype_bytes * 2 if needs_data else 0
 
     ins = _distinct_inputs(shapes)
     statistics = 0
-    if needs_data:
-        per_input = {"wanda": 1, "magnitude": 1, "dsnot": 3, "sparsegpt": 1}.get(method, 1)
-        statistics = sum(i * 4 * per_input for i in ins)
-        if method == "sparsegpt":
+    if needs is not None:
+        statistics = sum(i * 4 * needs.vectors for i in ins)
+        if needs.hessian:
             statistics += sum(i * i * 4 for i in ins)
 
     largest = max((o * i for o, i in shapes.values()), default=0)
@@ -166,7 +182,7 @@ def estimate_run_memory(
         forward += (nsamples - batch) * seqlen * (widest + 2 * hidden) * dtype_bytes
     # pruning the largest module: float32 weight copy, new weight, scores, top-k indices, mask
     prune_temps = largest * (4 + 4 + 4 + 4 + 1)
-    if method == "sparsegpt":
+    if hessian:
         prune_temps += 3 * widest_in * widest_in * 4  # Hessian copy, its Cholesky factor, inverse
     block = forward + prune_temps
 
@@ -187,7 +203,7 @@ def estimate_run_memory(
     }
 
 
-def one_pass_fits(info: dict[str, Any], nsamples: int, seqlen: int, method: str, dtype_bytes: int,
+def one_pass_fits(info: dict[str, Any], nsamples: int, seqlen: int, method: str | PruneConfig, dtype_bytes: int,
                   batch_size: int, owl: bool, offload: str, device: str,
                   avail: dict[str, int | None] | None = None) -> tuple[bool, str]:
     """Whether one pass per block is expected to fit where the activations live, and if not, why.
@@ -209,58 +225,3 @@ def one_pass_fits(info: dict[str, Any], nsamples: int, seqlen: int, method: str,
         return True, ""
     return False, (f"One pass per block needs about {format_bytes(need_one)} of {where}, "
                    f"{format_bytes(free)} is free; two passes need {format_bytes(need_two)}.")
-
-
-def kv_cache_bytes_per_token(config: Any, dtype_bytes: int) -> int | None:
-    """Bytes of KV cache one token of one sequence takes while decoding: keys and values of every
-    layer (``layers x 2 x kv_heads x head_dim x dtype``), or None when the config does not say."""
-    def first(*names: str) -> int | None:
-        for name in names:
-            v = getattr(config, name, None)
-            if isinstance(v, int) and not isinstance(v, bool) and v > 0:
-                return v
-        return None
-
-    layers = first("num_hidden_layers", "n_layer", "num_layers")
-    heads = first("num_attention_heads", "n_head")
-    kv_heads = first("num_key_value_heads", "multi_query_group_num") or heads
-    hidden = first("hidden_size", "n_embd", "d_model")
-    head_dim = first("head_dim") or (hidden // heads if hidden and heads else None)
-    if not (layers and kv_heads and head_dim):
-        return None
-    return layers * 2 * kv_heads * head_dim * dtype_bytes
-
-
-def available_memory(device: str = "cpu") -> dict[str, int | None]:
-    """What the machine has now: host RAM available and, for a CUDA device, free GPU memory."""
-    out: dict[str, int | None] = {"host_available": None, "host_total": None,
-                                  "device_free": None, "device_total": None}
-    try:
-        import psutil
-
-        vm = psutil.virtual_memory()
-        out["host_available"], out["host_total"] = int(vm.available), int(vm.total)
-    except Exception:  # noqa: BLE001 - psutil missing or unsupported platform
-        pass
-    if str(device).startswith("cuda"):
-        try:
-            import torch
-
-            if torch.cuda.is_available():
-                dev = torch.device(device)
-                free, total = torch.cuda.mem_get_info(dev.index if dev.index is not None else 0)
-                out["device_free"], out["device_total"] = int(free), int(total)
-        except Exception:  # noqa: BLE001
-            pass
-    return out
-
-
-def format_bytes(n: float | None) -> str:
-    if n is None:
-        return "unknown"
-    n = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"

@@ -6,12 +6,12 @@ modules one by one (checking for cancellation between modules), and replays the 
 produce the next block's inputs. Only the current block and the activations live on the compute
 device; statistics are float32, activations stay in the model's dtype.
 
-Passes over the data, per block: none for magnitude; for the others either two (a statistics
-pass with the dense block, then an output pass with the pruned one: the reference order) or one
-(``core/prune/lockstep.py``: every module pruned as soon as all batches have reached it), as
-``PruneConfig.passes_once`` says; plus one dense pre-pass for OWL, which must know every block's
-outliers before it can allocate sparsity. One pass falls back to two when it would not fit in
-memory, or when a module runs twice per forward pass.
+Passes over the data, per block: none for a method without statistics (magnitude); for the
+others either two (a statistics pass with the dense block, then an output pass with the pruned
+one: the reference order) or one (``core/prune/lockstep.py``: every module pruned as soon as all
+batches have reached it), as ``PruneConfig.passes_once`` says; plus one dense pre-pass for OWL,
+which must know every block's outliers before it can allocate sparsity. One pass falls back to
+two when it would not fit in memory, or when a module runs twice per forward pass.
 """
 
 from __future__ import annotations
@@ -40,11 +40,13 @@ from ..events import (
     run_to_completion,  # noqa: F401 - callers import it from here too
 )
 from ..model import architecture, offload
-from ..model.devices import empty_cache, limit_host_allocator_retention, one_cpu_thread
-from .capture import BlockInputs, capture_first_block_inputs, restore_outside, run_block
+from ..model.devices import empty_cache, is_out_of_memory, limit_host_allocator_retention, one_cpu_thread
+from .capture import BlockInputs, capture_first_block_inputs, run_block
 from .methods import SharedInputCache, prune_module, stats_needs
 from .methods.masks import check_nm
-from .stats import InputStats, StatsNeeds
+from .methods.registry import defers_sync
+from .needs import StatsNeeds
+from .stats import InputStats
 
 INCOMPLETE_FLAG = "_prunestudio_incomplete"
 
@@ -215,12 +217,6 @@ class _BlockStats:
         self._first.clear()
 
 
-def _is_oom(e: BaseException) -> bool:
-    return isinstance(e, torch.OutOfMemoryError) or (
-        isinstance(e, RuntimeError) and "out of memory" in str(e).lower()
-    )
-
-
 def _prune_one(mod: nn.Module, st: InputStats | None, s: float, cfg: PruneConfig, n_blk: int, m: int,
                seqlen: int, name: str, sync: bool, shared: SharedInputCache | None = None) -> Any:
     """Prune one module in place (new weights written back, exact zeros applied); returns the outcome."""
@@ -359,7 +355,7 @@ class _BlockRun:
         cfg, m = self.cfg, self.m
         mod = self.block.get_submodule(name)
         n_blk = (max(1, min(m - 1, round(self.s * m))) if cfg.owl else self.n) if self.n and m else 0
-        sync = self.force_sync or not (self.defer and cfg.method == "sparsegpt")
+        sync = self.force_sync or not (self.defer and defers_sync(cfg))
         original = None
         if not sync or keep_original:
             original = architecture.get_weight_2d(mod).detach().clone()
@@ -486,7 +482,7 @@ def iter_prune(
 
         info = {**describe(model), "module_shapes": module_shapes(model)}
         dtype_bytes = next(lay.blocks[0].parameters()).element_size()
-        one_pass, why = one_pass_fits(info, nsamples, seqlen, cfg.method, dtype_bytes, cfg.batch_size,
+        one_pass, why = one_pass_fits(info, nsamples, seqlen, cfg, dtype_bytes, cfg.batch_size,
                                       cfg.owl, cfg.offload_mode, str(device))
         if not one_pass:
             notes.append(why + " Pruned with two passes per block.")
@@ -609,7 +605,7 @@ def iter_prune(
                     notes.extend(run.notes)
                     saved = True
                 except Exception as e:
-                    if _is_oom(e):
+                    if is_out_of_memory(e):
                         raise BlockOutOfMemory(
                             f"Out of memory on {device} while pruning block {bi}.",
                             hint=("Turn off one pass per block (--two-pass): it keeps every batch's "
@@ -631,7 +627,7 @@ def iter_prune(
             seconds["prune"] = time.perf_counter() - t_prune
     finally:
         inputs = None
-        restore_outside(model, where)
+        offload.restore_outside(model, where)
         empty_cache(device)
         model.train(model_was_training)
 

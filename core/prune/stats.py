@@ -12,24 +12,12 @@ The hook returns ``None`` so it never replaces the module's output.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
-
-@dataclass(frozen=True)
-class StatsNeeds:
-    sq_norm: bool = True
-    moments: bool = False
-    hessian: bool = False
-
-    def __or__(self, other: "StatsNeeds") -> "StatsNeeds":
-        return StatsNeeds(
-            self.sq_norm or other.sq_norm,
-            self.moments or other.moments,
-            self.hessian or other.hessian,
-        )
-
+if TYPE_CHECKING:
+    from .needs import StatsNeeds
 
 _HALF_GRAM: dict[str, bool] = {}
 

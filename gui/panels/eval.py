@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from PySide6.QtCore import QUrl
 from PySide6.QtGui import QAction, QDesktopServices
@@ -30,11 +30,12 @@ from PySide6.QtWidgets import (
 from ...core.calib.textsources import PRESETS
 from ...core.evaluate.zeroshot import TASKS
 from ...core.events import PhaseDone, PhaseProgress, PhaseStarted
+from ...core.run.evaluation import EvalSettings
 from .. import tasks
+from ..jobs import PanelJob
 from ..settings import Settings
-from ..state import DENSE, AppState
+from ..state import AppState, ModelStatus
 from ..widgets import PathEdit, StatusLine, fmt_float, hint_label, spin
-from ..worker import Worker
 
 WIKITEXT2_TEST = "hf:Salesforce/wikitext:wikitext-2-raw-v1:test"
 EVAL_FILTERS = "Text (*.txt *.raw *.tokens *.jsonl *.json *.parquet *.gz);;All files (*)"
@@ -63,7 +64,6 @@ class EvalPanel(QWidget):
         super().__init__(parent)
         self.state = state
         self.settings = Settings("evaluate")
-        self.worker: Worker | None = None
 
         # ---- perplexity --------------------------------------------------------------------
         ppl = QGroupBox("Perplexity (lower is better)")
@@ -170,6 +170,7 @@ class EvalPanel(QWidget):
                                 "smaller and the model is not faster without a sparse inference engine."))
 
         self.status = StatusLine()
+        self.job = PanelJob(state, self.status)
         left = QVBoxLayout()
         left.addWidget(ppl)
         left.addWidget(ex)
@@ -201,11 +202,11 @@ class EvalPanel(QWidget):
         self._settings_changed()
 
     # ---- settings ----------------------------------------------------------------------------
-    def eval_settings(self) -> tasks.EvalSettings | None:
+    def eval_settings(self) -> EvalSettings | None:
         src = self.source.text()
         if not src:
             return None
-        return tasks.EvalSettings(src, self.seqlen.value(), self.windows.value() or None)
+        return EvalSettings(src, self.seqlen.value(), self.windows.value() or None)
 
     def _settings_changed(self, *_a: Any) -> None:
         self.state.set_eval_settings(self.eval_settings())
@@ -234,7 +235,7 @@ class EvalPanel(QWidget):
         if es is None:
             self.status.set("warn", "Choose an evaluation text first.")
             return
-        if self.state.model_status != DENSE:
+        if self.state.model_status != ModelStatus.DENSE:
             self.status.set("warn", "The model in memory is pruned; the dense perplexity must be measured "
                                     "before pruning (tick 'Evaluate the dense model first' in step 4).")
             return
@@ -243,9 +244,8 @@ class EvalPanel(QWidget):
             self._fill_ppl_table()
             self.status.set("ok", f"Dense perplexity {cached:.3f} (cached).")
             return
-        w = Worker(tasks.evaluate_dense, self.state.loaded, self.state.model_args, es, name="evaluating the dense model")
-        w.returned.connect(self._dense_done)
-        self._start(w, "Evaluating the dense model…")
+        self._start(tasks.evaluate_dense, self.state.loaded, self.state.model_args, es,
+                    name="evaluating the dense model", busy_text="Evaluating the dense model…", on_done=self._dense_done)
 
     def evaluate_pruned(self) -> None:
         es = self.eval_settings()
@@ -255,11 +255,10 @@ class EvalPanel(QWidget):
         if not self.state.exportable():
             self.status.set("warn", "There is no completely pruned model in memory; run step 4 first.")
             return
-        w = Worker(tasks.evaluate, self.state.loaded, es, "ppl-pruned", name="evaluating the pruned model")
-        w.returned.connect(lambda ppl, es=es: self._pruned_done(es, ppl))
-        self._start(w, "Evaluating the pruned model…")
+        self._start(tasks.evaluate, self.state.loaded, es, "ppl-pruned", name="evaluating the pruned model",
+                    busy_text="Evaluating the pruned model…", on_done=lambda ppl: self._pruned_done(es, ppl))
 
-    def _pruned_done(self, es: tasks.EvalSettings, ppl: float) -> None:
+    def _pruned_done(self, es: EvalSettings, ppl: float) -> None:
         self.state.set_pruned_ppl(es, ppl)
         self.status.set("ok", f"Pruned perplexity {ppl:.3f}.")
 
@@ -288,16 +287,16 @@ class EvalPanel(QWidget):
         if not names:
             self.status.set("warn", "Tick at least one zero-shot task.")
             return
-        if self.state.loaded is None or self.state.model_status not in (DENSE, "pruned"):
+        if self.state.loaded is None or self.state.model_status not in (ModelStatus.DENSE, ModelStatus.PRUNED):
             self.status.set("warn", "Load a model (or finish a run) first.")
             return
         self.settings.set("task_dir", self.task_dir.text())
         self.settings.set("limit", self.limit.value())
-        which = "dense" if self.state.model_status == DENSE else "pruned"
-        w = Worker(tasks.zeroshot, self.state.loaded, names, self.task_dir.text() or None,
-                   self.limit.value() or None, name="zero-shot evaluation")
-        w.returned.connect(lambda res, which=which: self._zs_done(which, res))
-        self._start(w, f"Zero-shot evaluation of the {which} model…")
+        which = "dense" if self.state.model_status == ModelStatus.DENSE else "pruned"
+        self._start(tasks.zeroshot, self.state.loaded, names, self.task_dir.text() or None,
+                    self.limit.value() or None, name="zero-shot evaluation",
+                    busy_text=f"Zero-shot evaluation of the {which} model…",
+                    on_done=lambda res: self._zs_done(which, res))
 
     def _zs_done(self, which: str, results: dict[str, Any]) -> None:
         t = self.zs_table
@@ -327,10 +326,9 @@ class EvalPanel(QWidget):
         out = self.out_dir.text() or self.suggested_folder()
         self.out_dir.setText(out)
         self.settings.set("export_parent", str(Path(out).parent))
-        w = Worker(tasks.export, self.state.run, out, self.overwrite.isChecked(), name="export")
-        w.returned.connect(self._exported)
         self.export_bar.setValue(0)
-        self._start(w, f"Exporting to {out}…")
+        self._start(tasks.export, self.state.run, out, self.overwrite.isChecked(), name="export",
+                    busy_text=f"Exporting to {out}…", on_done=self._exported)
 
     def _exported(self, done: tasks.Exported) -> None:
         self.state.set_exported(done.path, done.report)
@@ -342,18 +340,11 @@ class EvalPanel(QWidget):
             open_folder(self.state.export_path)
 
     # ---- common ------------------------------------------------------------------------------
-    def _start(self, w: Worker, text: str) -> None:
-        if self.state.busy:
-            self.status.set("warn", "Another job is running; wait for it or cancel it (Esc).")
-            return
-        w.yielded.connect(self._event)
-        w.errored.connect(lambda info: self.status.set("error", f"Failed: {info.exception}"))
-        w.cancelled.connect(lambda: self.status.set("warn", "Cancelled."))
-        w.finished.connect(self._finished)
-        self.worker = w
-        self.status.set("busy", text)
-        if not self.state.start(w):
-            self.worker = None
+    def _start(self, fn: Callable[..., Any], *args: Any, name: str, busy_text: str,
+               on_done: Callable[[Any], None]) -> None:
+        """Every job of this panel reports progress in its status line and refreshes the buttons."""
+        self.job.start(fn, *args, name=name, busy_text=busy_text, on_event=self._event, on_done=on_done,
+                       on_finished=self._refresh)
         self._refresh()
 
     def _event(self, ev: Any) -> None:
@@ -369,23 +360,19 @@ class EvalPanel(QWidget):
             pass
 
     def cancel(self) -> None:
-        if self.worker is not None:
-            self.worker.cancel()
-
-    def _finished(self) -> None:
-        self.worker = None
-        self._refresh()
+        self.job.cancel()
 
     def _refresh(self, *_a: Any) -> None:
         st = self.state
         busy = st.busy
         es = self.eval_settings()
-        self.dense_button.setEnabled(not busy and es is not None and st.model_status == DENSE)
+        self.dense_button.setEnabled(not busy and es is not None and st.model_status == ModelStatus.DENSE)
         self.pruned_button.setEnabled(not busy and es is not None and st.exportable())
-        self.zs_button.setEnabled(not busy and st.loaded is not None and st.model_status in (DENSE, "pruned"))
+        self.zs_button.setEnabled(not busy and st.loaded is not None
+                                  and st.model_status in (ModelStatus.DENSE, ModelStatus.PRUNED))
         self.export_button.setEnabled(not busy and st.exportable())
         self.open_button.setEnabled(st.export_path is not None)
-        self.cancel_button.setEnabled(self.worker is not None)
+        self.cancel_button.setEnabled(self.job.running)
         if not self.out_dir.text() and st.run is not None:
             self.out_dir.edit.setPlaceholderText(self.suggested_folder())
         self._fill_ppl_table()

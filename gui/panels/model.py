@@ -23,12 +23,13 @@ from PySide6.QtWidgets import (
 from ...core.config import Recipe
 from ...core.events import PhaseProgress
 from ...core.model.demo import DEMO_NAME, is_demo_ready
-from ...core.prune import memory
+from ...core.model.memory import format_bytes
+from ...core.run.load import LoadArgs
 from .. import tasks
 from ..settings import Settings
-from ..state import AppState
+from ..jobs import BUSY_TEXT, PanelJob
+from ..state import AppState, ModelStatus
 from ..widgets import PathEdit, StatusLine, fmt_count, hint_label
-from ..worker import Worker
 
 DEVICE_TIP = "Where the pruning maths runs: auto picks a GPU when there is one, else the CPU."
 DTYPE_TIP = "Number format of the weights: auto is bf16/fp16 on a GPU and fp32 on the CPU."
@@ -61,7 +62,6 @@ class ModelPanel(QWidget):
         super().__init__(parent)
         self.state = state
         self.settings = Settings("model")
-        self.worker: Worker | None = None
 
         # ---- what to load --------------------------------------------------------------------
         src = QGroupBox("Model to prune")
@@ -126,6 +126,7 @@ class ModelPanel(QWidget):
         grid.addLayout(btns, len(rows) + 1, 0, 1, 2)
         self.status = StatusLine()
         grid.addWidget(self.status, len(rows) + 2, 0, 1, 2)
+        self.job = PanelJob(state, self.status)
 
         # ---- what was loaded -----------------------------------------------------------------
         info = QGroupBox("Loaded model")
@@ -201,13 +202,15 @@ class ModelPanel(QWidget):
         return {"demo": "demo", "folder": self.folder.text(), "gguf": self.gguf.text(),
                 "hub": self.hub.text().strip()}[kind]
 
-    def load_args(self) -> tasks.LoadArgs:
-        return tasks.LoadArgs(self.spec(), self.device.currentText(), self.dtype.currentText(),
-                              self.trust.isChecked())
+    def load_args(self) -> LoadArgs:
+        """What to load, held the way step 3's offload setting asks (disk: blocks stay in their files)."""
+        cfg = self.state.prune_config
+        return LoadArgs(self.spec(), self.device.currentText(), self.dtype.currentText(), self.trust.isChecked(),
+                        cfg.offload_mode if cfg is not None else "cpu", cfg.offload_dir if cfg is not None else None)
 
     def _sync_enabled(self) -> None:
         # the path fields stay editable (typing or browsing picks their radio button)
-        self.progress.setVisible(self.worker is not None)
+        self.progress.setVisible(self.job.running)
 
     def set_spec(self, spec: str) -> None:
         from pathlib import Path
@@ -263,26 +266,20 @@ class ModelPanel(QWidget):
         if not args.spec:
             self.status.set("warn", "Choose a folder, a GGUF file or type a hub id first.")
             return
-        if self.state.busy:
-            self.status.set("warn", "Another job is running; wait for it or cancel it (Esc).")
+        if self.state.busy:  # checked before begin_loading lets the model in memory go
+            self.status.set("warn", BUSY_TEXT)
             return
         self._remember()
         self.state.begin_loading(args)
-        w = Worker(tasks.open_model, args, name="loading the model")  # ModelReady updates the state
-        w.returned.connect(self._loaded)
-        w.errored.connect(lambda info: self.status.set("error", f"Not loaded: {info.exception}"))
-        w.cancelled.connect(lambda: self.status.set("warn", "Loading cancelled."))
-        w.finished.connect(self._load_finished)
-        w.yielded.connect(self._on_event)
-        self.worker = w
-        self.status.set("busy", f"Loading {args.spec}…")
         self.progress.setRange(0, 0)
         self.progress.setVisible(True)
-        self.state.start(w)
+        self.job.start(tasks.open_model, args, name="loading the model",  # ModelReady updates the state
+                       busy_text=f"Loading {args.spec}…", on_event=self._on_event, on_done=self._loaded,
+                       on_finished=self._load_finished, failed_text="Not loaded: {error}",
+                       cancelled_text="Loading cancelled.")
 
     def cancel(self) -> None:
-        if self.worker is not None:
-            self.worker.cancel()
+        self.job.cancel()
 
     def _on_event(self, ev: object) -> None:
         """The first start fetches the default model: show its steps (download, convert, write)."""
@@ -292,19 +289,17 @@ class ModelPanel(QWidget):
             self.status.set("busy", f"Default model: {ev.detail}…")
 
     def _loaded(self, loaded: object) -> None:
-        self.state.result = None
-        self.state.set_run_status("none")
+        self.state.forget_run()
         self.status.set("ok", f"Loaded {self.state.loaded.name}." if self.state.loaded else "")
 
     def _load_finished(self) -> None:
-        self.worker = None
         self.progress.setRange(0, 1)
         self.progress.setVisible(False)
         self.state.load_failed()
 
     def _busy(self, busy: bool) -> None:
         self.load_button.setEnabled(not busy)
-        self.cancel_button.setEnabled(busy and self.worker is not None)
+        self.cancel_button.setEnabled(busy and self.job.running)
 
     # ---- display ----------------------------------------------------------------------------
     def refresh(self) -> None:
@@ -327,7 +322,8 @@ class ModelPanel(QWidget):
                 "dtype": str(info.get("dtype")),
                 "device": str(lm.device),
             }
-            status = {"pruned": " — pruned", "incomplete": " — partly pruned (reloaded before the next job)"}
+            status = {ModelStatus.PRUNED: " — pruned",
+                      ModelStatus.INCOMPLETE: " — partly pruned (reloaded before the next job)"}
             vals["name"] += status.get(self.state.model_status, "")
             for k, lab in self.info_labels.items():
                 lab.setText(vals.get(k, "–"))
@@ -341,7 +337,7 @@ class ModelPanel(QWidget):
             self.mem_status.set("", "")
             return
         est, avail = got
-        fb = memory.format_bytes
+        fb = format_bytes
         for key in ("weights", "activations", "statistics", "block", "total"):
             self.mem_labels[key].setText(fb(est[key]))
         text = f"{fb(avail['host_available'])} of {fb(avail['host_total'])} RAM available"

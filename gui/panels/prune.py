@@ -1,9 +1,8 @@
-"""Step 3: how to prune (a PruneConfig), and saving / loading whole recipes."""
+"""Step 3: how to prune (a PruneConfig); the buttons that save and load whole recipes (:mod:`recipes`)."""
 
 from __future__ import annotations
 
 from PySide6.QtWidgets import (
-    QCheckBox,
     QComboBox,
     QFormLayout,
     QGroupBox,
@@ -15,22 +14,16 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from ...core.config import DSNOT_INITS, METHODS, PruneConfig, Recipe
+from ...core.config import PruneConfig, Recipe
 from ...core.errors import PruneStudioError
-from .. import dialogs, errors
+from ...core.prune.methods import registry
+from .. import recipes
 from ..settings import Settings
 from ..state import AppState
 from ..widgets import Collapsible, StatusLine, dspin, hint_label, spin
 
-METHOD_TEXT = {
-    "magnitude": "Magnitude: removes the smallest weights; needs no calibration data.",
-    "wanda": "Wanda: removes weights that are small relative to how strongly their inputs fire (fast, good).",
-    "sparsegpt": "SparseGPT: removes weights and adjusts the remaining ones to make up for them (slower, often best).",
-    "dsnot": "DSnoT: starts from another method's mask and swaps pruned and kept weights to reduce the error, without training.",
-}
 STRUCTURES = (("unstructured", "Unstructured (any weights)"), ("2:4", "2:4 (two of every four; GPU sparse kernels)"),
               ("4:8", "4:8 (four of every eight)"), ("custom", "Custom N:M"))
-RECIPE_FILTERS = "Prune Studio recipes (*.json);;All files (*)"
 TIPS = {
     "method": "The rule that decides which weights to remove.",
     "sparsity": "Share of weights set to zero in every pruned layer (the average over layers with OWL).",
@@ -47,14 +40,26 @@ TIPS = {
     "damp": "Stabilises SparseGPT's maths; raise it if you see warnings about the Hessian.",
     "skip": "Comma-separated parts of module names that stay dense, e.g. down_proj or o_proj.",
     "batch": "Calibration samples that go through a block at once; smaller saves memory.",
-    "offload": "Keep only the block being pruned on the GPU; the rest stays in host memory.",
+    "offload": "Where the blocks wait while another is pruned. Host memory: only the block being pruned is on "
+               "the GPU. Disk: the blocks stay in the model's safetensors files (models larger than RAM; the "
+               "model is loaded that way). Compute device: the whole model stays on it (fastest, most memory).",
     "dsnot_skip": "Modules that keep their initial mask. The DSnoT paper refines attention only "
                   "(its default skips the MLP).",
     "one_pass": "One pass per block: every module is pruned as soon as all calibration batches have "
                 "reached it, and the modules after it see its pruned output (less time, more memory). "
                 "Two passes: the papers' order, statistics of the dense block, then its pruned outputs. "
-                "Default: one pass for SparseGPT, two for the others.",
+                "Default: the method's own, shown in brackets.",
 }
+
+# the settings in the DSnoT and SparseGPT groups (PruneConfig fields)
+DSNOT_FIELDS = frozenset({"dsnot_init", "dsnot_max_cycles", "dsnot_threshold", "dsnot_skip"})
+SPARSEGPT_FIELDS = frozenset({"sparsegpt_blocksize", "sparsegpt_damp"})
+
+
+def method_text(name: str) -> str:
+    """The line under the method list: the method's name and what it does."""
+    method = registry.get(name)
+    return f"{method.label}: {method.description}"
 
 
 class PrunePanel(QWidget):
@@ -67,9 +72,8 @@ class PrunePanel(QWidget):
         main = QGroupBox("Method and target")
         form = QFormLayout(main)
         self.method = QComboBox()
-        for m in METHODS:
-            self.method.addItem({"sparsegpt": "SparseGPT", "dsnot": "DSnoT"}.get(m, m.capitalize()), m)
-            self.method.setItemData(self.method.count() - 1, METHOD_TEXT[m], 3)  # ToolTipRole
+        for method in registry.methods():
+            self._add_method(method.name)
         self.method.setToolTip(TIPS["method"])
         self.method_text = hint_label()
         self.sparsity = dspin(1.0, 99.0, 50.0, TIPS["sparsity"], 1, 5.0, " %")
@@ -112,7 +116,7 @@ class PrunePanel(QWidget):
         self.dsnot = QGroupBox("DSnoT")
         dform = QFormLayout(self.dsnot)
         self.dsnot_init = QComboBox()
-        self.dsnot_init.addItems(list(DSNOT_INITS))
+        self.dsnot_init.addItems(list(registry.names(refining=False)))
         self.dsnot_init.setToolTip(TIPS["dsnot_init"])
         self.dsnot_cycles = spin(0, 10000, 50, TIPS["dsnot_cycles"])
         self.dsnot_threshold = dspin(0.0, 100.0, 0.1, TIPS["dsnot_threshold"], 3, 0.05)
@@ -145,11 +149,13 @@ class PrunePanel(QWidget):
         aform = QFormLayout(adv)
         aform.setContentsMargins(12, 0, 0, 0)
         self.batch = spin(1, 1024, 8, TIPS["batch"])
-        self.offload = QCheckBox("Offload blocks to host memory")
-        self.offload.setChecked(True)
+        self.offload = QComboBox()
+        for text, mode in (("Host memory", "cpu"), ("Disk (models larger than RAM)", "disk"),
+                           ("Compute device (no offload)", "none")):
+            self.offload.addItem(text, mode)  # a PruneConfig.offload_mode
         self.offload.setToolTip(TIPS["offload"])
         aform.addRow(self._label("Batch size:", self.batch), self.batch)
-        aform.addRow(self.offload)
+        aform.addRow(self._label("&Blocks wait in:", self.offload), self.offload)
         self.one_pass = QComboBox()
         for text, value in (("Method's default", None), ("One pass per block", True),
                             ("Two passes (reference order)", False)):
@@ -194,7 +200,7 @@ class PrunePanel(QWidget):
         for w in (self.n, self.m, self.dsnot_cycles, self.blocksize, self.batch):
             w.valueChanged.connect(self._changed)
         self.owl.toggled.connect(self._changed)
-        self.offload.toggled.connect(self._changed)
+        self.offload.currentIndexChanged.connect(self._changed)
         self.one_pass.currentIndexChanged.connect(self._changed)
         self.skip.textChanged.connect(self._changed)
         self.save_button.clicked.connect(self.save_recipe_dialog)
@@ -205,6 +211,12 @@ class PrunePanel(QWidget):
         self._restore()
         self._changed()
         self._model_changed()
+
+    def _add_method(self, name: str) -> int:
+        """Add a registered method to the method list; returns its index."""
+        self.method.addItem(registry.get(name).label, name)
+        self.method.setItemData(self.method.count() - 1, method_text(name), 3)  # ToolTipRole
+        return self.method.count() - 1
 
     @staticmethod
     def _label(text: str, w: QWidget) -> QLabel:
@@ -227,14 +239,14 @@ class PrunePanel(QWidget):
             dsnot_max_cycles=self.dsnot_cycles.value(), dsnot_threshold=self.dsnot_threshold.value(),
             dsnot_skip=str(self.dsnot_skip.currentData()),
             sparsegpt_blocksize=self.blocksize.value(), sparsegpt_damp=self.damp.value(),
-            skip_modules=skip, batch_size=self.batch.value(), offload=self.offload.isChecked(),
-            one_pass=self.one_pass.currentData(),
-        )
+            skip_modules=skip, batch_size=self.batch.value(), one_pass=self.one_pass.currentData(),
+        ).with_offload_mode(str(self.offload.currentData()))
 
     def set_config(self, cfg: PruneConfig) -> None:
         self._applying = True
         try:
-            self.method.setCurrentIndex(self.method.findData(cfg.method))
+            i = self.method.findData(cfg.method)
+            self.method.setCurrentIndex(i if i >= 0 else self._add_method(cfg.method))  # registered since
             self.sparsity.setValue(cfg.sparsity * 100.0)
             n, m = cfg.nm
             i = self.structure.findData(cfg.structure)
@@ -254,7 +266,7 @@ class PrunePanel(QWidget):
             self.damp.setValue(cfg.sparsegpt_damp)
             self.skip.setText(", ".join(cfg.skip_modules))
             self.batch.setValue(cfg.batch_size)
-            self.offload.setChecked(cfg.offload)
+            self.offload.setCurrentIndex(self.offload.findData(cfg.offload_mode))
             self.one_pass.setCurrentIndex(self.one_pass.findData(cfg.one_pass))
         finally:
             self._applying = False
@@ -267,10 +279,15 @@ class PrunePanel(QWidget):
         if self._applying:
             return
         method = str(self.method.currentData())
-        self.method_text.setText(METHOD_TEXT.get(method, ""))
+        self.method_text.setText(method_text(method))
         self.nm_row.setVisible(self.structure.currentData() == "custom")
-        self.dsnot.setEnabled(method == "dsnot")
-        self.sgpt.setEnabled(method == "sparsegpt" or (method == "dsnot" and self.dsnot_init.currentText() == "sparsegpt"))
+        # a method's group of settings is enabled when the chosen method, or the one it refines, reads them
+        chosen = PruneConfig(method=method, dsnot_init=self.dsnot_init.currentText())
+        used = registry.settings_used(chosen)
+        for group, fields in ((self.dsnot, DSNOT_FIELDS), (self.sgpt, SPARSEGPT_FIELDS)):
+            group.setEnabled(bool(used & fields))
+        once = registry.default_one_pass(chosen)
+        self.one_pass.setItemText(0, f"Method's default ({'one pass' if once else 'two passes'})")
         self.sparsity.setEnabled(self.structure.currentData() == "unstructured" or self.owl.isChecked())
         try:
             cfg = self.config()
@@ -283,7 +300,8 @@ class PrunePanel(QWidget):
             note = f"{n}:{m} sets the sparsity to {n / m:.0%} (the target above is not used)."
             self.status.set("info", note)
         elif not cfg.needs_calibration:
-            self.status.set("info", "Magnitude pruning needs no calibration data (step 2 is skipped).")
+            label = registry.get(cfg.method).label
+            self.status.set("info", f"{label} pruning needs no calibration data (step 2 is skipped).")
         else:
             self.status.set("", "")
         self.state.set_prune_config(cfg)
@@ -314,37 +332,13 @@ class PrunePanel(QWidget):
         except (PruneStudioError, ValueError, TypeError):
             pass
 
-    # ---- recipes -----------------------------------------------------------------------------
-    def save_recipe(self, path: str) -> None:
-        if self.state.prune_config is None:
-            raise PruneStudioError(f"The pruning settings are invalid: {self.state.prune_error}")
-        self.state.recipe().save(path)
-        self.state.log(f"Recipe saved to {path}")
-
-    def load_recipe(self, path: str) -> Recipe:
-        recipe = Recipe.load(path)
-        self.state.apply_recipe(recipe)
-        self.state.log(f"Recipe loaded from {path}")
-        return recipe
-
+    # ---- recipes (the File menu's Open / Save recipe come here too) --------------------------
     def save_recipe_dialog(self) -> None:
-        path = dialogs.get_save_file(self, "Save recipe", RECIPE_FILTERS, "recipes", "recipe.json")
-        if not path:
-            return
-        if not path.endswith(".json"):
-            path += ".json"
-        try:
-            self.save_recipe(path)
+        path = recipes.save_recipe_dialog(self, self.state)
+        if path:
             self.status.set("ok", f"Recipe saved to {path}.")
-        except (PruneStudioError, OSError) as e:
-            errors.report(e, context="saving the recipe")
 
     def load_recipe_dialog(self) -> None:
-        path = dialogs.get_open_file(self, "Load recipe", RECIPE_FILTERS, "recipes")
-        if not path:
-            return
-        try:
-            self.load_recipe(path)
+        path = recipes.load_recipe_dialog(self, self.state)
+        if path:
             self.status.set("ok", f"Recipe loaded from {path}.")
-        except PruneStudioError as e:
-            errors.report(e, context="loading the recipe")

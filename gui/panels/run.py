@@ -32,16 +32,17 @@ from ...core.events import (
     RunFinished,
     RunStarted,
 )
+from ...core.run.run import RunOutcome
 from .. import dialogs, tasks
+from ..jobs import BUSY_TEXT, PanelJob
 from ..settings import Settings
-from ..state import AppState
+from ..state import AppState, ModelStatus, RunStatus
 from ..views.heatmap import HeatmapView
 from ..views.log import LogView
 from ..views.mask import MaskView
 from ..views.owl import OwlView
 from ..views.resource_monitor import ResourceMonitor
-from ..widgets import ElidedLabel, StatusLine, fmt_float, fmt_pct, fmt_seconds
-from ..worker import Worker
+from ..widgets import ElidedLabel, StatusLine, fmt_float, fmt_seconds
 
 
 class RunPanel(QWidget):
@@ -49,7 +50,6 @@ class RunPanel(QWidget):
         super().__init__(parent)
         self.state = state
         self.settings = Settings("run")
-        self.worker: Worker | None = None
         self.previews: dict[tuple[int, str], dict[str, Any]] = {}
         self.module_names: list[str] = []
         self.num_blocks = 0
@@ -77,6 +77,7 @@ class RunPanel(QWidget):
         top.addStretch(1)
         self.summary = ElidedLabel()
         self.status = StatusLine()
+        self.job = PanelJob(state, self.status)
 
         prog = QGroupBox("Progress")
         grid = QGridLayout(prog)
@@ -143,7 +144,8 @@ class RunPanel(QWidget):
     def problems(self) -> list[str]:
         st = self.state
         out = []
-        if st.loaded is None and st.model_status not in ("pruned", "incomplete", "loading"):
+        if st.loaded is None and st.model_status not in (ModelStatus.PRUNED, ModelStatus.INCOMPLETE,
+                                                          ModelStatus.LOADING):
             out.append("load a model (step 1)")
         if st.prune_config is None:
             out.append(f"fix the pruning settings (step 3: {st.prune_error})")
@@ -156,8 +158,8 @@ class RunPanel(QWidget):
         cfg = st.prune_config
         parts = []
         if st.loaded is not None:
-            note = {"pruned": " (pruned by the last run; the dense model is reloaded for the next one)",
-                    "incomplete": " (partly pruned; the dense model is reloaded for the next run)"}
+            note = {ModelStatus.PRUNED: " (pruned by the last run; the dense model is reloaded for the next one)",
+                    ModelStatus.INCOMPLETE: " (partly pruned; the dense model is reloaded for the next run)"}
             parts.append(f"Model: {st.loaded.name}" + note.get(st.model_status, ""))
         if cfg is not None:
             parts.append(f"method {cfg.label()}, {cfg.structure}, target {cfg.sparsity:.0%}")
@@ -174,7 +176,7 @@ class RunPanel(QWidget):
         if not has_eval:
             self.eval_dense.setToolTip("Choose an evaluation text in step 5 to measure perplexity in the run.")
         probs = self.problems()
-        running = self.worker is not None
+        running = self.job.running
         self.start_button.setEnabled(not probs and not st.busy)
         self.cancel_button.setEnabled(running)
         if not running and probs and self.status.kind in ("", "todo"):
@@ -189,8 +191,8 @@ class RunPanel(QWidget):
         if probs:
             self.status.set("todo", "Before a run: " + "; ".join(probs) + ".")
             return False
-        if st.busy:
-            self.status.set("warn", "Another job is running; wait for it or cancel it (Esc).")
+        if st.busy:  # before the memory question
+            self.status.set("warn", BUSY_TEXT)
             return False
         kind, sentence = st.memory_verdict()
         if kind == "warn" and not dialogs.confirm(self, "Not enough memory?", sentence,
@@ -198,34 +200,25 @@ class RunPanel(QWidget):
             return False
         es = st.eval_settings
         req = tasks.RunRequest(
-            args=st.model_args, recipe=st.recipe(model_in_memory=True), loaded=st.dense_model(), calib=st.calib, eval=es,
+            recipe=st.recipe(model_in_memory=True), loaded=st.dense_model(), calib=st.calib, eval=es,
             eval_dense=bool(es) and self.eval_dense.isChecked(),
             eval_pruned=bool(es) and self.eval_pruned.isChecked(),
             cached_dense=st.cached_dense(es) if es else None,
         )
         self._reset_views()
-        w = Worker(tasks.run, req, name="pruning run")
-        w.yielded.connect(self._event)
-        w.returned.connect(self._done)
-        w.cancelled.connect(self._cancelled)
-        w.errored.connect(self._failed)
-        w.finished.connect(self._finished)
-        self.worker = w
-        st.result = None
-        st.set_run_status("running")
-        self.status.set("busy", "Running…")
+        if self.job.start(tasks.run, req, name="pruning run", busy_text="Running…", on_event=self._event,
+                          on_done=self._done, on_error=self._failed, on_cancel=self._cancelled,
+                          on_finished=self._finished) is None:
+            return False
+        st.begin_run()
         self.t_start = time.perf_counter()
         self.clock.start()
         self.resources.start()
-        if not st.start(w):
-            self.worker = None
-            st.set_run_status("none")
-            return False
         return True
 
     def cancel(self) -> None:
-        if self.worker is not None:
-            self.worker.cancel()
+        if self.job.running:
+            self.job.cancel()
             self.status.set("busy", "Cancelling after the current module…")
 
     def _reset_views(self) -> None:
@@ -294,12 +287,12 @@ class RunPanel(QWidget):
             return
         elapsed = time.perf_counter() - self.t_start
         text = f"elapsed {fmt_seconds(elapsed)}"
-        if self.worker is not None and self.t_prune is not None and 0 < self.blocks_done < self.num_blocks:
+        if self.job.running and self.t_prune is not None and 0 < self.blocks_done < self.num_blocks:
             per = (time.perf_counter() - self.t_prune) / self.blocks_done
             text += f", about {fmt_seconds(per * (self.num_blocks - self.blocks_done))} left for pruning"
         self.times.setText(text)
 
-    def _done(self, outcome: tasks.RunOutcome) -> None:
+    def _done(self, outcome: RunOutcome) -> None:
         self.state.finish_run(outcome)
         self.where.setText(f"Finished: {outcome.result.global_sparsity:.2%} zeros over the pruned modules")
         r = outcome.result
@@ -311,16 +304,15 @@ class RunPanel(QWidget):
         self.status.set("ok", msg + " Evaluate further or export in step 5.")
 
     def _cancelled(self) -> None:
-        self.state.set_run_status("cancelled")
+        self.state.set_run_status(RunStatus.CANCELLED)
         self.status.set("warn", "Cancelled. The model in memory is partly pruned: it is reloaded "
                                 "automatically before the next job and cannot be exported.")
 
     def _failed(self, info: Any) -> None:
-        self.state.set_run_status("failed")
+        self.state.set_run_status(RunStatus.FAILED)
         self.status.set("error", f"The run failed: {info.exception}. The model is reloaded before the next run.")
 
     def _finished(self) -> None:
-        self.worker = None
         self.clock.stop()
         self.resources.stop()
         self._tick()
@@ -346,7 +338,3 @@ class RunPanel(QWidget):
         self.mask.show_module(block, name, p["sparsity"], p["shape"], p["mask_image"], p["row_sparsity"])
         if switch:
             self.tabs.setCurrentWidget(self.mask)
-
-    def sparsity_text(self) -> str:
-        r = self.state.result
-        return fmt_pct(r.global_sparsity) if r else "–"

@@ -216,7 +216,7 @@ def _log_ticks(lo: float, hi: float) -> list[float]:
 
 def plot_experiment(grid: str | Path, out_dir: str | Path, db: str | Path | None = None) -> Path:
     """Draw ``OUT/plots.png`` for a grid from its run history (see :mod:`prunestudio.core.experiment`)."""
-    from ...core.experiment.grid import GridSpec, collect, default_db, summarize
+    from ...core.experiment import GridSpec, collect, default_db, summarize
     from ...core.run.history import History
 
     spec = GridSpec.load(grid)

@@ -8,7 +8,7 @@ from PySide6.QtCore import QRectF
 from PySide6.QtGui import QPalette
 from PySide6.QtWidgets import QLabel, QVBoxLayout, QWidget
 
-from ..plotting import SERIES_COLORS, palette_color, style_plot, style_widget
+from ..plotting import SERIES_COLORS, style_plot, style_widget
 
 
 class MaskView(QWidget):
@@ -84,6 +84,3 @@ class MaskView(QWidget):
             self.hist_plot.setYRange(0, max(1, counts.max()) * 1.05, padding=0)
         else:
             self.hist.setData([], [])
-
-    def text_color(self):  # for tests / themes
-        return palette_color(QPalette.ColorRole.Text)

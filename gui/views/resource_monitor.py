@@ -7,7 +7,7 @@ import os
 from PySide6.QtCore import QTimer
 from PySide6.QtWidgets import QLabel, QWidget
 
-from ...core.prune.memory import format_bytes
+from ...core.model.memory import format_bytes
 
 
 class ResourceMonitor(QLabel):

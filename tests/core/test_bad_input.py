@@ -45,8 +45,11 @@ from prunestudio.core.events import Message, PhaseStarted, RunStarted
 from prunestudio.core.model import loading as models_mod
 from prunestudio.core.model.loading import load_model
 from prunestudio.core.prune.pipeline import BlockOutOfMemory, is_incomplete, iter_prune, run_to_completion
+from prunestudio.core.run.calibration import build_calibration
+from prunestudio.core.run.checks import validate_recipe
+from prunestudio.core.run.evaluation import iter_eval_ppl
 from prunestudio.core.run.export import REPORT_NAME, iter_export
-from prunestudio.core.run.job import build_calibration, iter_eval_ppl, iter_job, validate_recipe
+from prunestudio.core.run.job import iter_job
 
 # ---- shared material --------------------------------------------------------------------------
 

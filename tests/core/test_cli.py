@@ -315,3 +315,24 @@ def test_no_token_and_no_paths_in_output_or_reports(capsys, model, text, tmp_pat
     code, _, err = run(capsys, *_prune_args(model, text, "--include-paths", "--report", report))
     assert code == 0, err
     assert str(text) in report.read_text()
+
+
+def test_every_subcommand_is_registered(capsys):
+    """calib and experiment live in their own modules; they must reach the parser."""
+    for command in ("prune", "eval", "fetch-demo-model", "calib", "experiment"):
+        with pytest.raises(SystemExit) as e:
+            main([command, "--help"])
+        assert e.value.code == 0, command
+        assert "usage:" in capsys.readouterr().out
+
+
+def test_a_broken_subcommand_module_is_an_error_not_a_missing_command(monkeypatch):
+    from prunestudio.core.cli import calib
+    from prunestudio.core.cli.main import build_parser
+
+    def broken(sub):
+        raise ImportError("a dependency of the calib subcommand is missing")
+
+    monkeypatch.setattr(calib, "register", broken)
+    with pytest.raises(ImportError, match="calib subcommand"):
+        build_parser()

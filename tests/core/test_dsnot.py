@@ -8,7 +8,8 @@ import torch
 from prunestudio.core.errors import ConfigError, PruneStudioError
 from prunestudio.core.prune.methods.dsnot import dsnot_refine, dsnot_skips, expected_error
 from prunestudio.core.prune.methods.masks import nm_mask, per_row_mask
-from prunestudio.core.prune.stats import InputStats, StatsNeeds
+from prunestudio.core.prune.needs import StatsNeeds
+from prunestudio.core.prune.stats import InputStats
 
 
 def _data(rows: int, cols: int, tokens: int, seed: int, mean_scale: float = 2.0):

@@ -1,4 +1,4 @@
-"""Experiment grids (core/experiment/grid.py, core/cli/experiment.py): validation, resume, summary."""
+"""Experiment grids (core/experiment/, core/cli/experiment.py): validation, resume, summary."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from prunestudio.core.errors import ConfigError
-from prunestudio.core.experiment.grid import (
+from prunestudio.core.experiment import (
     DENSE,
     GridSpec,
     collect,
@@ -87,11 +87,11 @@ def test_cli_experiment_resumes_and_honours_db(workdir, capsys):
     grid = write_grid(workdir, seeds=[0], dense_baseline=False, eval={"ppl": ["eval.txt"], "seqlen": 32,
                                                                        "max_windows": 2})
     db = workdir / "elsewhere" / "h.sqlite3"
-    assert main(["-q", "experiment", str(grid), "--out", str(workdir / "o"), "--db", str(db), "--no-plots"]) == 0
+    assert main(["-q", "experiment", str(grid), "--out", str(workdir / "o"), "--db", str(db)]) == 0
     assert db.is_file() and not (workdir / "o" / "history.sqlite3").exists()
     assert len(History(db).runs()) == 1
     capsys.readouterr()
-    assert main(["experiment", str(grid), "--out", str(workdir / "o"), "--db", str(db), "--no-plots"]) == 0
+    assert main(["experiment", str(grid), "--out", str(workdir / "o"), "--db", str(db)]) == 0
     assert "0 cells run, 1 already done" in capsys.readouterr().err
     assert main(["experiment", str(grid), "--out", str(workdir / "o"), "--db", str(db), "--dry-run"]) == 0
     assert "done" in capsys.readouterr().err
@@ -227,7 +227,7 @@ def test_summary_mean_std_equal_a_direct_computation(workdir):
 def test_summary_of_a_real_run_matches_the_history(workdir):
     spec = GridSpec.load(write_grid(workdir, dense_baseline=False, seeds=[0, 1, 2],
                                     eval={"ppl": ["eval.txt"], "seqlen": 32, "max_windows": 2}))
-    res = run_experiment(spec, workdir / "r", plots=False)
+    res = run_experiment(spec, workdir / "r")
     assert res.executed == 3
     finished = collect(spec, History(res.db_path))
     ppls = [rep["ppl"]["eval.txt"] for _, rep in finished]
@@ -246,7 +246,7 @@ def test_mean_std_edge_cases():
 def test_summary_writes_tables_and_no_qt(workdir):
     import sys
 
-    from prunestudio.core.experiment.grid import write_summary
+    from prunestudio.core.experiment import write_summary
 
     spec = GridSpec.from_dict(grid_dict(sources=["corpus.txt", "selfgen"]), workdir)
     finished = [(c, {"ppl": {"eval.txt": 20.0 + i}, "tasks_mean_acc": 0.4, "tasks": {}, "seconds": {}})
@@ -267,12 +267,12 @@ def test_summary_writes_tables_and_no_qt(workdir):
 
 def test_settings_share_one_calibration_set(workdir):
     from prunestudio.core.events import PhaseStarted
-    from prunestudio.core.experiment.grid import iter_experiment
+    from prunestudio.core.experiment import iter_experiment
 
     spec = GridSpec.from_dict(grid_dict(sources=["selfgen"], sparsities=[0.5, 0.6], structures=["unstructured", "2:4"],
                                         seeds=[0], dense_baseline=False,
                                         eval={"ppl": ["eval.txt"], "seqlen": 32, "max_windows": 2}), workdir)
-    gen = iter_experiment(spec, workdir / "share", plots=False)
+    gen = iter_experiment(spec, workdir / "share")
     events: list = []
     res = run_to_completion(gen, events.append)
     assert res.executed == 3

@@ -14,8 +14,8 @@ from prunestudio.core.events import ModulePruned
 from prunestudio.core.model import architecture
 from prunestudio.core.prune.capture import BlockInputs
 from prunestudio.core.prune.lockstep import LockstepBlock, NotLockstepable
+from prunestudio.core.prune.needs import StatsNeeds
 from prunestudio.core.prune.pipeline import is_incomplete, iter_prune, run_to_completion
-from prunestudio.core.prune.stats import StatsNeeds
 from torch import nn
 
 

@@ -11,7 +11,8 @@ from prunestudio.core.config import PruneConfig
 from prunestudio.core.errors import Cancelled, ConfigError
 from prunestudio.core.events import BlockDone, ModulePruned, RunFinished, RunStarted
 from prunestudio.core.model import architecture
-from prunestudio.core.prune.capture import capture_first_block_inputs, restore_outside, run_block
+from prunestudio.core.model.offload import restore_outside
+from prunestudio.core.prune.capture import capture_first_block_inputs, run_block
 from prunestudio.core.prune.pipeline import is_incomplete, iter_prune, run_to_completion
 
 

@@ -59,8 +59,9 @@ def test_deferred_path_equals_synchronous_path(make_model, tokenizer, arch, meth
 
 @pytest.mark.parametrize("arch", ["llama", "opt", "gpt2", "phi3"])
 def test_statistics_pass_stops_after_last_module_with_same_statistics(make_model, tokenizer, arch):
-    from prunestudio.core.prune.capture import capture_first_block_inputs, restore_outside
-    from prunestudio.core.prune.stats import StatsNeeds
+    from prunestudio.core.model.offload import restore_outside
+    from prunestudio.core.prune.capture import capture_first_block_inputs
+    from prunestudio.core.prune.needs import StatsNeeds
 
     model = make_model(arch)
     ids = _ids(len(tokenizer))

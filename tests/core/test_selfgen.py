@@ -12,6 +12,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from _selfgen_helpers import make_model, make_tokenizer  # noqa: E402
 from prunestudio.core.calib import selfgen as sg  # noqa: E402
+from prunestudio.core.calib.selfgen import generate, sampler  # noqa: E402
 from prunestudio.core.calib.calibset import CalibrationSet  # noqa: E402
 from prunestudio.core.errors import CalibrationError, Cancelled, ConfigError  # noqa: E402
 from prunestudio.core.events import PhaseDone, PhaseProgress, PhaseStarted  # noqa: E402
@@ -259,7 +260,7 @@ def test_candidates_match_hf_logits_processors():
     scores = TopKLogitsWarper(50)(input_ids, scores)
     scores = TopPLogitsWarper(0.95)(input_ids, scores)
     ref = torch.softmax(scores, -1)
-    idx, probs = sg._candidates(logits, seen, suppress, 0.6, 50, 0.95, 1.2)
+    idx, probs = sampler._candidates(logits, seen, suppress, 0.6, 50, 0.95, 1.2)
     ours = torch.zeros_like(ref).scatter(1, idx, probs)
     torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-6)
 
@@ -268,11 +269,11 @@ def test_inverse_cdf_sampling_follows_the_distribution():
     idx = torch.tensor([[7, 3, 5]]).repeat(20000, 1)
     probs = torch.tensor([[0.5, 0.3, 0.2]]).repeat(20000, 1)
     u = torch.rand(20000, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    draws = sg._inverse_cdf(idx, probs, u)
+    draws = sampler._inverse_cdf(idx, probs, u)
     freq = [(draws == t).double().mean().item() for t in (7, 3, 5)]
     assert freq == pytest.approx([0.5, 0.3, 0.2], abs=0.02)
     # zero-probability candidates are never drawn, even at u -> 0 or 1
-    z = sg._inverse_cdf(torch.tensor([[1, 2, 3]] * 2), torch.tensor([[0.0, 1.0, 0.0]] * 2),
+    z = sampler._inverse_cdf(torch.tensor([[1, 2, 3]] * 2), torch.tensor([[0.0, 1.0, 0.0]] * 2),
                         torch.tensor([0.0, 1.0 - 1e-12], dtype=torch.float64))
     assert z.tolist() == [2, 2]
 
@@ -344,7 +345,7 @@ def _cache_bytes(cache) -> int:
 @pytest.mark.parametrize("arch", ["llama", "gpt2", "opt", "gemma", "phi3"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_kv_cache_estimate_equals_the_cache_a_forward_builds(make_model, arch, dtype):
-    from prunestudio.core.prune.memory import kv_cache_bytes_per_token
+    from prunestudio.core.model.memory import kv_cache_bytes_per_token
 
     model = make_model(arch).to(dtype)
     tokens = 37
@@ -357,8 +358,8 @@ def test_kv_cache_estimate_equals_the_cache_a_forward_builds(make_model, arch, d
 def test_batch_shrinks_to_fit_memory_and_samples_stay_the_same(llama, monkeypatch):
     """With too little free memory for the KV cache of a full batch, fewer sequences are decoded
     at a time, the run says so, and every sample is what it would have been otherwise."""
-    from prunestudio.core.prune import memory
-    from prunestudio.core.prune.memory import kv_cache_bytes_per_token
+    from prunestudio.core.model import memory
+    from prunestudio.core.model.memory import kv_cache_bytes_per_token
 
     model, tok = llama
     st = _settings(n=6, seqlen=40, batch_size=6)
@@ -366,7 +367,7 @@ def test_batch_shrinks_to_fit_memory_and_samples_stay_the_same(llama, monkeypatc
     per_seq = kv_cache_bytes_per_token(model.config, 4) * st.seqlen + 4 * model.config.vocab_size * 4
     monkeypatch.setattr(memory, "available_memory",
                         lambda device="cpu": {"host_available": 4 * 2 * per_seq + 5, "device_free": None})
-    assert sg.fitting_batch(model, 6, st.seqlen, model.config.vocab_size) == 2
+    assert sampler.fitting_batch(model, 6, st.seqlen, model.config.vocab_size) == 2
     events: list = []
     gen = sg.iter_generate(model, tok, st)
     small = run_to_completion(gen, events.append)
@@ -378,13 +379,13 @@ def test_batch_shrinks_to_fit_memory_and_samples_stay_the_same(llama, monkeypatc
     assert arrivals == list(range(6))
     # no memory figure at all: the requested batch
     monkeypatch.setattr(memory, "available_memory", lambda device="cpu": {"host_available": None})
-    assert sg.fitting_batch(model, 6, st.seqlen, model.config.vocab_size) == 6
+    assert sampler.fitting_batch(model, 6, st.seqlen, model.config.vocab_size) == 6
 
 
 def test_progress_inside_a_batch(llama, monkeypatch):
     """A batch being decoded reports its steps (at most every 0.5 s; here every step)."""
     model, tok = llama
-    monkeypatch.setattr(sg, "_STEP_PROGRESS_SECONDS", 0.0)
+    monkeypatch.setattr(generate, "_STEP_PROGRESS_SECONDS", 0.0)
     st = _settings(n=4, seqlen=12, batch_size=2)
     events = list(sg.iter_generate(model, tok, st))
     live = [e for e in events if isinstance(e, PhaseProgress) and e.detail.startswith("batch ")]
@@ -399,7 +400,7 @@ def test_progress_inside_a_batch(llama, monkeypatch):
 def test_text_being_written_grows_into_the_finished_sample(llama, monkeypatch):
     """The live preview shows the batch's first sample token by token, ending in the sample kept."""
     model, tok = llama
-    monkeypatch.setattr(sg, "_STEP_PROGRESS_SECONDS", 0.0)
+    monkeypatch.setattr(generate, "_STEP_PROGRESS_SECONDS", 0.0)
     st = _settings(n=4, seqlen=12, batch_size=2)
     gen = sg.iter_generate(model, tok, st)
     events: list = []

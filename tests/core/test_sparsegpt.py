@@ -8,7 +8,8 @@ import torch
 from prunestudio.core.errors import ConfigError, PruneStudioError
 from prunestudio.core.prune.methods.masks import nm_mask, per_row_mask
 from prunestudio.core.prune.methods.sparsegpt import sparsegpt_prune
-from prunestudio.core.prune.stats import InputStats, StatsNeeds
+from prunestudio.core.prune.needs import StatsNeeds
+from prunestudio.core.prune.stats import InputStats
 
 
 def _module(rows: int, cols: int, tokens: int, seed: int = 0):

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from prunestudio.core.prune.stats import InputStats, StatsNeeds, column_sq_sum
+from prunestudio.core.prune.needs import StatsNeeds
+from prunestudio.core.prune.stats import InputStats, column_sq_sum
 
 
 @pytest.mark.parametrize("rows", [1, 300, 511, 512, 1024, 1300, 4096 + 17])

@@ -23,7 +23,7 @@ def load_folder(qtbot, window, monkeypatch, folder: Path) -> None:
     assert panel.radio["folder"].isChecked()
     panel.device.setCurrentText("cpu")
     click(qtbot, panel.load_button)
-    worker = panel.worker
+    worker = panel.job.worker
     assert worker is not None
     if worker.is_running:
         with qtbot.waitSignal(worker.finished, timeout=LONG):
@@ -34,11 +34,12 @@ def load_folder(qtbot, window, monkeypatch, folder: Path) -> None:
 
 def generate_calibration(qtbot, window, nsamples: int = 8, seqlen: int = 32, events: list | None = None) -> None:
     panel = window.calib_panel
-    panel.kind.setCurrentIndex(panel.kind.findData("selfgen"))
-    panel.nsamples.setValue(nsamples)
-    panel.seqlen.setValue(seqlen)
+    form = panel.form
+    form.kind.setCurrentIndex(form.kind.findData("selfgen"))
+    form.nsamples.setValue(nsamples)
+    form.seqlen.setValue(seqlen)
     click(qtbot, panel.go)
-    worker = panel.worker
+    worker = panel.job.worker
     assert worker is not None
     if events is not None:
         worker.yielded.connect(events.append)
@@ -57,7 +58,7 @@ def set_eval(window, path: Path, seqlen: int = 32, windows: int = 4) -> None:
 def start_run(qtbot, window):
     window.show_step(3)
     click(qtbot, window.run_panel.start_button)
-    worker = window.run_panel.worker
+    worker = window.run_panel.job.worker
     assert worker is not None
     return worker
 

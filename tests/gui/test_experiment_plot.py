@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prunestudio.core.experiment.grid import GridSpec, summarize
+from prunestudio.core.experiment import GridSpec, summarize
 from prunestudio.gui.views.experiment_plot import write_plot
 
 

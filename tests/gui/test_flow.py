@@ -11,6 +11,7 @@ from _gui_fixtures import *  # noqa: F401,F403 - the GUI fixtures (see that modu
 from _gui_helpers import LONG, click, generate_calibration, load_folder, screenshot, set_eval, start_run
 from prunestudio.core.calib.selfgen import FilteringDone, SampleGenerated
 from prunestudio.core.events import ModulePruned
+from prunestudio.gui.state import ModelStatus, RunStatus
 from prunestudio.gui.views.sample_table import BY_HAND
 from PySide6.QtCore import Qt
 from PySide6.QtGui import QPalette
@@ -28,7 +29,7 @@ def test_whole_flow(window, qtbot, monkeypatch, tiny_model_dir, eval_file, tmp_p
     st = window.state
     # ---- 1. model: pick the folder, load in the background
     load_folder(qtbot, window, monkeypatch, tiny_model_dir)
-    assert st.model_status == "dense"
+    assert st.model_status == ModelStatus.DENSE
     assert window.model_panel.info_labels["architecture"].text().startswith("LlamaForCausalLM")
     assert window.model_panel.info_labels["blocks"].text() == "3"
     assert window.model_panel.mem_labels["total"].text() != "–"
@@ -44,32 +45,33 @@ def test_whole_flow(window, qtbot, monkeypatch, tiny_model_dir, eval_file, tmp_p
     assert len(gen) == len(cs.samples) >= 8
     assert filt and len(filt[0].dropped) == len(cs.samples) - 8
     assert len(cs) == 8
-    model = window.calib_panel.model
+    calib = window.calib_panel
+    model = calib.preview.model
     assert model.rowCount() == len(cs.samples)
     dropped_rows = [i for i, s in enumerate(cs.samples) if s.dropped]
     assert dropped_rows, "self-generation with drop 20% leaves some samples out"
     grey = model.data(model.index(dropped_rows[0], 5), Qt.ItemDataRole.ForegroundRole)
     assert grey is not None and grey.color() == window.palette().color(QPalette.ColorGroup.Disabled, QPalette.ColorRole.Text)
     assert "perplexity" in model.data(model.index(dropped_rows[0], 4))
-    assert window.calib_panel.stat_labels["samples"].text().startswith("8 ")
+    assert calib.stats.labels["samples"].text().startswith("8 ")
     # perplexity and n-gram statistics are computed off the GUI thread
-    qtbot.waitUntil(lambda: window.calib_panel.stat_labels["distinct"].text() != "–", timeout=10_000)
+    qtbot.waitUntil(lambda: calib.stats.labels["distinct"].text() != "–", timeout=10_000)
 
     # drop one kept sample by hand with the Delete key; the text view follows the selection
     kept_row = next(i for i, s in enumerate(cs.samples) if not s.dropped)
-    table = window.calib_panel.table
+    table = calib.preview.table
     table.setFocus()
     table.selectRow(kept_row)
-    assert window.calib_panel.text.toPlainText().endswith(cs.samples[kept_row].text)
+    assert calib.preview.text.toPlainText().endswith(cs.samples[kept_row].text)
     QTest.keyClick(table, Qt.Key.Key_Delete)
     assert cs.samples[kept_row].dropped and cs.samples[kept_row].drop_reason == BY_HAND
     assert len(cs) == 7
-    assert window.calib_panel.stat_labels["samples"].text().startswith("7 ")
+    assert calib.stats.labels["samples"].text().startswith("7 ")
 
     # similarity scoring on a worker
     with qtbot.waitSignal(window.state.busy_changed, timeout=LONG, check_params_cb=lambda b: b is False):
-        click(qtbot, window.calib_panel.score_button)
-    assert window.calib_panel.stat_labels["minkpp"].text() != "–"
+        click(qtbot, calib.stats.score_button)
+    assert calib.stats.labels["minkpp"].text() != "–"
 
     # ---- 3. pruning: Wanda 50 %
     p = window.prune_panel
@@ -89,7 +91,7 @@ def test_whole_flow(window, qtbot, monkeypatch, tiny_model_dir, eval_file, tmp_p
     worker.yielded.connect(lambda ev: pruned_events.append(ev) if isinstance(ev, ModulePruned) else None)
     with qtbot.waitSignal(worker.finished, timeout=LONG):
         pass
-    assert st.run_status == "done", window.run_panel.status.text.text()
+    assert st.run_status == RunStatus.DONE, window.run_panel.status.text.text()
     result = st.run.result
     names = window.run_panel.module_names
     heat = window.run_panel.heatmap.values()
@@ -115,7 +117,7 @@ def test_whole_flow(window, qtbot, monkeypatch, tiny_model_dir, eval_file, tmp_p
     assert y is not None and y.sum() == len(pruned_events[-2].info["row_sparsity"])
 
     # editing the set after the run does not change what the run reports
-    window.calib_panel.model.set_dropped([next(i for i, s in enumerate(cs.samples) if not s.dropped)], True)
+    calib.preview.model.set_dropped([next(i for i, s in enumerate(cs.samples) if not s.dropped)], True)
     assert len(cs) == 6
 
     # ---- 5. export with progress; loads back with plain transformers
@@ -126,7 +128,7 @@ def test_whole_flow(window, qtbot, monkeypatch, tiny_model_dir, eval_file, tmp_p
     out = tmp_path / "exported"
     e.out_dir.setText(str(out))
     click(qtbot, e.export_button)
-    with qtbot.waitSignal(e.worker.finished, timeout=LONG):
+    with qtbot.waitSignal(e.job.worker.finished, timeout=LONG):
         pass
     assert st.export_path == out and (out / "prunestudio.json").exists()
     import json

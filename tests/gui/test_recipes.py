@@ -1,4 +1,5 @@
-"""Recipes round-trip through the UI: set controls, save, change them, load, compare."""
+"""gui.recipes: recipes round-trip through the UI (set controls, save, change them, load, compare);
+bad files and invalid settings give one readable error."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from prunestudio.gui import dialogs
 
 def test_recipe_round_trip_through_the_ui(window, qtbot, monkeypatch, tmp_path, eval_file, error_dialogs):
     st = window.state
-    p, c, m, e = window.prune_panel, window.calib_panel, window.model_panel, window.eval_panel
+    p, c, m, e = window.prune_panel, window.calib_panel.form, window.model_panel, window.eval_panel
 
     # set controls in every step
     m.hub.setText("someone/some-model")
@@ -86,3 +87,18 @@ def test_bad_recipe_reports_one_error(window, qtbot, monkeypatch, tmp_path, erro
     qtbot.waitUntil(lambda: len(error_dialogs) == 1, timeout=5000)
     assert "Sparsity must be between 0 and 1" in error_dialogs[0].text
     assert window.state.recipe() == before
+
+
+def test_saving_invalid_settings_writes_nothing_and_says_why(window, qtbot, monkeypatch, tmp_path, error_dialogs):
+    from prunestudio.gui import recipes
+
+    p = window.prune_panel
+    p.structure.setCurrentIndex(p.structure.findData("custom"))
+    p.n.setValue(8)  # N >= M: no valid PruneConfig
+    assert window.state.prune_config is None
+    path = tmp_path / "recipe.json"
+    monkeypatch.setattr(dialogs, "get_save_file", lambda *a, **k: str(path.with_suffix("")))
+    assert recipes.save_recipe_dialog(window, window.state) is None
+    qtbot.waitUntil(lambda: len(error_dialogs) == 1, timeout=5000)
+    assert error_dialogs[0].text.startswith("The pruning settings are invalid") and "0 < N < M" in error_dialogs[0].text
+    assert not path.exists()

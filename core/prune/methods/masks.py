@@ -12,8 +12,6 @@ Three ways of comparing scores, as in the literature:
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from ...errors import ConfigError
@@ -74,7 +72,3 @@ def mask_for(scores: torch.Tensor, sparsity: float, n: int = 0, m: int = 0) -> t
 def nm_for_sparsity(sparsity: float, m: int) -> int:
     """The N of an N:M pattern closest to ``sparsity`` (used by OWL with N:M)."""
     return max(1, min(m - 1, int(round(sparsity * m))))
-
-
-def expected_zeros_per_row(in_features: int, sparsity: float) -> int:
-    return int(math.floor(in_features * sparsity))

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from PySide6.QtCore import QSize, Qt
 from PySide6.QtWidgets import QListWidget, QListWidgetItem, QWidget
 
-from ..state import DENSE, INCOMPLETE, LOADING, PRUNED, AppState
+from ..state import AppState, ModelStatus, RunStatus
 from ..widgets import status_icon
 
 
@@ -31,13 +31,13 @@ def step_status(state: AppState) -> dict[str, tuple[str, str]]:
     """``{step: (icon kind, one-line status)}`` computed from the state (no widgets)."""
     out: dict[str, tuple[str, str]] = {}
     ms = state.model_status
-    if ms == LOADING:
+    if ms == ModelStatus.LOADING:
         out["model"] = ("busy", "loading…")
-    elif ms == DENSE:
+    elif ms == ModelStatus.DENSE:
         out["model"] = ("ok", "loaded (dense)")
-    elif ms == PRUNED:
+    elif ms == ModelStatus.PRUNED:
         out["model"] = ("ok", "loaded (pruned)")
-    elif ms == INCOMPLETE:
+    elif ms == ModelStatus.INCOMPLETE:
         out["model"] = ("warn", "partly pruned: reload")
     else:
         out["model"] = ("todo", "not loaded")
@@ -53,14 +53,14 @@ def step_status(state: AppState) -> dict[str, tuple[str, str]]:
     out["pruning"] = ("ok", cfg.label() + f" {cfg.sparsity:.0%}") if cfg is not None else ("warn", "invalid setting")
 
     rs = state.run_status
-    if rs == "running":
+    if rs == RunStatus.RUNNING:
         out["run"] = ("busy", "running…")
-    elif rs == "done":
+    elif rs == RunStatus.DONE:
         out["run"] = ("ok", "finished")
-    elif rs in ("cancelled", "failed"):
-        out["run"] = ("warn", rs)
+    elif rs in (RunStatus.CANCELLED, RunStatus.FAILED):
+        out["run"] = ("warn", rs.value)
     else:
-        ready = state.loaded is not None or ms == LOADING
+        ready = state.loaded is not None or ms == ModelStatus.LOADING
         out["run"] = ("todo", "ready to start" if ready and state.calib_ready() and cfg else "not ready")
 
     if state.export_path is not None:

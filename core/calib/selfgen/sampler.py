@@ -1,0 +1,257 @@
+"""The sampling loop of self-generation: batched decoding with a KV cache, HF-equivalent logits
+processing, per-sample random streams (inverse-CDF sampling), and each sample's perplexity
+accumulated while it is written.
+
+Part of :mod:`prunestudio.core.calib.selfgen` (Ji et al., ICLR 2025); see its package docstring.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any, Callable, Generator, Iterable, NamedTuple, Sequence
+
+import torch
+
+from ...errors import CalibrationError, Cancelled
+from ...events import run_to_completion
+from ...model.devices import model_device
+from ...model import memory
+from .prompts import _suppress_mask
+from .settings import GenerationSettings
+
+__all__ = ["sample_tokens", "iter_sample_tokens", "fitting_batch", "DecodeStep"]
+
+# Progress inside a batch of decoding: at most this often (seconds).
+_STEP_PROGRESS_SECONDS = 0.5
+
+
+class DecodeStep(NamedTuple):
+    """What :func:`iter_sample_tokens` yields after a decoding step: steps done and in all, and
+    the generated tokens so far (``[batch, done]``, a view valid until the next step)."""
+
+    done: int
+    total: int
+    generated: torch.Tensor
+
+
+def _sample_seed(seed: int, index: int) -> int:
+    digest = hashlib.sha256(f"prunestudio-selfgen:{seed}:{index}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def _sample_uniforms(seeds: Sequence[int], length: int) -> torch.Tensor:
+    """``[B, length]`` float64 uniforms in [0, 1), row ``b`` from its own generator seeded ``seeds[b]``."""
+    rows = []
+    for s in seeds:
+        g = torch.Generator(device="cpu")
+        g.manual_seed(int(s))
+        rows.append(torch.rand(length, generator=g, dtype=torch.float64))
+    return torch.stack(rows) if rows else torch.empty(0, length, dtype=torch.float64)
+
+
+def _candidates(
+    logits: torch.Tensor,
+    seen: torch.Tensor,
+    suppress: torch.Tensor,
+    temperature: float,
+    top_k: int,
+    top_p: float,
+    repetition_penalty: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The sampling distribution of one step, as HF's sampling processors compute it.
+
+    ``logits`` [B, V] float32 raw; ``seen`` [B, V] bool (tokens in the sequence so far);
+    ``suppress`` [V] bool. Returns ``(ids, probs)`` [B, C]: candidate token ids, most likely
+    first, and their probabilities (zero for the ones top-p removed; rows sum to 1).
+
+    Order as in transformers: repetition penalty (CTRL: logits of seen tokens divided by the
+    penalty when positive, multiplied when negative), suppressed tokens to -inf, temperature,
+    top-k, top-p (a token is kept while the probability mass of the tokens ranked above it is
+    below ``top_p``; the most likely token is always kept). Top-k keeps exactly ``k`` candidates
+    (HF also keeps exact ties with the k-th logit; with float logits that has measure zero).
+    """
+    if repetition_penalty != 1.0:
+        penalized = torch.where(logits < 0, logits * repetition_penalty, logits / repetition_penalty)
+        logits = torch.where(seen, penalized, logits)
+    logits = logits.masked_fill(suppress, float("-inf"))
+    if temperature != 1.0:
+        logits = logits / temperature
+    vocab = logits.shape[-1]
+    if 0 < top_k < vocab:
+        vals, idx = torch.topk(logits, top_k, dim=-1)  # sorted, descending
+    else:
+        vals, idx = torch.sort(logits, dim=-1, descending=True)
+    probs = torch.softmax(vals, dim=-1)
+    if top_p < 1.0:
+        mass_above = torch.cumsum(probs, dim=-1) - probs
+        keep = mass_above < top_p
+        keep[:, 0] = True
+        probs = probs * keep
+        probs = probs / probs.sum(-1, keepdim=True)
+    return idx, probs
+
+
+def _inverse_cdf(idx: torch.Tensor, probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """Draw one candidate per row: the first whose cumulative probability exceeds ``u`` [B].
+
+    The chosen candidate always has a positive probability (``right=True`` skips zero-mass ones).
+    """
+    wide = torch.float32 if probs.device.type == "mps" else torch.float64  # MPS has no float64
+    cdf = torch.cumsum(probs.to(wide), dim=-1)
+    target = (u.to(cdf.device, wide) * cdf[:, -1]).unsqueeze(-1)
+    j = torch.searchsorted(cdf, target, right=True).clamp_(max=cdf.shape[-1] - 1)
+    return idx.gather(1, j).squeeze(1)
+
+
+def _cache_kwarg(model: Any) -> str:
+    """The forward() argument that takes the KV cache: ``cache`` (transformers >= 5.2x) or the
+    older ``past_key_values`` (still accepted, with a deprecation warning, until 5.40)."""
+    import inspect
+
+    try:
+        params = inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return "past_key_values"
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def _output_cache(out: Any) -> Any:
+    if isinstance(out, dict) and out.get("cache") is not None:  # ModelOutput is a dict
+        return out["cache"]
+    return getattr(out, "past_key_values", None)
+
+
+def fitting_batch(model: Any, requested: int, seqlen: int, vocab: int) -> int:
+    """The largest batch up to ``requested`` whose decoding state (KV cache of ``seqlen`` tokens
+    per sequence, plus a few vocabulary-wide rows) takes at most a quarter of the memory free on
+    the model's device now; ``requested`` when the model's config does not describe its cache."""
+    device = model_device(model)
+    try:
+        dtype_bytes = next(model.parameters()).element_size()
+    except StopIteration:
+        return requested
+    per_token = memory.kv_cache_bytes_per_token(getattr(model, "config", None), dtype_bytes)
+    if per_token is None:
+        return requested
+    free = memory.available_memory(str(device))
+    room = free["device_free"] if device.type == "cuda" else free["host_available"]
+    if not room:
+        return requested
+    per_sequence = per_token * seqlen + 4 * vocab * 4  # logits, log-softmax, repetition marks
+    return max(1, min(requested, (room // 4) // per_sequence))
+
+
+def sample_tokens(*args: Any, **kwargs: Any) -> tuple[list[list[int]], list[float]]:
+    """:func:`iter_sample_tokens` (same arguments) run to the end: the token lists and perplexities."""
+    return run_to_completion(iter_sample_tokens(*args, **kwargs))
+
+
+def iter_sample_tokens(
+    model: Any,
+    prompts: Sequence[Sequence[int]],
+    length: int,
+    settings: GenerationSettings,
+    sample_seeds: Sequence[int],
+    suppress: torch.Tensor | Iterable[int] = (),
+    pad_id: int = 0,
+    should_stop: Callable[[], bool] = lambda: False,
+) -> Generator[DecodeStep, None, tuple[list[list[int]], list[float]]]:
+    """Continue each prompt by sampling until it is ``length`` tokens long; one batched pass.
+
+    A generator: yields a :class:`DecodeStep` after every decoding step but the last, so that a
+    caller can show progress (and text) inside a batch, and returns ``(tokens, perplexities)``.
+
+    Prompts may have different lengths (they are left-padded with an attention mask and explicit
+    ``position_ids``, so a row's result is what it would be alone). Row ``b`` draws its randomness
+    from ``sample_seeds[b]`` only. Returns the token lists (prompt included, exactly ``length``
+    tokens) and each row's perplexity under the model's raw distribution (exp of the mean NLL of
+    tokens 1..length-1). Raises :class:`Cancelled` between decoding steps when ``should_stop()``.
+    """
+    bsz = len(prompts)
+    if bsz == 0:
+        return [], []
+    if len(sample_seeds) != bsz:
+        raise ValueError("one seed per prompt is required")
+    lens = [len(p) for p in prompts]
+    if min(lens) < 1:
+        raise CalibrationError("Every prompt needs at least one token to generate from.")
+    if max(lens) > length:
+        raise CalibrationError(f"A prompt is longer ({max(lens)} tokens) than the sample length ({length}).")
+    device = model_device(model)
+    plen = max(lens)
+    steps = length - min(lens)  # decoding steps (rows with longer prompts finish early)
+    need = torch.tensor([length - n for n in lens], device=device)
+
+    ids = torch.full((bsz, plen), int(pad_id), dtype=torch.long)
+    mask = torch.zeros((bsz, plen), dtype=torch.long)
+    for b, p in enumerate(prompts):
+        ids[b, plen - len(p):] = torch.tensor(list(p), dtype=torch.long)
+        mask[b, plen - len(p):] = 1
+    ids, mask = ids.to(device), mask.to(device)
+    position_ids = (mask.cumsum(-1) - 1).clamp_(min=0)
+    wide = torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
+    uniforms = _sample_uniforms(sample_seeds, max(steps, 1)).to(device, wide)
+
+    model.eval()
+    with torch.inference_mode():
+        out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids, use_cache=True)
+        logits = out.logits.float()  # [B, P, V]; prompts are short
+        vocab = logits.shape[-1]
+        if isinstance(suppress, torch.Tensor):
+            sup = suppress.to(device)
+        else:
+            sup = _suppress_mask(vocab, suppress, None, device)
+        if sup.numel() != vocab:
+            raise CalibrationError(f"Suppressed-token mask has {sup.numel()} entries, the model {vocab}.")
+
+        # Repetition penalty applies to every real prompt token (as HF does), never to padding.
+        seen = torch.zeros((bsz, vocab), dtype=torch.float32, device=device)
+        seen.scatter_add_(1, ids, mask.float())
+        seen = seen > 0
+
+        # NLL of prompt tokens 1.. (predicted from the prompt's earlier tokens).
+        nll = torch.zeros(bsz, dtype=wide, device=device)
+        count = torch.zeros(bsz, dtype=torch.long, device=device)
+        if plen > 1:
+            lp = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, ids[:, 1:, None]).squeeze(-1)
+            valid = (mask[:, :-1] * mask[:, 1:]).bool()
+            nll -= torch.where(valid, lp, 0.0).sum(-1).to(wide)
+            count += valid.sum(-1)
+        next_logits = logits[:, -1]
+        del logits
+        cache_kw = _cache_kwarg(model)
+        past = _output_cache(out)
+
+        gen = torch.empty((bsz, steps), dtype=torch.long, device=device)
+        rows = torch.arange(bsz, device=device)
+        for s in range(steps):
+            if should_stop():
+                raise Cancelled()
+            cand, probs = _candidates(
+                next_logits, seen, sup,
+                settings.temperature, settings.top_k, settings.top_p, settings.repetition_penalty,
+            )
+            tok = _inverse_cdf(cand, probs, uniforms[:, s])
+            active = s < need
+            lp = torch.log_softmax(next_logits, dim=-1)[rows, tok]
+            nll -= torch.where(active, lp, 0.0).to(wide)
+            count += active.long()
+            gen[:, s] = tok
+            seen[rows, tok] = True
+            if s == steps - 1:
+                break
+            yield DecodeStep(s + 1, steps, gen[:, : s + 1])
+            mask = torch.cat([mask, mask.new_ones((bsz, 1))], dim=-1)
+            position_ids = position_ids[:, -1:] + 1
+            out = model(
+                input_ids=tok[:, None], attention_mask=mask, position_ids=position_ids,
+                use_cache=True, **{cache_kw: past},
+            )
+            past = _output_cache(out)
+            next_logits = out.logits[:, -1].float()
+        del past
+
+    gen_list = gen.tolist()
+    tokens = [list(map(int, p)) + gen_list[b][: length - len(p)] for b, p in enumerate(prompts)]
+    ppl = torch.exp(nll / count.clamp(min=1).to(wide)).tolist()
+    return tokens, [float(x) for x in ppl]

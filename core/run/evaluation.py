@@ -1,0 +1,85 @@
+"""Measuring a loaded model's perplexity the way a run does: the settings, and the measurement."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Generator
+
+from ..config import Recipe
+from ..errors import ConfigError
+from ..evaluate.perplexity import eval_ids, iter_perplexity
+from ..events import Event, Message
+from ..model.loading import LoadedModel
+from .checks import check_seqlen
+from .load import LoadArgs, place_model
+
+StopFn = Callable[[], bool]
+
+
+def _never() -> bool:
+    return False
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """The text a perplexity is measured on, the window length and the most windows read."""
+
+    source: str
+    seqlen: int = 512
+    max_windows: int | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.source, str) or not self.source:
+            raise ConfigError("Choose an evaluation text: wikitext2, c4, a file or hf:NAME.")
+        if isinstance(self.seqlen, bool) or not isinstance(self.seqlen, int) or self.seqlen < 2:
+            raise ConfigError("The evaluation sequence length must be a whole number of at least 2, "
+                              f"got {self.seqlen!r}.")
+        if self.max_windows is not None and (isinstance(self.max_windows, bool) or not isinstance(self.max_windows, int)
+                                             or self.max_windows < 1):
+            raise ConfigError(f"The evaluation window limit must be at least 1 (or none), got {self.max_windows!r}.")
+
+    @classmethod
+    def of_recipe(cls, recipe: Recipe) -> "EvalSettings | None":
+        """What a recipe evaluates: its first perplexity set (a run measures one), with its window
+        length (the calibration's when it names none) and limit; None when it names no set."""
+        if not recipe.eval_ppl:
+            return None
+        return cls(recipe.eval_ppl[0], recipe.eval_seqlen or recipe.calibration.seqlen, recipe.eval_max_windows)
+
+    def cache_key(self, args: LoadArgs) -> tuple[Any, ...]:
+        """Key of a perplexity measured with these settings on the model ``args`` loads."""
+        return (args.spec, args.device, args.dtype, self.source, self.seqlen, self.max_windows)
+
+
+def iter_eval_ppl(loaded: LoadedModel, source: str, seqlen: int, should_stop: StopFn = _never,
+                  phase: str = "perplexity", max_windows: int | None = None,
+                  batch_size: int = 4, data_dir: str | Path | None = None,
+                  cache: bool = False) -> Generator[Event, None, float]:
+    """Perplexity of ``loaded`` on ``source``. ``cache``: look the result up in, and add it to, the
+    dense-perplexity cache (``core/evaluate/ppl_cache.py``), keyed by the weights themselves."""
+    check_seqlen(loaded, seqlen, "evaluation")
+    place_model(loaded)
+    ids = eval_ids(loaded.tokenizer, source, seqlen, data_dir)
+    key = None
+    if cache:
+        from ..evaluate import ppl_cache
+
+        key = ppl_cache.dense_key(loaded.model, ids, seqlen, max_windows, batch_size, loaded.device)
+        hit = ppl_cache.lookup(key)
+        if hit is not None:
+            yield Message(f"Perplexity of these weights on this text is known ({hit:.3f}); not evaluated again.")
+            return hit
+    ppl = yield from iter_perplexity(loaded.model, ids, seqlen, batch_size=batch_size,
+                                     max_windows=max_windows, device=loaded.device,
+                                     should_stop=should_stop, phase=phase)
+    if cache:
+        ppl_cache.store(key, ppl)
+    return ppl
+
+
+def iter_measure(loaded: LoadedModel, settings: EvalSettings, phase: str, should_stop: StopFn = _never,
+                 cache: bool = False) -> Generator[Event, None, float]:
+    """:func:`iter_eval_ppl` with ``settings``."""
+    return (yield from iter_eval_ppl(loaded, settings.source, settings.seqlen, should_stop, phase,
+                                     settings.max_windows, cache=cache))

@@ -1,0 +1,43 @@
+"""The memory a run needs (core/prune/memory.py) and the memory there is (core/model/memory.py)."""
+
+from __future__ import annotations
+
+from prunestudio.core.model.memory import available_memory, format_bytes
+from prunestudio.core.prune.memory import estimate_run_memory
+
+INFO = {"parameters": 134_515_008, "prunable_parameters": 30 * (576 * 576 * 2 + 576 * 192 * 2 + 3 * 576 * 1536),
+        "blocks": 30, "hidden_size": 576,
+        "modules_per_block": ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+                              "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"]}
+
+
+def test_estimate_parts_and_scaling():
+    w = estimate_run_memory(INFO, 128, 2048, "wanda", 4, 8)
+    assert w["weights"] == INFO["parameters"] * 4
+    assert w["activations"] == 128 * 2048 * 576 * 4 * 2
+    assert w["total"] == w["weights"] + w["activations"] + w["statistics"] + w["block"] + w["margin"]
+    s = estimate_run_memory(INFO, 128, 2048, "sparsegpt", 4, 8)
+    assert s["statistics"] > 100 * w["statistics"]  # Hessians are in*in
+    m = estimate_run_memory(INFO, 128, 2048, "magnitude", 4, 8)
+    assert m["activations"] == 0 and m["statistics"] == 0
+    assert estimate_run_memory(INFO, 256, 2048, "wanda", 4, 8)["activations"] == 2 * w["activations"]
+    assert estimate_run_memory(INFO, 128, 2048, "wanda", 2, 8)["weights"] == w["weights"] // 2
+
+
+def test_estimate_with_real_shapes(make_model):
+    from prunestudio.core.model.loading import describe
+    from prunestudio.core.prune.memory import module_shapes
+
+    model = make_model("llama")
+    info = describe(model)
+    shapes = module_shapes(model)
+    assert shapes["mlp.down_proj"] == (64, 128)
+    with_shapes = estimate_run_memory({**info, "module_shapes": shapes}, 8, 32, "sparsegpt", 4, 8)
+    # q/k/v share one input, gate/up another: 4 distinct inputs, 3 of width 64 and 1 of 128
+    assert with_shapes["statistics"] == 4 * (3 * 64 + 128) + 4 * (3 * 64 * 64 + 128 * 128)
+
+
+def test_available_memory_and_format():
+    a = available_memory("cpu")
+    assert a["host_available"] and a["host_total"] >= a["host_available"]
+    assert format_bytes(1536) == "1.5 KiB" and format_bytes(None) == "unknown"
