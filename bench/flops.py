@@ -154,8 +154,9 @@ def calibration(tokenizer, nsamples: int, seqlen: int) -> torch.Tensor:
 
 def run_one(method: str, dtype: str, nsamples: int, seqlen: int, batch_size: int) -> dict:
     from prunestudio.core.config import PruneConfig
+    from prunestudio.core.events import run_to_completion
     from prunestudio.core.model.loading import load_model
-    from prunestudio.core.prune.pipeline import iter_prune, run_to_completion
+    from prunestudio.core.prune.pipeline import iter_prune
 
     loaded = load_model("demo", "cpu", dtype)
     ids = calibration(loaded.tokenizer, nsamples, seqlen)

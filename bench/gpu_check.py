@@ -93,12 +93,12 @@ class RssPeak:
 
 def sync_guard(device: torch.device) -> tuple[list, callable]:
     """Count host synchronisations inside the per-module work of the pipeline (CUDA only)."""
-    from prunestudio.core.prune import pipeline
+    from prunestudio.core.prune import block as pipeline_block
 
     caught: list[str] = []
     if device.type != "cuda":
         return caught, lambda: None
-    orig_prune, orig_defer = pipeline._prune_one, pipeline._Pending.defer
+    orig_prune, orig_defer = pipeline_block._prune_one, pipeline_block._Pending.defer
 
     def guarded(fn):
         def inner(*a, **k):
@@ -114,19 +114,19 @@ def sync_guard(device: torch.device) -> tuple[list, callable]:
 
         return inner
 
-    pipeline._prune_one = guarded(orig_prune)
-    pipeline._Pending.defer = guarded(orig_defer)
+    pipeline_block._prune_one = guarded(orig_prune)
+    pipeline_block._Pending.defer = guarded(orig_defer)
 
     def undo() -> None:
-        pipeline._prune_one, pipeline._Pending.defer = orig_prune, orig_defer
+        pipeline_block._prune_one, pipeline_block._Pending.defer = orig_prune, orig_defer
 
     return caught, undo
 
 
 def prune_run(model, ids, method: str, device: torch.device, batch_size: int, offload: str = "cpu") -> dict:
     from prunestudio.core.config import PruneConfig
-    from prunestudio.core.events import BlockDone
-    from prunestudio.core.prune.pipeline import iter_prune, run_to_completion
+    from prunestudio.core.events import BlockDone, run_to_completion
+    from prunestudio.core.prune.pipeline import iter_prune
 
     cfg = PruneConfig(method=method, sparsity=0.5, batch_size=batch_size).with_offload_mode(offload)
     blocks: list[dict] = []

@@ -34,11 +34,12 @@ def worker(a: argparse.Namespace) -> dict:
     import psutil
     import torch
     from prunestudio.core.config import PruneConfig
+    from prunestudio.core.events import run_to_completion
     from prunestudio.core.model import architecture
     from prunestudio.core.model.loading import load_model
     from prunestudio.core.model.offload import store_of
     from prunestudio.core.prune.memory import estimate_run_memory, module_shapes
-    from prunestudio.core.prune.pipeline import iter_prune, run_to_completion
+    from prunestudio.core.prune.pipeline import iter_prune
 
     proc = psutil.Process()
     peak = [0]

@@ -26,7 +26,8 @@ WORKER = r"""
 import json, sys, time, torch
 from prunestudio.core.config import PruneConfig
 from prunestudio.core.model.loading import load_model
-from prunestudio.core.prune.pipeline import iter_prune, run_to_completion
+from prunestudio.core.events import run_to_completion
+from prunestudio.core.prune.pipeline import iter_prune
 import prunestudio.core.prune.pipeline as p
 method, calib = sys.argv[1], sys.argv[2]
 ids = torch.tensor(json.load(open(calib))["input_ids"], dtype=torch.long)

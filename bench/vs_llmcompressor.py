@@ -57,8 +57,9 @@ WIKI = REPO.parent / "shared" / "data" / "wikitext-2" / "wiki.test.raw"
 def worker_ours(a: argparse.Namespace) -> dict:
     import torch
     from prunestudio.core.config import PruneConfig
+    from prunestudio.core.events import run_to_completion
     from prunestudio.core.model.loading import load_model
-    from prunestudio.core.prune.pipeline import iter_prune, run_to_completion
+    from prunestudio.core.prune.pipeline import iter_prune
     from safetensors.torch import save_file
 
     ids = torch.tensor(json.loads(Path(a.calib).read_text())["input_ids"], dtype=torch.long)
@@ -114,9 +115,9 @@ def worker_llmc(a: argparse.Namespace) -> dict:
 def worker_eval(a: argparse.Namespace) -> dict:
     """Our evaluation, for any pruned weights file: block sparsity and WikiText-2 perplexity."""
     from prunestudio.core.evaluate.perplexity import eval_text, iter_perplexity, tokenize_eval
+    from prunestudio.core.events import run_to_completion
     from prunestudio.core.model import architecture
     from prunestudio.core.model.loading import load_model
-    from prunestudio.core.prune.pipeline import run_to_completion
     from safetensors.torch import load_file
 
     loaded = load_model(a.model, "cpu", "fp32")

@@ -4,7 +4,7 @@
 :class:`ConfigError`, :class:`EvaluationError` and :class:`ExportError` say which step the problem
 belongs to, and :class:`Cancelled` is the user's own stop (the CLI exits 130 on it, the GUI logs it
 as a warning). Two internal signals live next to the code that raises and catches them
-(``prune.lockstep.NotLockstepable``, ``prune.pipeline.BlockOutOfMemory``). Anything else that
+(``prune.lockstep.NotLockstepable``, ``prune.block.BlockOutOfMemory``). Anything else that
 escapes the engine is a bug, shown as such.
 
 Every error carries a short, readable sentence (``str(err)``) and optional ``details`` (longer

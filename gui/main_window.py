@@ -13,10 +13,10 @@ from .panels.history import HistoryPanel
 from .panels.model import ModelPanel
 from .panels.prune import PrunePanel
 from .panels.run import RunPanel
+from .panels.steps import STEPS, StepList, step_status
 from .resources import app_icon
 from .settings import DISPLAY_NAME, Settings, sync_all
 from .state import AppState
-from .panels.steps import STEPS, StepList, step_status
 from .widgets import chain_tab_order
 from .worker import wait_for_workers
 

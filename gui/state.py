@@ -26,7 +26,7 @@ from ..core.events import Event, Message, PhaseDone, PhaseStarted
 from ..core.model.loading import LoadedModel
 from ..core.model.memory import available_memory, format_bytes
 from ..core.prune import memory
-from ..core.prune.pipeline import PruneResult, is_incomplete
+from ..core.prune.result import PruneResult, is_incomplete
 from ..core.run.evaluation import EvalSettings
 from ..core.run.history import History
 from ..core.run.load import LoadArgs

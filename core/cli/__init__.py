@@ -1,5 +1,5 @@
 """The ``prunestudio`` command line: the same engine as the desktop app, headless."""
 
-from .main import main
+from .commands import main
 
 __all__ = ["main"]

@@ -27,6 +27,7 @@ def register(sub: Any) -> None:
 
 
 def cmd_experiment(args: argparse.Namespace) -> int:
+    from ..events import run_to_completion
     from ..experiment import (
         CellFinished,
         CellSkipped,
@@ -36,7 +37,6 @@ def cmd_experiment(args: argparse.Namespace) -> int:
         iter_experiment,
         write_summary,
     )
-    from ..events import run_to_completion
     from .progress import ProgressPrinter
 
     printer = ProgressPrinter(quiet=getattr(args, "quiet", False))

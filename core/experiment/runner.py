@@ -139,7 +139,7 @@ class _Runner:
 
     def restore(self) -> None:
         """The original weights again, whatever an earlier cell pruned (or half pruned)."""
-        from ..prune.pipeline import mark_incomplete
+        from ..prune.result import mark_incomplete
 
         assert self.loaded is not None
         self.loaded.model.load_state_dict(self.original)

@@ -30,8 +30,8 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
-from ..files import atomic_path
 from ..errors import ModelLoadError, PruneStudioError
+from ..files import atomic_path
 from . import architecture
 from .meta_buffers import rebuild_meta_buffers
 

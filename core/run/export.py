@@ -17,7 +17,7 @@ from typing import Any, Callable, Generator
 
 from ..errors import Cancelled, ExportError
 from ..events import Event, PhaseDone, PhaseProgress, PhaseStarted
-from ..prune.pipeline import is_incomplete
+from ..prune.result import is_incomplete
 
 REPORT_NAME = "prunestudio.json"
 

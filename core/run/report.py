@@ -17,7 +17,7 @@ from ..calib.calibset import CalibrationSet
 from ..calib.textsources import describe_source, split_field
 from ..config import Recipe
 from ..model.loading import LoadedModel
-from ..prune.pipeline import PruneResult
+from ..prune.result import PruneResult
 
 if TYPE_CHECKING:
     from .evaluation import EvalSettings

@@ -18,7 +18,8 @@ from ..config import Recipe
 from ..errors import CalibrationError, Cancelled
 from ..events import Event, Message
 from ..model.loading import LoadedModel
-from ..prune.pipeline import PruneResult, iter_prune
+from ..prune.pipeline import iter_prune
+from ..prune.result import PruneResult
 from .calibration import build_calibration
 from .checks import validate_recipe
 from .evaluation import EvalSettings, iter_measure

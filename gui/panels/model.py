@@ -26,8 +26,8 @@ from ...core.model.demo import DEMO_NAME, is_demo_ready
 from ...core.model.memory import format_bytes
 from ...core.run.load import LoadArgs
 from .. import tasks
-from ..settings import Settings
 from ..jobs import BUSY_TEXT, PanelJob
+from ..settings import Settings
 from ..state import AppState, ModelStatus
 from ..widgets import PathEdit, StatusLine, fmt_count, hint_label
 

@@ -41,10 +41,12 @@ from prunestudio.core.errors import (
     PruneStudioError,
 )
 from prunestudio.core.evaluate.task_data import TASKS, load_task
-from prunestudio.core.events import Message, PhaseStarted, RunStarted
+from prunestudio.core.events import Message, PhaseStarted, RunStarted, run_to_completion
 from prunestudio.core.model import loading as models_mod
 from prunestudio.core.model.loading import load_model
-from prunestudio.core.prune.pipeline import BlockOutOfMemory, is_incomplete, iter_prune, run_to_completion
+from prunestudio.core.prune.block import BlockOutOfMemory
+from prunestudio.core.prune.pipeline import iter_prune
+from prunestudio.core.prune.result import is_incomplete
 from prunestudio.core.run.calibration import build_calibration
 from prunestudio.core.run.checks import validate_recipe
 from prunestudio.core.run.evaluation import iter_eval_ppl
@@ -661,12 +663,12 @@ def test_cancel_in_every_phase(job_recipe, calls_by_phase, tmp_path, phase):
 
 
 def test_worker_crash_surfaces_as_the_original_exception(job_recipe, tmp_path, monkeypatch):
-    import prunestudio.core.prune.pipeline as pipeline_mod
+    import prunestudio.core.prune.block as block_mod
 
     def boom(*a, **k):
         raise KeyError("something the engine did not expect")
 
-    monkeypatch.setattr(pipeline_mod, "prune_module", boom)
+    monkeypatch.setattr(block_mod, "prune_module", boom)
     recipe = Recipe(model=job_recipe.model, prune=PruneConfig(method="magnitude"))
     gen = iter_job(recipe, tmp_path / "out")
     with pytest.raises(KeyError, match="did not expect"):

@@ -13,7 +13,7 @@ import pytest
 import torch
 from conftest import CORPUS, byte_tokenizer, tiny_model
 from prunestudio.core.calib.calibset import CalibrationSet, CalibSample, tokenizer_fingerprint
-from prunestudio.core.cli.main import EXIT_CANCELLED, EXIT_ERROR, EXIT_UNEXPECTED, main
+from prunestudio.core.cli.commands import EXIT_CANCELLED, EXIT_ERROR, EXIT_UNEXPECTED, main
 
 
 @pytest.fixture(scope="module")
@@ -260,12 +260,12 @@ def test_disk_full_during_export(capsys, model, text, tmp_path, monkeypatch):
 
 
 def test_unexpected_failure_exits_2_with_one_line(capsys, model, text, monkeypatch):
-    import prunestudio.core.prune.pipeline as pipeline_mod
+    import prunestudio.core.prune.block as block_mod
 
     def boom(*a, **k):
         raise ZeroDivisionError("a bug\nwith a second line")
 
-    monkeypatch.setattr(pipeline_mod, "prune_module", boom)
+    monkeypatch.setattr(block_mod, "prune_module", boom)
     code, _, err = run(capsys, *_prune_args(model, text))
     assert code == EXIT_UNEXPECTED
     assert error_line(err) == ("error: unexpected failure (ZeroDivisionError: a bug); "
@@ -276,12 +276,12 @@ def test_unexpected_failure_exits_2_with_one_line(capsys, model, text, monkeypat
 
 
 def test_interrupt_exits_130(capsys, model, text, monkeypatch):
-    import prunestudio.core.prune.pipeline as pipeline_mod
+    import prunestudio.core.prune.block as block_mod
 
     def interrupt(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(pipeline_mod, "prune_module", interrupt)
+    monkeypatch.setattr(block_mod, "prune_module", interrupt)
     code, _, err = run(capsys, *_prune_args(model, text))
     assert code == EXIT_CANCELLED
     assert "Cancelled." in err and "Traceback" not in err
@@ -328,7 +328,7 @@ def test_every_subcommand_is_registered(capsys):
 
 def test_a_broken_subcommand_module_is_an_error_not_a_missing_command(monkeypatch):
     from prunestudio.core.cli import calib
-    from prunestudio.core.cli.main import build_parser
+    from prunestudio.core.cli.commands import build_parser
 
     def broken(sub):
         raise ImportError("a dependency of the calib subcommand is missing")

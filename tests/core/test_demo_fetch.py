@@ -7,8 +7,8 @@ import time
 
 import pytest
 from prunestudio.core.errors import Cancelled, ModelLoadError
+from prunestudio.core.events import run_to_completion
 from prunestudio.core.model import demo as demo_model
-from prunestudio.core.prune.pipeline import run_to_completion
 
 
 @pytest.fixture()

@@ -8,8 +8,8 @@ import pytest
 import torch
 from prunestudio.core.config import CalibConfig, PruneConfig, Recipe
 from prunestudio.core.evaluate.perplexity import perplexity
+from prunestudio.core.events import run_to_completion
 from prunestudio.core.model import architecture
-from prunestudio.core.prune.pipeline import run_to_completion
 from prunestudio.core.run.job import iter_job
 from transformers import AutoModelForCausalLM
 

@@ -220,8 +220,9 @@ def test_pipeline_dsnot_skip_leaves_the_initial_mask(make_model, tokenizer, skip
     """Skipped modules keep exactly the Wanda mask; refined ones swap some weights (masks compared in
     the first block, whose inputs are the same in both runs)."""
     from prunestudio.core.config import PruneConfig
+    from prunestudio.core.events import run_to_completion
     from prunestudio.core.model import architecture
-    from prunestudio.core.prune.pipeline import iter_prune, run_to_completion
+    from prunestudio.core.prune.pipeline import iter_prune
 
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(3, len(tokenizer), (6, 24), generator=g)

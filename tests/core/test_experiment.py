@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from prunestudio.core.errors import ConfigError
+from prunestudio.core.events import run_to_completion
 from prunestudio.core.experiment import (
     DENSE,
     GridSpec,
@@ -19,7 +20,6 @@ from prunestudio.core.experiment import (
     summary_csv,
     summary_markdown,
 )
-from prunestudio.core.prune.pipeline import run_to_completion
 from prunestudio.core.run.history import History
 
 
@@ -82,7 +82,7 @@ def test_grid_runs_and_a_rerun_executes_no_cell(workdir):
 
 
 def test_cli_experiment_resumes_and_honours_db(workdir, capsys):
-    from prunestudio.core.cli.main import main
+    from prunestudio.core.cli.commands import main
 
     grid = write_grid(workdir, seeds=[0], dense_baseline=False, eval={"ppl": ["eval.txt"], "seqlen": 32,
                                                                        "max_windows": 2})
@@ -178,7 +178,7 @@ def test_grid_validation_errors(workdir, over, message):
 
 
 def test_grid_file_errors_name_the_file(tmp_path, capsys):
-    from prunestudio.core.cli.main import main
+    from prunestudio.core.cli.commands import main
 
     bad = tmp_path / "g.json"
     bad.write_text("{not json", encoding="utf-8")

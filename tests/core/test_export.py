@@ -9,8 +9,9 @@ import pytest
 import torch
 from prunestudio.core.config import PruneConfig
 from prunestudio.core.errors import Cancelled, ExportError
+from prunestudio.core.events import run_to_completion
 from prunestudio.core.model import architecture
-from prunestudio.core.prune.pipeline import iter_prune, run_to_completion
+from prunestudio.core.prune.pipeline import iter_prune
 from prunestudio.core.run.export import REPORT_NAME, iter_export
 from transformers import AutoModelForCausalLM
 

@@ -10,12 +10,13 @@ import pytest
 import torch
 from prunestudio.core.config import PruneConfig
 from prunestudio.core.errors import Cancelled
-from prunestudio.core.events import ModulePruned
+from prunestudio.core.events import ModulePruned, run_to_completion
 from prunestudio.core.model import architecture
 from prunestudio.core.prune.capture import BlockInputs
 from prunestudio.core.prune.lockstep import LockstepBlock, NotLockstepable
 from prunestudio.core.prune.needs import StatsNeeds
-from prunestudio.core.prune.pipeline import is_incomplete, iter_prune, run_to_completion
+from prunestudio.core.prune.pipeline import iter_prune
+from prunestudio.core.prune.result import is_incomplete
 from torch import nn
 
 

@@ -16,13 +16,14 @@ import torch
 from conftest import CORPUS, byte_tokenizer, tiny_model
 from prunestudio.core.config import PruneConfig
 from prunestudio.core.errors import ConfigError
+from prunestudio.core.events import run_to_completion
 from prunestudio.core.model import architecture
 from prunestudio.core.prune import stats as stats_mod
 from prunestudio.core.prune.memory import estimate_run_memory, module_shapes
 from prunestudio.core.prune.methods import registry
 from prunestudio.core.prune.methods.interface import ModuleOutcome
 from prunestudio.core.prune.needs import StatsNeeds
-from prunestudio.core.prune.pipeline import iter_prune, run_to_completion
+from prunestudio.core.prune.pipeline import iter_prune
 
 TOY = "toy"
 CALLS: list[tuple[str, int]] = []  # (module name, calibration tokens its statistics saw)
@@ -109,7 +110,7 @@ def test_impossible_declarations_are_refused(bad, match):
 # ---- the toy method through the command line and the GUI ---------------------------------------
 
 def test_the_toy_method_through_the_cli(toy, tmp_path, capsys):
-    from prunestudio.core.cli.main import main
+    from prunestudio.core.cli.commands import main
     from transformers import AutoModelForCausalLM
 
     tok = byte_tokenizer(300)
@@ -132,7 +133,7 @@ def test_the_toy_method_through_the_cli(toy, tmp_path, capsys):
 
 
 def test_the_cli_offers_the_toy_method(toy, capsys):
-    from prunestudio.core.cli.main import build_parser
+    from prunestudio.core.cli.commands import build_parser
 
     args = build_parser().parse_args(["prune", "--method", TOY, "--dsnot-init", TOY])
     assert (args.method, args.dsnot_init) == (TOY, TOY)

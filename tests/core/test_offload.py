@@ -8,11 +8,11 @@ import pytest
 import torch
 from conftest import tiny_model
 from prunestudio.core.config import PruneConfig
-from prunestudio.core.events import ModulePruned
+from prunestudio.core.events import ModulePruned, run_to_completion
 from prunestudio.core.model import architecture
 from prunestudio.core.model.loading import load_model
 from prunestudio.core.model.offload import save_lazy_model, store_of
-from prunestudio.core.prune.pipeline import iter_prune, run_to_completion
+from prunestudio.core.prune.pipeline import iter_prune
 
 
 def _ids(vocab: int, n: int = 6, seqlen: int = 24, seed: int = 0) -> torch.Tensor:
@@ -117,7 +117,7 @@ def test_owl_with_disk_offload(saved, tmp_path, tokenizer):
 
 
 def test_disk_offload_config_and_cli(tmp_path):
-    from prunestudio.core.cli.main import _recipe_from_args, build_parser
+    from prunestudio.core.cli.commands import _recipe_from_args, build_parser
     from prunestudio.core.errors import ConfigError
 
     args = build_parser().parse_args(["prune", "--model", "demo", "--offload", "disk",

@@ -9,11 +9,12 @@ import torch
 from conftest import ARCHS
 from prunestudio.core.config import PruneConfig
 from prunestudio.core.errors import Cancelled, ConfigError
-from prunestudio.core.events import BlockDone, ModulePruned, RunFinished, RunStarted
+from prunestudio.core.events import BlockDone, ModulePruned, RunFinished, RunStarted, run_to_completion
 from prunestudio.core.model import architecture
 from prunestudio.core.model.offload import restore_outside
 from prunestudio.core.prune.capture import capture_first_block_inputs, run_block
-from prunestudio.core.prune.pipeline import is_incomplete, iter_prune, run_to_completion
+from prunestudio.core.prune.pipeline import iter_prune
+from prunestudio.core.prune.result import is_incomplete
 
 
 def _ids(vocab: int, n: int = 6, seqlen: int = 24, seed: int = 0) -> torch.Tensor:

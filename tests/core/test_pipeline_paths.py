@@ -7,12 +7,13 @@ from __future__ import annotations
 import pytest
 import torch
 from prunestudio.core.config import PruneConfig
-from prunestudio.core.events import ModulePruned
+from prunestudio.core.events import ModulePruned, run_to_completion
 from prunestudio.core.model import architecture
 from prunestudio.core.model.loading import describe
 from prunestudio.core.prune import pipeline
+from prunestudio.core.prune.block import BlockStats
 from prunestudio.core.prune.memory import estimate_run_memory, module_shapes
-from prunestudio.core.prune.pipeline import iter_prune, run_to_completion
+from prunestudio.core.prune.pipeline import iter_prune
 
 
 def _ids(vocab: int, n: int = 6, seqlen: int = 24, seed: int = 0) -> torch.Tensor:
@@ -71,8 +72,8 @@ def test_statistics_pass_stops_after_last_module_with_same_statistics(make_model
         inputs, where = capture_first_block_inputs(model, lay.path, lay.blocks[0], ids, 2, torch.device("cpu"))
         restore_outside(model, where)
         block = lay.blocks[0]
-        full = pipeline._BlockStats(block, lay.module_names, needs, torch.device("cpu"), early_stop=False)
-        fast = pipeline._BlockStats(block, lay.module_names, needs, torch.device("cpu"))
+        full = BlockStats(block, lay.module_names, needs, torch.device("cpu"), early_stop=False)
+        fast = BlockStats(block, lay.module_names, needs, torch.device("cpu"))
         calls = {"n": 0}
         last = block.get_submodule(lay.module_names[-1])
         h = last.register_forward_hook(lambda *a: calls.__setitem__("n", calls["n"] + 1))
@@ -87,7 +88,7 @@ def test_statistics_pass_stops_after_last_module_with_same_statistics(make_model
     assert fast_calls == 1  # only the first batch runs the block to the end
     # with the previous block's hint even the first batch stops early, with the same statistics
     with torch.no_grad():
-        hinted = pipeline._BlockStats(block, lay.module_names, needs, torch.device("cpu"), last_hint=fast.last_module)
+        hinted = BlockStats(block, lay.module_names, needs, torch.device("cpu"), last_hint=fast.last_module)
         h = last.register_forward_hook(lambda *a: calls.__setitem__("n", calls["n"] + 1))
         calls["n"] = 0
         for i in range(len(inputs.hidden)):
@@ -99,7 +100,7 @@ def test_statistics_pass_stops_after_last_module_with_same_statistics(make_model
         assert torch.equal(hinted.stats[name].hessian, full.stats[name].hessian)
     # a wrong hint (a module that runs early) falls back to a full first batch
     with torch.no_grad():
-        wrong = pipeline._BlockStats(block, lay.module_names, needs, torch.device("cpu"),
+        wrong = BlockStats(block, lay.module_names, needs, torch.device("cpu"),
                                      last_hint=(lay.module_names[0], 1))
         for i in range(len(inputs.hidden)):
             wrong.run(inputs, i)

@@ -9,8 +9,7 @@ import torch
 from conftest import CORPUS, byte_tokenizer, tiny_model
 from prunestudio.core.config import CalibConfig, PruneConfig, Recipe
 from prunestudio.core.evaluate import ppl_cache
-from prunestudio.core.events import Message, PhaseStarted
-from prunestudio.core.prune.pipeline import run_to_completion
+from prunestudio.core.events import Message, PhaseStarted, run_to_completion
 from prunestudio.core.run.job import iter_job
 
 

@@ -121,7 +121,7 @@ def test_perplexity_on_a_suite(tmp_path, tokenizer, make_model):
 
 
 def test_cli_eval_with_suites_and_tasks_writes_a_report(tmp_path, tokenizer, make_model, capsys):
-    from prunestudio.core.cli.main import main
+    from prunestudio.core.cli.commands import main
 
     data = tmp_path / "data"
     write_wiki(data)
@@ -145,7 +145,7 @@ def test_cli_eval_with_suites_and_tasks_writes_a_report(tmp_path, tokenizer, mak
 
 
 def test_cli_eval_missing_task_file_is_a_clear_error(tmp_path, tokenizer, make_model, capsys):
-    from prunestudio.core.cli.main import main
+    from prunestudio.core.cli.commands import main
 
     model_dir = tmp_path / "model"
     make_model("llama").save_pretrained(model_dir)

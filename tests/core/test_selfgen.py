@@ -12,11 +12,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from _selfgen_helpers import make_model, make_tokenizer  # noqa: E402
 from prunestudio.core.calib import selfgen as sg  # noqa: E402
-from prunestudio.core.calib.selfgen import generate, sampler  # noqa: E402
 from prunestudio.core.calib.calibset import CalibrationSet  # noqa: E402
+from prunestudio.core.calib.selfgen import generate, sampler  # noqa: E402
 from prunestudio.core.errors import CalibrationError, Cancelled, ConfigError  # noqa: E402
-from prunestudio.core.events import PhaseDone, PhaseProgress, PhaseStarted  # noqa: E402
-from prunestudio.core.prune.pipeline import run_to_completion  # noqa: E402
+from prunestudio.core.events import PhaseDone, PhaseProgress, PhaseStarted, run_to_completion  # noqa: E402
 
 TEXTS = [
     "the quick brown fox jumps over the lazy dog",

@@ -8,7 +8,7 @@ import numpy as np
 from _gui_fixtures import *  # noqa: F401,F403 - the GUI fixtures (see that module)
 from _gui_helpers import LONG, click, load_folder, screenshot, start_run
 from prunestudio.core.events import ModulePruned, RunStarted
-from prunestudio.core.prune.pipeline import is_incomplete
+from prunestudio.core.prune.result import is_incomplete
 from prunestudio.core.run import run as run_mod
 from prunestudio.gui.state import ModelStatus, RunStatus
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prunestudio.core.prune.pipeline import run_to_completion
+from prunestudio.core.events import run_to_completion
 from prunestudio.gui.selftest import self_test
 
 

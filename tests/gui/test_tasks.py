@@ -16,7 +16,7 @@ from prunestudio.gui.worker import Worker
 
 
 def _cli(capsys, *argv: str) -> tuple[int, str]:
-    from prunestudio.core.cli.main import main
+    from prunestudio.core.cli.commands import main
 
     capsys.readouterr()
     rc = main(["-q", *argv])

@@ -14,8 +14,8 @@ import torch
 
 from ...errors import CalibrationError, Cancelled
 from ...events import run_to_completion
-from ...model.devices import model_device
 from ...model import memory
+from ...model.devices import model_device
 from .prompts import _suppress_mask
 from .settings import GenerationSettings
 

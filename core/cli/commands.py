@@ -196,8 +196,8 @@ def _write_json(path: str, data: dict[str, Any]) -> None:
 
 
 def cmd_fetch(args: argparse.Namespace, progress: Any) -> int:
+    from ..events import run_to_completion
     from ..model.demo import demo_model_dir, iter_fetch_demo_model
-    from ..prune.pipeline import run_to_completion
 
     path = run_to_completion(iter_fetch_demo_model(), progress)
     print(path or demo_model_dir())
