@@ -82,6 +82,10 @@ class PruneConfig:
     host memory holds about one block plus the activations: models larger than RAM)."""
     offload_dir: str | None = None
     """Disk offload: folder for the pruned blocks (default: a temporary folder in the cache)."""
+    allow_partial: bool = False
+    """Run even when some block weights a method would prune cannot be pruned (today: the fused
+    experts of mixture-of-experts models) and stay dense; the report, card and history then say the
+    result is partial. False: such a run is refused before any long step (``core/run/partial.py``)."""
 
     def __post_init__(self) -> None:
         methods.check(self)  # a registered method; DSnoT's initial mask one too

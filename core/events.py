@@ -54,11 +54,14 @@ class RunStarted(Event):
 
     method: str
     num_blocks: int
-    module_names: tuple[str, ...]  # relative names inside a block, e.g. "self_attn.q_proj"
+    module_names: tuple[str, ...]  # relative names inside a block, e.g. "self_attn.q_proj" (union of all blocks)
     block_sparsity: tuple[float, ...]  # target sparsity per block (OWL makes them differ)
     nsamples: int
     seqlen: int
     device: str
+    # each block's own prunable modules (hybrid blocks differ; a name missing is a module the block
+    # lacks); empty when not given, then every block has ``module_names``
+    block_module_names: tuple[tuple[str, ...], ...] = ()
 
 
 @dataclass(frozen=True)

@@ -64,8 +64,8 @@ def self_test(workdir: str, should_stop: Any = lambda: False) -> Generator[Event
 
     back = AutoModelForCausalLM.from_pretrained(exported.path)
     lay = architecture.layout(back)
-    for block in lay.blocks:
-        for name in lay.module_names:
+    for bi, block in enumerate(lay.blocks):
+        for name in lay.names_of(bi):
             w = architecture.get_weight_2d(block.get_submodule(name))
             if not bool(((w == 0).sum(1) == w.shape[1] // 2).all()):
                 raise AssertionError(f"exported {name} is not 50% sparse per row")

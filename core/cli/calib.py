@@ -81,7 +81,8 @@ class _Progress:
 # argparse
 # ------------------------------------------------------------------------------------------------
 def _model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="demo", help="demo, a model folder, a .gguf file, or a hub id (owner/name)")
+    p.add_argument("--model", default="demo", help="demo or another catalogue model (fetch-model --list), "
+                   "a model folder, a .gguf file, or a hub id (owner/name)")
     p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N")
     p.add_argument("--dtype", default="auto", help="auto, fp32, bf16 or fp16")
     p.add_argument("--trust-remote-code", action="store_true",

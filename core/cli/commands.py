@@ -1,6 +1,6 @@
 """``prunestudio`` command line: the same engine as the desktop app, headless.
 
-    prunestudio fetch-demo-model
+    prunestudio fetch-model NAME | --list      (fetch-demo-model = fetch-model demo)
     prunestudio prune --model demo --method wanda --sparsity 0.5 --calibration selfgen --out DIR
     prunestudio eval --model DIR --ppl wiki.test.raw --seqlen 512
     prunestudio calib generate|score ...
@@ -42,7 +42,8 @@ def _quiet_libraries() -> None:
 
 def _add_model_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument("--model", required=required, default=None if required else "demo",
-                   help="demo, a model folder, a .gguf file, or a hub id (owner/name)")
+                   help="demo or another catalogue model (fetch-model --list), a model folder, a .gguf file, "
+                   "or a hub id (owner/name)")
     p.add_argument("--device", default=None, help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N")
     p.add_argument("--dtype", default=None, help="auto, fp32, bf16 or fp16")
     p.add_argument("--trust-remote-code", action="store_true", default=None,
@@ -71,11 +72,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress output")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    sub.add_parser("fetch-demo-model", help="download and convert the embedded default model")
+    sub.add_parser("fetch-demo-model", help="download and convert the embedded default model "
+                   "(the same as fetch-model demo)")
+    from ..model.catalog import catalog_names
+
+    p = sub.add_parser("fetch-model", help="download and convert a model of the catalogue into the cache")
+    p.add_argument("name", nargs="?", choices=catalog_names(), metavar="NAME",
+                   help="one of: " + ", ".join(catalog_names()))
+    p.add_argument("--list", action="store_true", help="list the catalogue and what is already fetched")
+    p.add_argument("--force", action="store_true", help="fetch and convert again even when cached")
 
     p = sub.add_parser("prune", help="prune a model and export it")
     p.add_argument("--recipe", help="a recipe JSON file; other flags override its values")
-    p.add_argument("--model", default=None, help="demo, a model folder, a .gguf file, or a hub id")
+    p.add_argument("--model", default=None,
+                   help="demo or another catalogue model (fetch-model --list), a model folder, a .gguf file, "
+                   "or a hub id")
     p.add_argument("--device", default=None)
     p.add_argument("--dtype", default=None)
     p.add_argument("--trust-remote-code", action="store_true", default=None)
@@ -99,6 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="the reference order: statistics of each dense block, then a second pass for "
                             "its outputs (the default for the other methods)")
     p.add_argument("--skip", action="append", default=None, help="leave modules whose name contains this dense")
+    p.add_argument("--allow-partial", action="store_true", default=None,
+                   help="prune what can be pruned when some block weights cannot be (the fused experts of "
+                        "mixture-of-experts models) and stay dense; without it such a run is refused")
     p.add_argument("--owl", action="store_true", default=None, help="OWL layer-wise sparsity allocation")
     p.add_argument("--owl-m", type=float, default=None)
     p.add_argument("--owl-lambda", type=float, default=None)
@@ -172,6 +186,7 @@ def _recipe_from_args(args: argparse.Namespace) -> Any:
         "offload": (False if args.no_offload else None),
         "offload_dir": args.offload_dir,
         "one_pass": args.one_pass,
+        "allow_partial": args.allow_partial,
     }.items() if v is not None}
     if args.offload is not None:
         off_kw = {"none": {"offload": False}, "cpu": {"offload": True, "offload_to": "cpu"},
@@ -196,11 +211,26 @@ def _write_json(path: str, data: dict[str, Any]) -> None:
 
 
 def cmd_fetch(args: argparse.Namespace, progress: Any) -> int:
+    """``fetch-model NAME`` (``fetch-demo-model`` is ``fetch-model demo``) and ``fetch-model --list``:
+    prints the model's folder, or the catalogue."""
     from ..events import run_to_completion
-    from ..model.demo import demo_model_dir, iter_fetch_demo_model
+    from ..model import catalog
 
-    path = run_to_completion(iter_fetch_demo_model(), progress)
-    print(path or demo_model_dir())
+    name, force = "demo", False
+    if args.command == "fetch-model":
+        if args.list:
+            for entry in catalog.CATALOG.values():
+                where = str(catalog.model_dir(entry.name)) if catalog.is_ready(entry.name) else "not fetched"
+                print(f"{entry.summary()}; {where}")
+            return 0
+        if args.name is None:
+            from ..errors import ConfigError
+
+            raise ConfigError("Name a model to fetch (" + ", ".join(catalog.catalog_names())
+                              + "), or list them with --list.")
+        name, force = args.name, args.force
+    path = run_to_completion(catalog.iter_fetch_model(name, force=force), progress)
+    print(path or catalog.model_dir(name))
     return 0
 
 
@@ -219,9 +249,15 @@ def cmd_prune(args: argparse.Namespace, progress: Any) -> int:
         res.calibration.save(args.save_calibration)
     r = res.report
     summary = f"global sparsity {r['global_sparsity']:.4f}"
+    cov = r.get("coverage") or {}
+    if cov.get("partial"):
+        summary += (f" of the pruned modules (PARTIAL: only {cov['pruned_share']:.1%} of the block weights "
+                    f"were pruned; {cov['dense_share']:.1%} of the block parameters stayed dense)")
     if r.get("ppl_dense") is not None:
         summary += f", perplexity {r['ppl_dense']:.3f} -> {r['ppl_pruned']:.3f}"
     progress.say(summary)
+    if cov.get("partial"):  # shown even with --quiet
+        logging.getLogger("prunestudio").warning(r["notes"][0])
     if res.export_dir is not None:
         progress.say(f"Pruned model written to {res.export_dir}")
         print(res.export_dir)
@@ -336,7 +372,7 @@ def _run(args: argparse.Namespace) -> int:
         sys.stderr.flush()
 
     progress = ProgressPrinter(quiet=args.quiet)
-    handlers = {"fetch-demo-model": cmd_fetch, "prune": cmd_prune, "eval": cmd_eval}
+    handlers = {"fetch-demo-model": cmd_fetch, "fetch-model": cmd_fetch, "prune": cmd_prune, "eval": cmd_eval}
     handler = handlers.get(args.command) or getattr(args, "handler", None)
     try:
         if handler in handlers.values():

@@ -68,15 +68,18 @@ class ProgressPrinter:
 
     def __call__(self, ev: Event) -> None:  # noqa: C901 - a flat dispatch reads best
         if isinstance(ev, RunStarted):
-            self._blocks, self._modules = ev.num_blocks, max(1, len(ev.module_names))
+            per_block = ev.block_module_names or (ev.module_names,) * ev.num_blocks  # hybrid blocks differ
+            self._blocks, self._modules = ev.num_blocks, max(1, sum(len(n) for n in per_block))
             self._t_run = time.perf_counter()
-            self.say(f"Pruning {ev.num_blocks} blocks x {len(ev.module_names)} modules with {ev.method} "
+            shape = (f"{ev.num_blocks} blocks x {len(ev.module_names)} modules"
+                     if len(set(per_block)) <= 1 else f"{ev.num_blocks} blocks ({self._modules} modules in all)")
+            self.say(f"Pruning {shape} with {ev.method} "
                      f"on {ev.device} ({ev.nsamples} x {ev.seqlen} calibration tokens)")
         elif isinstance(ev, BlockStarted):
             self._block = ev.index
         elif isinstance(ev, ModulePruned):
             self._done_modules += 1
-            total = self._blocks * self._modules
+            total = self._modules  # modules of all blocks
             frac = self._done_modules / max(total, 1)
             el = time.perf_counter() - self._t_run
             eta = el / frac * (1 - frac) if frac > 0 else 0

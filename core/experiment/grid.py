@@ -278,7 +278,8 @@ class GridSpec:
         return out
 
 
-_NOT_IN_KEY = {"device", "offload", "offload_to", "offload_dir"}
+# settings that cannot change a result: where blocks wait, and the permission to prune a model partly
+_NOT_IN_KEY = {"device", "offload", "offload_to", "offload_dir", "allow_partial"}
 
 
 def _non_default(obj: Any) -> dict[str, Any]:

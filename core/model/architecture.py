@@ -1,8 +1,11 @@
 """Architecture-agnostic discovery of decoder blocks and their prunable linear modules.
 
-No ``model.model.layers``: the decoder blocks are the longest ``nn.ModuleList`` whose children
-are all of one class (true for Llama, Qwen2, Mistral, Gemma, Phi-3, OPT, GPT-2, Falcon, ...).
-Prunable modules are the ``nn.Linear`` (and GPT-2's transposed ``Conv1D``) inside a block.
+No ``model.model.layers``: the decoder blocks are the longest ``nn.ModuleList`` of blocks that hold
+linear layers (see :func:`find_blocks`; true for Llama, Qwen2, Mistral, Gemma, Phi-3, OPT, GPT-2,
+Falcon, and for hybrids whose layers mix attention with linear attention, state-space or
+convolution mixers). Prunable modules are the ``nn.Linear`` (and GPT-2's transposed ``Conv1D``)
+inside a block, found in *each* block: a hybrid's blocks differ (Qwen3-Next's linear-attention
+layers have ``linear_attn.*`` where its full-attention layers have ``self_attn.*``).
 Embeddings and ``lm_head`` live outside the blocks and are therefore never pruned.
 """
 
@@ -14,6 +17,7 @@ import torch
 from torch import nn
 
 from ..errors import ModelLoadError
+from . import kinds
 
 
 def _is_conv1d(module: nn.Module) -> bool:
@@ -27,41 +31,88 @@ def is_prunable(module: nn.Module) -> bool:
 
 @dataclass(frozen=True)
 class BlockLayout:
-    """Where the decoder blocks live and what can be pruned inside them."""
+    """Where the decoder blocks live and what can be pruned inside each of them.
+
+    ``per_block[i]`` names block ``i``'s own prunable modules (relative to the block, in the order
+    the block defines them, which is the forward order of every family we know); a module block
+    ``i`` lacks is simply absent. ``module_names`` is the union over all blocks in first-seen order
+    (the columns of a table of blocks by modules); on a model whose blocks are all alike it is
+    every block's list.
+    """
 
     path: str  # dotted path of the ModuleList, e.g. "model.layers" or "transformer.h"
     blocks: nn.ModuleList
-    module_names: tuple[str, ...]  # prunable modules, relative to a block, in forward order
+    module_names: tuple[str, ...]  # union of the blocks' prunable modules, first-seen order
+    per_block: tuple[tuple[str, ...], ...] = ()  # each block's own prunable modules
 
     def __len__(self) -> int:
         return len(self.blocks)
 
+    def names_of(self, i: int) -> tuple[str, ...]:
+        """Block ``i``'s own prunable module names."""
+        return self.per_block[i] if self.per_block else self.module_names
+
+    @property
+    def uniform(self) -> bool:
+        """Whether every block has the same prunable modules."""
+        return all(names == self.module_names for names in self.per_block)
+
 
 _ATTENTION_WORDS = ("attn", "attention")
+# token mixers that take attention's place in hybrid blocks: state-space (Mamba) and short
+# convolution layers (LFM2's ``conv``)
+_MIXER_PARTS = ("mamba", "conv", "ssm")
+_MLP_WORDS = ("mlp", "feed_forward", "ffn", "expert")
+# projections of attention when the path does not say so (Nemotron-H's ``mixer.q_proj``)
+_ATTENTION_LEAVES = ("q_proj", "k_proj", "v_proj", "o_proj", "qkv_proj")
 
 
 def module_role(name: str) -> str:
     """``"attention"`` or ``"mlp"`` for a prunable module's name relative to its block.
 
-    A module belongs to attention when a component of its path names it (``self_attn.q_proj``,
-    ``attn.c_proj``, ``self_attention.dense``); everything else in a block is the MLP
-    (``mlp.down_proj``, OPT's ``fc1``/``fc2``, ``feed_forward.w1``).
+    ``"attention"`` is the block's token mixer: a module whose path names attention
+    (``self_attn.q_proj``, ``attn.c_proj``, ``self_attention.dense``, ``linear_attn.out_proj``), a
+    state-space or convolution mixer (``mamba.in_proj``, LFM2's ``conv.in_proj``), or an attention
+    projection under a neutral name (Nemotron-H's ``mixer.q_proj``). Everything else in a block is
+    the MLP (``mlp.down_proj``, OPT's ``fc1``/``fc2``, ``feed_forward.w1``, ``shared_mlp.input_linear``,
+    Nemotron-H's ``mixer.up_proj``).
     """
     parts = name.lower().split(".")
-    return "attention" if any(w in p for p in parts for w in _ATTENTION_WORDS) else "mlp"
+    if any(w in p for p in parts for w in _ATTENTION_WORDS):
+        return "attention"
+    if any(w in p for p in parts[:-1] for w in _MLP_WORDS):
+        return "mlp"
+    if any(p in _MIXER_PARTS or p.startswith(_MIXER_PARTS) for p in parts[:-1]):
+        return "attention"
+    if parts[-1] in _ATTENTION_LEAVES or (len(parts) > 1 and parts[-2] == "mixer"
+                                           and parts[-1] in ("in_proj", "out_proj")):
+        return "attention"
+    return "mlp"
+
+
+def _holds_linears(block: nn.Module) -> bool:
+    return not is_prunable(block) and any(is_prunable(m) for m in block.modules())
 
 
 def find_blocks(model: nn.Module) -> tuple[str, nn.ModuleList]:
-    """The decoder-block ModuleList: the longest list of same-class modules holding linears."""
-    best: tuple[str, nn.ModuleList] | None = None
-    for name, mod in model.named_modules():
+    """The decoder-block ModuleList: the longest list of blocks that each hold linear layers.
+
+    A list's entries may be of different classes (a hybrid built from one class per layer kind);
+    a list nested inside another candidate's entries (experts inside a block) is never taken, nor
+    is a list of bare linear layers.
+    """
+    candidates: list[tuple[str, nn.ModuleList]] = []
+    # only the language model is searched (a VLM's vision tower is not); encoder-decoders are refused
+    for name, mod in kinds.language_modules(model):
         if not isinstance(mod, nn.ModuleList) or len(mod) == 0:
             continue
-        kinds = {type(m) for m in mod}
-        if len(kinds) != 1:
+        if not all(_holds_linears(m) for m in mod):
             continue
-        if not any(is_prunable(m) for m in mod[0].modules()):
-            continue
+        candidates.append((name, mod))
+    outer = [(n, mod) for n, mod in candidates
+             if not any(n.startswith(o + ".") for o, _ in candidates if o != n)]
+    best: tuple[str, nn.ModuleList] | None = None
+    for name, mod in outer:
         if best is None or len(mod) > len(best[1]):
             best = (name, mod)
     if best is None:
@@ -72,14 +123,43 @@ def find_blocks(model: nn.Module) -> tuple[str, nn.ModuleList]:
     return best
 
 
-def layout(model: nn.Module, skip: tuple[str, ...] = ()) -> BlockLayout:
-    """Blocks and prunable module names. ``skip`` drops modules whose name contains any pattern."""
-    path, blocks = find_blocks(model)
-    names = tuple(
-        n for n, m in blocks[0].named_modules()
-        if n and is_prunable(m) and not any(s and s in n for s in skip)
+_ROUTER_PARTS = ("gate", "router", "shared_expert_gate")
+
+
+def is_router(name: str, module: nn.Module) -> bool:
+    """Whether ``module`` (``name`` relative to its block) is a mixture-of-experts router or gate:
+    it decides which experts run (or how much a shared expert counts), so it stays dense.
+
+    A router module of its own class (``...TopKRouter``, ``...Gate``, ``...Gating``), or a linear
+    layer named ``gate`` / ``router`` / ``shared_expert_gate`` that narrows its input to a few
+    scores (fewer outputs than inputs: an MLP's ``gate_proj`` widens it and is never matched)."""
+    cls = type(module).__name__.lower()
+    if "router" in cls or cls.endswith("gate") or cls.endswith("gating"):
+        return True
+    if not any(p in _ROUTER_PARTS for p in name.split(".")):
+        return False
+    if is_prunable(module):
+        w = get_weight_2d(module)
+        return int(w.shape[0]) < int(w.shape[1])
+    return True
+
+
+def block_module_names(block: nn.Module, skip: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """One block's prunable module names, in definition order, less those ``skip`` matches and
+    mixture-of-experts routers (:func:`is_router`)."""
+    return tuple(
+        n for n, m in block.named_modules()
+        if n and is_prunable(m) and not is_router(n, m) and not any(s and s in n for s in skip)
     )
-    return BlockLayout(path=path, blocks=blocks, module_names=names)
+
+
+def layout(model: nn.Module, skip: tuple[str, ...] = ()) -> BlockLayout:
+    """Blocks and each block's prunable module names. ``skip`` drops modules whose name contains
+    any pattern."""
+    path, blocks = find_blocks(model)
+    per_block = tuple(block_module_names(b, skip) for b in blocks)
+    union = tuple(dict.fromkeys(n for names in per_block for n in names))
+    return BlockLayout(path=path, blocks=blocks, module_names=union, per_block=per_block)
 
 
 def get_weight_2d(module: nn.Module) -> torch.Tensor:

@@ -47,6 +47,19 @@ def _strip_quantization(config: Any) -> Any:
     return config
 
 
+def _copy_meta_buffers(model: Any, source: Any) -> None:
+    """Give ``model``'s meta buffers the values of ``source``'s buffers of the same name.
+
+    Non-persistent buffers (Gemma 3's ``embed_scale``, rotary ``inv_freq``) are in no state dict;
+    the GGUF-loaded model has them with their real values, whatever module holds them.
+    """
+    have = dict(source.named_buffers())
+    for name, buf in list(model.named_buffers()):
+        if buf.is_meta and name in have and not have[name].is_meta:
+            owner, _, attr = name.rpartition(".")
+            setattr(model.get_submodule(owner) if owner else model, attr, have[name].detach().clone())
+
+
 def load_gguf_as_plain(gguf: Path, dtype: torch.dtype = torch.float32) -> tuple[Any, Any]:
     """Load a GGUF file through transformers and rebuild it as an ordinary (non-quantised) model.
 
@@ -74,6 +87,7 @@ def load_gguf_as_plain(gguf: Path, dtype: torch.dtype = torch.float32) -> tuple[
     if getattr(config, "tie_word_embeddings", False):
         model.tie_weights()
     model.generation_config = loaded.generation_config
+    _copy_meta_buffers(model, loaded)
     del loaded
     rebuild_meta_buffers(model)
     for name, p in list(model.named_parameters()) + list(model.named_buffers()):

@@ -2,6 +2,9 @@
 
 Safe by default: ``trust_remote_code`` is off unless the caller asks for it, safetensors are
 preferred, and pickled ``.bin`` weights are only read with ``torch.load(weights_only=True)``.
+A vision-language model is loaded whole (its language model is what gets pruned) and an
+encoder-decoder model is refused (:mod:`.kinds`). The folder is remembered on the model so that
+an export carries the files it needs besides its weights (:mod:`.model_files`).
 The model is loaded on the CPU; the pipeline moves one block at a time to the compute device.
 """
 
@@ -18,10 +21,11 @@ from typing import Any, Callable
 import torch
 
 from ..errors import Cancelled, ModelLoadError
-from . import architecture
+from . import architecture, kinds
 from .devices import dtype_name, resolve_device, resolve_dtype
 from .gguf import load_gguf_as_plain
 from .load_errors import REMOTE_CODE_HINT, explain_load_error, transformers_version
+from .model_files import hub_patterns, remember_source
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 
@@ -44,8 +48,8 @@ def describe(model: Any) -> dict[str, Any]:
     lay = architecture.layout(model)
     n_params = sum(p.numel() for p in model.parameters())
     prunable = 0
-    for block in lay.blocks:
-        for name in lay.module_names:
+    for bi, block in enumerate(lay.blocks):
+        for name in lay.names_of(bi):  # each block's own modules (hybrid blocks differ)
             prunable += block.get_submodule(name).weight.numel()
     return {
         "architecture": type(model).__name__,
@@ -159,11 +163,12 @@ def resolve_spec(spec: str, trust_remote_code: bool = False,
                  should_stop: Callable[[], bool] | None = None) -> tuple[Path | None, str | None, str]:
     """Turn what the user typed into (local folder, gguf file name, display name).
 
-    ``demo`` is fetched first when needed (``should_stop`` can cancel that download)."""
-    if spec == "demo":
-        from .demo import DEMO_NAME, ensure_demo_model
+    A catalogue name (``demo``, ``gemma3-270m``, ...: :mod:`.catalog`) is fetched first when
+    needed (``should_stop`` can cancel that download)."""
+    from .catalog import CATALOG, ensure_model
 
-        return ensure_demo_model(should_stop or (lambda: False)), None, f"demo ({DEMO_NAME})"
+    if spec in CATALOG:
+        return ensure_model(spec, should_stop or (lambda: False)), None, f"{spec} ({CATALOG[spec].display})"
     p = Path(os.path.expanduser(spec))
     if p.is_file():
         if p.suffix.lower() == ".gguf":
@@ -179,20 +184,24 @@ def resolve_spec(spec: str, trust_remote_code: bool = False,
         _check_folder(p)
         return p, None, p.name
     if _HUB_ID.match(spec) and not spec.startswith((".", "/", "~")):
-        return _download_hub(spec), None, spec
+        return _download_hub(spec, trust_remote_code), None, spec
     raise ModelLoadError(f"Model not found: {spec} is neither an existing path nor a hub id (owner/name).")
 
 
-def _download_hub(repo_id: str) -> Path:
-    from huggingface_hub import snapshot_download
+def _download_hub(repo_id: str, trust_remote_code: bool = False) -> Path:
+    """The local snapshot of ``repo_id``: its weights and every file the model needs besides them
+    (tokenizer, chat template, generation config, processor settings; its ``*.py`` only when
+    remote code is trusted; see :mod:`model_files`). The hub is asked first, so that a snapshot
+    cached by an older download gains the files it lacks; offline, the cached snapshot is used."""
+    import huggingface_hub
 
-    patterns = ["*.json", "*.safetensors", "*.model", "*.txt", "tokenizer*"]
+    patterns = hub_patterns(trust_remote_code)
     try:
-        return Path(snapshot_download(repo_id, allow_patterns=patterns, local_files_only=True))
+        return Path(huggingface_hub.snapshot_download(repo_id, allow_patterns=patterns))
     except Exception:
-        pass  # not cached: download below
+        pass  # offline or refused: the local cache below
     try:
-        return Path(snapshot_download(repo_id, allow_patterns=patterns))
+        return Path(huggingface_hub.snapshot_download(repo_id, allow_patterns=patterns, local_files_only=True))
     except Exception as e:
         raise ModelLoadError(
             f"Model not found: {repo_id} is not a local folder, and it could not be downloaded from "
@@ -211,7 +220,8 @@ def load_model(
     offload: str = "cpu",
     offload_dir: str | None = None,
 ) -> LoadedModel:
-    """Load a causal LM and its tokenizer on the CPU, ready for layer-wise pruning.
+    """Load a causal LM (or a vision-language model) and its tokenizer on the CPU, ready for
+    layer-wise pruning.
 
     ``offload="disk"`` reads only what lies outside the decoder blocks; the blocks stay in the
     safetensors files until used (see :mod:`offload`), so the model may be larger than RAM.
@@ -220,7 +230,7 @@ def load_model(
     weights, reading the tokenizer); a step itself is not interrupted, so a cancel takes effect
     when the step in progress ends. Raises :class:`Cancelled` then.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     def check_stop() -> None:
         if should_stop is not None and should_stop():
@@ -239,6 +249,7 @@ def load_model(
         from .offload import load_model_lazy
 
         _check_config(folder, trust_remote_code)
+        _model_class(folder, trust_remote_code)  # refuses what is not pruned (encoder-decoders)
         model = load_model_lazy(folder, dt, trust_remote_code, offload_dir)
         check_stop()
         try:
@@ -251,8 +262,9 @@ def load_model(
         check_stop()
     else:
         _check_config(folder, trust_remote_code)
+        auto = _model_class(folder, trust_remote_code)
         try:
-            model, loading = AutoModelForCausalLM.from_pretrained(
+            model, loading = auto.from_pretrained(
                 str(folder), dtype=dt, trust_remote_code=trust_remote_code, low_cpu_mem_usage=True,
                 weights_only=True, output_loading_info=True,
             )
@@ -277,10 +289,42 @@ def load_model(
                 ) from e
             raise explain_load_error(e, f"Could not load the tokenizer in {folder.name}") from e
         check_stop()
+    if gguf_name is None:
+        remember_source(model, folder, trust_remote_code)  # the export carries its tokenizer files, ...
     model.eval()
-    info = describe(model)
+    info = {**describe(model), **_kind_facts(model)}
     return LoadedModel(model=model, tokenizer=tokenizer, name=name, spec=spec, path=folder,
                        device=dev, dtype=dt, info=info)
+
+
+def _model_class(folder: Path, trust_remote_code: bool) -> Any:
+    """The transformers auto class that loads the model in ``folder`` whole (see
+    :func:`kinds.auto_class`); :class:`ModelLoadError` with one sentence for a model that Prune
+    Studio does not prune (an encoder-decoder)."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(str(folder), trust_remote_code=trust_remote_code)
+    except Exception as e:
+        raise explain_load_error(e, f"Could not read the configuration in {folder.name}") from e
+    kinds.check_supported(config)
+    return kinds.auto_class(config)
+
+
+def _kind_facts(model: Any) -> dict[str, Any]:
+    """For a model that is more than a language model: its kind, the part that is pruned, and the
+    language model's width and context (the top configuration may not carry them)."""
+    kind = kinds.kind_of(model.config, type(model).__name__)
+    if kind.kind == kinds.DECODER:
+        return {}
+    text = kinds.text_config(model.config)
+    facts: dict[str, Any] = {"kind": kind.kind, "pruned_part": kind.pruned_part,
+                             "loads_with": kinds.auto_class(model.config).__name__}
+    if getattr(text, "hidden_size", None) is not None:
+        facts["hidden_size"] = text.hidden_size
+    if _max_context(text) is not None:
+        facts["max_context"] = _max_context(text)
+    return facts
 
 
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json",

@@ -32,7 +32,7 @@ from torch import nn
 
 from ..errors import ModelLoadError, PruneStudioError
 from ..files import atomic_path
-from . import architecture
+from . import architecture, kinds
 from .meta_buffers import rebuild_meta_buffers
 
 __all__ = ["DiskBlockStore", "load_model_lazy", "store_of", "save_lazy_model", "place_outside"]
@@ -274,14 +274,14 @@ def load_model_lazy(folder: str | os.PathLike, dtype: torch.dtype = torch.float3
     :class:`ModelLoadError` when a block tensor is missing from the files (e.g. checkpoints whose
     tensor names transformers converts while loading): use offload ``cpu`` for those.
     """
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoConfig
 
     folder = Path(folder)
     where = _index_safetensors(folder)
     try:
         config = AutoConfig.from_pretrained(str(folder), trust_remote_code=trust_remote_code)
         with torch.device("meta"):
-            model = AutoModelForCausalLM.from_config(config, dtype=dtype, trust_remote_code=trust_remote_code)
+            model = kinds.auto_class(config).from_config(config, dtype=dtype, trust_remote_code=trust_remote_code)
     except Exception as e:  # transformers raises many types
         raise ModelLoadError(f"Could not build the model in {folder.name} for disk offload: {e}") from e
     path, blocks = architecture.find_blocks(model)

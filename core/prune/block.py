@@ -44,21 +44,23 @@ class BlockStats:
     The statistics pass needs the inputs of the block's modules, not its output: each batch stops
     as soon as the block's last module has recorded its input, so e.g. Llama's ``down_proj``
     product and the residual after it are never computed in this pass. The last module is learnt
-    from the first block's first batch (a full forward) and passed on to the next blocks
-    (``last_hint``; same class, same order; a wrong hint falls back to a full first batch).
+    from the first block's first batch (a full forward) and passed on to the next blocks of the same
+    kind (``last_hint``; the pipeline keeps one per list of module names, as a hybrid's blocks
+    differ; a hint naming a module this block lacks is ignored, a wrong one falls back to a full
+    first batch).
     """
 
     def __init__(self, block: nn.Module, names: tuple[str, ...], needs: StatsNeeds, device: torch.device,
                  early_stop: bool = True, last_hint: tuple[str, int] | None = None):
         self.block, self.names, self.needs, self.device = block, names, needs, device
         self.early_stop = early_stop
-        self._hint = last_hint if early_stop else None
+        self._hint = last_hint if early_stop and last_hint is not None and last_hint[0] in names else None
         self.stats: dict[str, InputStats] = {}
         self._handles: list[Any] = []
         self._first: dict[str, torch.Tensor] = {}
         self._order: list[str] = []  # hook firings of the first batch, in order
         # the module that runs last, and how often it runs per batch: learnt from the first batch,
-        # or given by the previous block (same class, same order) so even the first batch stops early
+        # or given by an earlier block of the same kind so even the first batch stops early
         self._last: str | None = self._hint[0] if self._hint else None
         self._last_calls = self._hint[1] if self._hint else 0
         self._seen_last = 0

@@ -45,18 +45,24 @@ _MARGIN = 0.10
 
 
 def module_shapes(model: Any) -> dict[str, tuple[int, int]]:
-    """``{relative name: (out_features, in_features)}`` of the first block's prunable modules.
+    """``{relative name: (out_features, in_features)}`` of the blocks' prunable modules.
 
+    Every block's modules, in first-seen order; where a name's shape differs between blocks (a
+    hybrid's full-attention layers with wider heads) the largest is kept. On a model whose blocks
+    differ in kind the statistics are then summed over the union of their modules: an upper bound.
     Optional: put the result in ``info["module_shapes"]`` to make the estimate exact on shapes.
     """
     from ..model import architecture
 
     lay = architecture.layout(model)
-    block = lay.blocks[0]
     shapes: dict[str, tuple[int, int]] = {}
-    for name in lay.module_names:
-        w = architecture.get_weight_2d(block.get_submodule(name))
-        shapes[name] = (int(w.shape[0]), int(w.shape[1]))
+    for bi, block in enumerate(lay.blocks):
+        for name in lay.names_of(bi):
+            w = architecture.get_weight_2d(block.get_submodule(name))
+            shape = (int(w.shape[0]), int(w.shape[1]))
+            old = shapes.get(name)
+            if old is None or shape[0] * shape[1] > old[0] * old[1]:
+                shapes[name] = shape
     return shapes
 
 

@@ -72,9 +72,18 @@ def iter_prune(
     n, m = cfg.nm
     if not lay.module_names:
         raise ConfigError("Every prunable module is excluded by the skip list; nothing to prune.")
-    for name in lay.module_names:
-        if n and m:
-            check_nm(n, m, architecture.in_features(lay.blocks[0].get_submodule(name)), name)
+    empty = [bi for bi in range(nblocks) if not lay.names_of(bi)]
+    if cfg.owl and empty:
+        raise ConfigError(f"OWL compares the blocks by their modules' outliers, but the skip list leaves block "
+                          f"{empty[0]} nothing to prune; skip fewer modules or turn OWL off.")
+    if n and m:
+        checked: set[tuple[str, int]] = set()
+        for bi, block in enumerate(lay.blocks):
+            for name in lay.names_of(bi):
+                width = architecture.in_features(block.get_submodule(name))
+                if (name, width) not in checked:
+                    checked.add((name, width))
+                    check_nm(n, m, width, name)
     if cfg.block_sparsity is not None and len(cfg.block_sparsity) != nblocks:
         raise ConfigError(f"{len(cfg.block_sparsity)} per-block sparsities given, the model has {nblocks} blocks.")
     needs = stats_needs(cfg)
@@ -103,7 +112,8 @@ def iter_prune(
             notes.append(why + " Pruned with two passes per block.")
 
     yield RunStarted(method=cfg.label(), num_blocks=nblocks, module_names=lay.module_names,
-                     block_sparsity=tuple(targets), nsamples=nsamples, seqlen=seqlen, device=str(device))
+                     block_sparsity=tuple(targets), nsamples=nsamples, seqlen=seqlen, device=str(device),
+                     block_module_names=tuple(lay.names_of(bi) for bi in range(nblocks)))
     if notes:
         yield Message(notes[-1], level="warning")
 
@@ -155,7 +165,11 @@ def iter_prune(
             # SparseGPT's positive-definiteness checks are gathered on the device and read back
             # once per block (one synchronisation), then the block's ModulePruned events follow.
             defer = device.type != "cpu" if DEFER_HOST_READS is None else DEFER_HOST_READS
-            last_hint: tuple[str, int] | None = None
+            # the last module of a block of each kind (its module names) and its calls per batch
+            last_hints: dict[tuple[str, ...], tuple[str, int] | None] = {}
+            # kinds of block (module names) already pruned in one pass: a kind's first block keeps
+            # its original weights until it is known to work in one pass
+            one_pass_kinds: set[tuple[str, ...]] = set()
             for bi, block in enumerate(lay.blocks):
                 if should_stop():
                     raise Cancelled()
@@ -169,29 +183,36 @@ def iter_prune(
                     else:
                         block.to(device)
                     run = BlockRun(block, bi, s, cfg, n, m, seqlen, defer, previews)
+                    names = lay.names_of(bi)
+                    if inputs is not None:
+                        inputs.select(bi)
                     if needs is not None and one_pass:
                         assert inputs is not None
+                        first = names not in one_pass_kinds
                         try:
-                            outputs = yield from run.one_pass(inputs, lay.module_names, needs, device, should_stop,
-                                                              first=bi == 0)
+                            outputs = yield from run.one_pass(inputs, names, needs, device, should_stop,
+                                                              first=first)
                         except RedoBlock as redo:
                             run.restore()
                             run = BlockRun(block, bi, s, cfg, n, m, seqlen, defer, previews, sync=True)
                             outputs = None
                             if redo.two_pass:
                                 one_pass = False
-                                notes.append(f"Block {bi}: {redo.reason} Every block was pruned with the "
-                                             "two-pass order.")
+                                notes.append(f"Block {bi}: {redo.reason} " + (
+                                    "Every block was pruned with the two-pass order." if bi == 0 else
+                                    "It and every later block were pruned with the two-pass order."))
                             else:
-                                outputs = yield from run.one_pass(inputs, lay.module_names, needs, device,
-                                                                  should_stop, first=bi == 0)
+                                outputs = yield from run.one_pass(inputs, names, needs, device,
+                                                                  should_stop, first=first)
+                        if outputs is not None:
+                            one_pass_kinds.add(names)
                     else:
                         outputs = None
                     if outputs is None:
                         stats = None
                         if needs is not None:
                             assert inputs is not None
-                            stats = BlockStats(block, lay.module_names, needs, device, last_hint=last_hint)
+                            stats = BlockStats(block, names, needs, device, last_hint=last_hints.get(names))
                             try:
                                 for i in range(len(inputs.hidden)):
                                     stats.run(inputs, i)
@@ -199,8 +220,8 @@ def iter_prune(
                                         raise Cancelled()
                             finally:
                                 stats.close()
-                            last_hint = stats.last_module
-                        for name in lay.module_names:
+                            last_hints[names] = stats.last_module
+                        for name in names:
                             if should_stop():
                                 raise Cancelled()
                             yield from run.prune(name, stats.stats[name] if stats is not None else None)
@@ -266,16 +287,18 @@ def _owl_prepass(lay: architecture.BlockLayout, inputs: BlockInputs, device: tor
 
     yield PhaseStarted("owl", total=len(lay.blocks))
     hidden = [h.clone() for h in inputs.hidden]
-    replay = BlockInputs(hidden, inputs.args, inputs.kwargs)
+    replay = BlockInputs(hidden, inputs.args, inputs.kwargs, inputs.per_block)
     ratios: list[float] = []
     for bi, block in enumerate(lay.blocks):
         home = next(block.parameters()).device
+        names = lay.names_of(bi)
+        replay.select(bi)
         if store is not None:
             store.acquire(bi, device)
         else:
             block.to(device)
         try:
-            stats = BlockStats(block, lay.module_names, StatsNeeds(sq_norm=True), device, early_stop=False)
+            stats = BlockStats(block, names, StatsNeeds(sq_norm=True), device, early_stop=False)
             try:
                 for i in range(len(hidden)):
                     if should_stop():
@@ -285,7 +308,7 @@ def _owl_prepass(lay: architecture.BlockLayout, inputs: BlockInputs, device: tor
             finally:
                 stats.close()
             scores = [wanda_scores(architecture.get_weight_2d(block.get_submodule(nm)).float(), stats.stats[nm])
-                      for nm in lay.module_names]
+                      for nm in names]
             ratios.append(outlier_ratio(scores, cfg.owl_m))
             del scores, stats
         finally:

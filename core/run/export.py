@@ -1,4 +1,5 @@
-"""Writing a pruned model: safetensors, tokenizer, generation config, report and model card.
+"""Writing a pruned model: safetensors, tokenizer, generation config, the source folder's other
+files the model needs (chat template, ...), report and model card.
 
 Everything is written into a temporary folder beside the destination and renamed into place at
 the end, so a failure (disk full, unwritable folder, cancel) never leaves a half-written export
@@ -26,17 +27,30 @@ def model_card(report: dict[str, Any]) -> str:
     """A short, honest README for the exported folder."""
     cal = report.get("calibration", {})
     ppl_d, ppl_p = report.get("ppl_dense"), report.get("ppl_pruned")
+    cov = report.get("coverage") or {}
+    partial = bool(cov.get("partial"))
     lines = [
         "---",
-        "tags: [pruned, prunestudio]",
+        "tags: [pruned, prunestudio" + (", partially-pruned]" if partial else "]"),
         "---",
-        f"# {report.get('model', {}).get('name', 'model')} pruned with {report.get('method')}",
+        f"# {report.get('model', {}).get('name', 'model')} "
+        f"{'partly pruned' if partial else 'pruned'} with {report.get('method')}",
         "",
+    ]
+    if partial:
+        lines += [f"**Partial pruning: only {cov.get('pruned_share', 0):.0%} of the decoder blocks' weights "
+                  "were pruned; the rest stayed dense (see the note below).** The sparsity below is "
+                  "that of the pruned modules, not of the model.", ""]
+    lines += [
         f"Pruned with Prune Studio {report.get('versions', {}).get('prunestudio', '')}: "
         f"method **{report.get('method')}**, target sparsity **{report.get('sparsity_target')}**, "
         f"structure **{report.get('structure')}**; achieved {report.get('global_sparsity', 0):.4f} "
         "zeros over the pruned linear modules of the decoder blocks (embeddings and output head are dense).",
         "",
+    ]
+    if cov:
+        lines += [_coverage_line(cov), ""]
+    lines += [
         f"Calibration: {cal.get('source')} — {cal.get('nsamples')} samples x {cal.get('seqlen')} tokens, "
         f"seed {cal.get('seed')}, token sha256 `{str(cal.get('sha256', ''))[:16]}…`.",
         "",
@@ -46,16 +60,30 @@ def model_card(report: dict[str, Any]) -> str:
                   f"seqlen {report.get('eval', {}).get('seqlen')}): dense {_fmt(ppl_d)}, pruned {_fmt(ppl_p)}.", ""]
     for note in report.get("notes", []):
         lines += [f"Note: {note}", ""]
+    part = report.get("model", {}).get("pruned_part")
+    if part:  # a vision-language model: only its language model was pruned
+        lines += [f"Pruned part: the {part}.", ""]
     lines += [
         "**About the file size.** Pruned weights are stored as explicit zeros in dense tensors: "
         "unstructured sparsity does not make these files smaller or the model faster by itself. "
         "A speed-up needs a sparse inference engine (or 2:4 sparse tensor cores for 2:4 models).",
         "",
-        "Load it with plain transformers: `AutoModelForCausalLM.from_pretrained(this_folder)`.",
+        "Load it with plain transformers: "
+        f"`{report.get('model', {}).get('loads_with', 'AutoModelForCausalLM')}.from_pretrained(this_folder)`.",
         "The full recipe, per-module sparsity and timings are in `prunestudio.json`.",
         "",
     ]
     return "\n".join(lines)
+
+
+def _coverage_line(cov: dict[str, Any]) -> str:
+    """What the pruned modules hold of the block weights, and what stayed dense by which rule."""
+    dense = [f"{g['reason']}: {g['share']:.1%} of the block parameters"
+             for g in cov.get("excluded", []) if g.get("parameters")]
+    line = (f"Coverage: the pruned modules hold {cov.get('pruned_parameters', 0):,} of the "
+            f"{cov.get('weight_parameters', 0):,} parameters in the decoder blocks' weight matrices "
+            f"({cov.get('pruned_share', 0):.1%}).")
+    return line + (" Left dense: " + "; ".join(dense) + "." if dense else "")
 
 
 def _fmt(x: Any) -> str:
@@ -109,6 +137,7 @@ def iter_export(
         tokenizer.save_pretrained(tmp)
         if gen_cfg is not None and not (tmp / "generation_config.json").exists():
             gen_cfg.save_pretrained(tmp)
+        _carry_source_files(model, tmp)
         yield PhaseProgress("export", 2, 4, "report and model card")
         (tmp / REPORT_NAME).write_text(json.dumps(report, indent=2, default=_json_default) + "\n", encoding="utf-8")
         (tmp / "README.md").write_text(model_card(report), encoding="utf-8")
@@ -129,6 +158,22 @@ def iter_export(
     yield PhaseProgress("export", 4, 4, "done")
     yield PhaseDone("export", time.perf_counter() - t0)
     return out
+
+
+def _carry_source_files(model: Any, tmp: Path) -> None:
+    """Copy from the folder the model was loaded from the files it needs that the export did not
+    write itself (chat template, tokenizer files such as ``tokenizer.model``, processor settings,
+    licence; its ``*.py`` only when remote code was trusted): see :mod:`..model.model_files`."""
+    from ..model.model_files import source_of
+
+    src = source_of(model)
+    if src is None:
+        return
+    for rel in src.carried():
+        dest = tmp / rel
+        if not dest.exists():
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src.folder / rel, dest)
 
 
 def _replace_dir(tmp: Path, out: Path) -> None:

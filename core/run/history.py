@@ -1,8 +1,9 @@
 """The run history: every finished run in an embedded SQLite database.
 
 The GUI's compare view and the experiment grids read and write it. One row per run with the
-recipe, calibration provenance, metrics, timings and export path; the full report is kept as JSON
-so nothing is lost when the schema grows.
+recipe, calibration provenance, metrics, timings, export path, and the run's coverage (the share of
+the block weights it pruned, and whether it was partial); the full report is kept as JSON so
+nothing is lost when the schema grows (older databases get the added columns when opened).
 """
 
 from __future__ import annotations
@@ -34,10 +35,14 @@ CREATE TABLE IF NOT EXISTS runs (
     ppl_pruned REAL,
     seconds REAL,
     export_path TEXT,
-    report TEXT NOT NULL
+    report TEXT NOT NULL,
+    coverage REAL,
+    partial INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS runs_key ON runs(key);
 """
+# columns added after the first schema: (name, declaration); older databases get them on open
+ADDED_COLUMNS = (("coverage", "REAL"), ("partial", "INTEGER NOT NULL DEFAULT 0"))
 
 
 def default_db_path() -> Path:
@@ -70,6 +75,10 @@ class RunRow:
     seconds: float
     export_path: str | None
     report: dict[str, Any]
+    coverage: float | None = None
+    """The fraction of the block weights the run pruned (None: a run from before it was recorded)."""
+    partial: bool = False
+    """The run left dense some block weights a method would prune (the fused experts of an MoE)."""
 
 
 class History:
@@ -78,6 +87,10 @@ class History:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with closing(self._connect()) as con, con:
             con.executescript(SCHEMA)
+            have = {r["name"] for r in con.execute("PRAGMA table_info(runs)")}
+            for name, decl in ADDED_COLUMNS:
+                if name not in have:
+                    con.execute(f"ALTER TABLE runs ADD COLUMN {name} {decl}")
 
     def _connect(self) -> sqlite3.Connection:
         con = sqlite3.connect(self.path, timeout=30)
@@ -94,12 +107,13 @@ class History:
                report.get("method"), report.get("structure"), report.get("sparsity_target"),
                cal.get("source"), cal.get("nsamples"), cal.get("seqlen"), cal.get("seed"),
                report.get("global_sparsity"), report.get("ppl_dense"), report.get("ppl_pruned"),
-               total, str(export_path) if export_path else None, json.dumps(report, default=str))
+               total, str(export_path) if export_path else None, json.dumps(report, default=str),
+               *_coverage(report))
         with closing(self._connect()) as con, con:
             cur = con.execute(
                 "INSERT INTO runs (created, key, model, method, structure, sparsity, calib_source, "
                 "calib_nsamples, calib_seqlen, seed, global_sparsity, ppl_dense, ppl_pruned, seconds, "
-                "export_path, report) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", row)
+                "export_path, report, coverage, partial) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", row)
             return int(cur.lastrowid)
 
     def update(self, run_id: int, report: dict[str, Any] | None = None,
@@ -108,9 +122,10 @@ class History:
         sets: list[str] = []
         args: list[Any] = []
         if report is not None:
-            sets += ["report = ?", "ppl_dense = ?", "ppl_pruned = ?", "global_sparsity = ?"]
+            sets += ["report = ?", "ppl_dense = ?", "ppl_pruned = ?", "global_sparsity = ?", "coverage = ?",
+                     "partial = ?"]
             args += [json.dumps(report, default=str), report.get("ppl_dense"), report.get("ppl_pruned"),
-                     report.get("global_sparsity")]
+                     report.get("global_sparsity"), *_coverage(report)]
         if export_path is not None:
             sets.append("export_path = ?")
             args.append(str(export_path))
@@ -149,4 +164,12 @@ class History:
     def _row(r: sqlite3.Row) -> RunRow:
         d = dict(r)
         d["report"] = json.loads(d["report"])
+        d["partial"] = bool(d["partial"])
         return RunRow(**d)
+
+
+def _coverage(report: dict[str, Any]) -> tuple[float | None, int]:
+    """The report's pruned share of the block weights and whether the run was partial."""
+    cov = report.get("coverage") or {}
+    share = cov.get("pruned_share")
+    return (float(share) if isinstance(share, (int, float)) else None), int(bool(cov.get("partial")))

@@ -59,7 +59,7 @@ def held_on_disk(loaded: LoadedModel) -> bool:
 
 
 def iter_load(args: LoadArgs, should_stop: StopFn = _never) -> Generator[Event, None, LoadedModel]:
-    """Load ``args`` (fetching the demo model first when it is asked for and missing), as events.
+    """Load ``args`` (fetching a catalogue model first when it is asked for and missing), as events.
 
     Cancellable between the steps (``should_stop``): raises :class:`Cancelled`.
     """
@@ -69,16 +69,19 @@ def iter_load(args: LoadArgs, should_stop: StopFn = _never) -> Generator[Event, 
                   + (", blocks left on disk)" if args.on_disk else ")"))
     if should_stop():
         raise Cancelled()
-    if args.spec == "demo":
-        from ..model.demo import iter_fetch_demo_model
+    from ..model.catalog import CATALOG, iter_fetch_model
 
-        yield from iter_fetch_demo_model(should_stop=should_stop)  # progress, and cancellable
+    if args.spec in CATALOG:  # demo or another catalogue model: fetched once, with progress, cancellable
+        yield from iter_fetch_model(args.spec, should_stop=should_stop)
     loaded = load_model(args.spec, args.device, args.dtype, args.trust_remote_code, should_stop=should_stop,
                         offload=args.offload, offload_dir=args.offload_dir)
     yield PhaseDone("load", time.perf_counter() - t0)
     info = loaded.info
     yield Message(f"Loaded {loaded.name}: {info.get('architecture')}, {info.get('blocks')} blocks, "
                   f"{info.get('parameters', 0) / 1e6:.1f}M parameters, on {loaded.device}")
+    if info.get("pruned_part"):  # a vision-language (multimodal) model: see model/kinds.py
+        yield Message(f"{info.get('architecture')} is a {info.get('kind')} model: Prune Studio prunes its "
+                      f"{info['pruned_part']}; calibration and evaluation use text only.")
     slow = slow_dtype_warning(loaded.device, loaded.dtype)
     if slow:
         yield Message(slow, "warning")

@@ -18,6 +18,7 @@ from ..calib.textsources import describe_source, split_field
 from ..config import Recipe
 from ..model.loading import LoadedModel
 from ..prune.result import PruneResult
+from .partial import run_coverage
 
 if TYPE_CHECKING:
     from .evaluation import EvalSettings
@@ -51,7 +52,9 @@ def build_report(loaded: LoadedModel, recipe: Recipe, calib: CalibrationSet | No
                  evaluation: "EvalSettings | None" = None) -> dict[str, Any]:
     """The report of one run. ``evaluation``: the settings ``ppl_dense`` / ``ppl_pruned`` were
     measured with; the report's ``eval.ppl_source`` names that source when a number was measured,
-    and None otherwise."""
+    and None otherwise. ``coverage`` says what the run pruned of the block weights and what it left
+    dense by which rule (``core/model/coverage.py``); a partial run's report also opens its
+    ``notes`` with that fact."""
     prov = calib.provenance() if calib is not None else {
         "source": None, "nsamples": 0, "seqlen": 0, "seed": recipe.calibration.seed, "sha256": None}
     prov = dict(prov)
@@ -60,12 +63,14 @@ def build_report(loaded: LoadedModel, recipe: Recipe, calib: CalibrationSet | No
     if calib is not None:
         prov["stats"] = calib.stats()
     measured = evaluation is not None and (ppl_dense is not None or ppl_pruned is not None)
+    coverage = run_coverage(loaded.model, recipe.prune)
     report: dict[str, Any] = {
         "format": FORMAT,
         "version": VERSION,
         "model": _model_section(loaded, loaded.name if include_paths or loaded.spec == "demo"
                                 else public_source(loaded.spec)),
         **result.to_dict(),
+        "coverage": coverage.to_dict(),
         "ppl_dense": ppl_dense,
         "ppl_pruned": ppl_pruned,
         "eval": {"ppl_source": public_source(evaluation.source, include_paths) if measured else None,
@@ -79,6 +84,8 @@ def build_report(loaded: LoadedModel, recipe: Recipe, calib: CalibrationSet | No
         "versions": versions(),
     }
     report["seconds"] = {**seconds, **result.seconds}
+    if coverage.partial:  # said first, wherever the notes are shown
+        report["notes"] = [coverage.note(), *report["notes"]]
     if not include_paths:
         r = report["recipe"]
         r["model"] = report["model"]["name"] if loaded.spec != "demo" else "demo"

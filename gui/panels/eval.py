@@ -157,6 +157,10 @@ class EvalPanel(QWidget):
         self.export_bar = QProgressBar()
         self.export_bar.setRange(0, 4)
         self.export_bar.setValue(0)
+        self.partial_note = QLabel()
+        self.partial_note.setWordWrap(True)
+        self.partial_note.setVisible(False)
+        eform.addRow(self.partial_note)
         lab = QLabel("Export f&older:")
         lab.setBuddy(self.out_dir.edit)
         eform.addRow(lab, self.out_dir)
@@ -315,6 +319,8 @@ class EvalPanel(QWidget):
         model = re.sub(r"[^A-Za-z0-9_.-]+", "-", (run.loaded.name if run.loaded else "model")).strip("-")
         r = run.result
         name = f"{model}-{r.method}-{r.structure.replace(':', 'of')}-{round(r.sparsity_target * 100)}"
+        if self._partial_note():
+            name += "-partial"
         base = Path(self.settings.get("export_parent", str(Path.home() / "prunestudio-exports")))
         return str(base / name)
 
@@ -333,7 +339,10 @@ class EvalPanel(QWidget):
     def _exported(self, done: tasks.Exported) -> None:
         self.state.set_exported(done.path, done.report)
         self.export_bar.setValue(self.export_bar.maximum())
-        self.status.set("ok", f"Exported to {done.path}.")
+        if (done.report.get("coverage") or {}).get("partial"):
+            self.status.set("warn", f"Exported to {done.path}, marked as partly pruned in its model card and report.")
+        else:
+            self.status.set("ok", f"Exported to {done.path}.")
 
     def open_export(self) -> None:
         if self.state.export_path is not None:
@@ -362,8 +371,19 @@ class EvalPanel(QWidget):
     def cancel(self) -> None:
         self.job.cancel()
 
+    def _partial_note(self) -> str:
+        """The last run's partial-pruning note ("" when it pruned every block weight it should)."""
+        run = self.state.run
+        report = run.report if run is not None else {}
+        if not (report.get("coverage") or {}).get("partial"):
+            return ""
+        return next((n for n in report.get("notes", []) if n.startswith("Partial")), "Partial pruning.")
+
     def _refresh(self, *_a: Any) -> None:
         st = self.state
+        note = self._partial_note() if st.model_status == ModelStatus.PRUNED else ""
+        self.partial_note.setText(f"⚠ {note} The export's model card and report say so." if note else "")
+        self.partial_note.setVisible(bool(note))
         busy = st.busy
         es = self.eval_settings()
         self.dense_button.setEnabled(not busy and es is not None and st.model_status == ModelStatus.DENSE)

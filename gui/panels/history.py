@@ -1,5 +1,8 @@
 """Step 6: every finished run (core.history) in a table, and perplexity against sparsity.
 
+A partial run (some block weights it could not prune stayed dense) says so in its Achieved and
+Coverage cells and in its series' name, so it is never read as a fully pruned model.
+
 The plot has one series per (method, calibration source): a line through its runs sorted by
 sparsity, with symbols, and a legend. Only runs with a pruned perplexity are plotted; a model
 filter keeps different models (and their different perplexity scales) apart.
@@ -35,8 +38,11 @@ from ..plotting import SERIES_COLORS, plot_widget, set_title, style_plot
 from ..state import AppState
 from ..widgets import fmt_float, fmt_seconds
 
-COLUMNS = ("#", "When", "Model", "Method", "Structure", "Target", "Achieved", "Calibration", "Samples",
-           "PPL dense", "PPL pruned", "Time", "Exported to")
+COLUMNS = ("#", "When", "Model", "Method", "Structure", "Target", "Achieved", "Coverage", "Calibration",
+           "Samples", "PPL dense", "PPL pruned", "Time", "Exported to")
+COVERAGE_TIP = ("The share of the decoder blocks' weights the run pruned. 'partial': some weights a method "
+                "would prune could not be (the fused experts of a mixture-of-experts model) and stayed dense; "
+                "'Achieved' is then the sparsity of the pruned modules only.")
 ALL = "All models"
 SYMBOLS = ("o", "s", "t", "d", "+", "x", "star", "p", "h")
 
@@ -57,6 +63,12 @@ class _Item(QTableWidgetItem):
         if isinstance(a, (int, float)) and isinstance(b, (int, float)):
             return a < b
         return super().__lt__(other)
+
+
+def _coverage_text(r: RunRow) -> str:
+    if r.coverage is None:
+        return "–"
+    return f"{r.coverage:.0%}" + (" partial" if r.partial else "")
 
 
 class HistoryPanel(QWidget):
@@ -85,6 +97,7 @@ class HistoryPanel(QWidget):
 
         self.table = QTableWidget(0, len(COLUMNS))
         self.table.setHorizontalHeaderLabels(COLUMNS)
+        self.table.horizontalHeaderItem(COLUMNS.index("Coverage")).setToolTip(COVERAGE_TIP)
         self.table.verticalHeader().setVisible(False)
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
@@ -160,7 +173,8 @@ class HistoryPanel(QWidget):
             vals = [
                 (str(r.id), r.id), (when, r.created), (r.model or "", None), (r.method or "", None),
                 (r.structure or "", None), (f"{(r.sparsity or 0):.0%}", r.sparsity),
-                (f"{(r.global_sparsity or 0):.2%}", r.global_sparsity), (r.calib_source or "–", None),
+                (f"{(r.global_sparsity or 0):.2%}" + (" (partial)" if r.partial else ""), r.global_sparsity),
+                (_coverage_text(r), r.coverage), (r.calib_source or "–", None),
                 (f"{r.calib_nsamples or 0} × {r.calib_seqlen or 0}", r.calib_nsamples),
                 (fmt_float(_num(r.ppl_dense), 2), _num(r.ppl_dense)),
                 (fmt_float(_num(r.ppl_pruned), 2), _num(r.ppl_pruned)),
@@ -170,6 +184,9 @@ class HistoryPanel(QWidget):
                 item = _Item(text, value)
                 if c == 0:
                     item.setData(Qt.ItemDataRole.UserRole, r.id)
+                if r.partial and COLUMNS[c] in ("Achieved", "Coverage"):
+                    notes = r.report.get("notes") or []
+                    item.setToolTip(notes[0] if notes else COVERAGE_TIP)
                 t.setItem(i, c, item)
         t.setSortingEnabled(True)
 
@@ -182,6 +199,7 @@ class HistoryPanel(QWidget):
             if ppl is None or x is None:
                 continue
             label = f"{r.method}" + (f" {r.structure}" if r.structure and r.structure != "unstructured" else "")
+            label += " (partial)" if r.partial else ""  # never one line with runs that pruned everything
             out[(label, r.calib_source or "none")].append((x, ppl))
         return {k: sorted(v) for k, v in sorted(out.items())}
 

