@@ -1,5 +1,6 @@
 # Two commands do all set-up on a fresh machine:
-#   make run    create .venv if missing, install pinned dependencies, start Prune Studio
+#   make run    create .venv if missing, install pinned dependencies, check the machine
+#               (prunestudio doctor: stops with the fix when something blocks), start Prune Studio
 #   make test   the same set-up, then the whole test suite
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   ?= .venv
@@ -16,7 +17,8 @@ $(READY): pyproject.toml
 	@touch $@
 
 run: $(READY)
-	$(VENV)/bin/prunestudio-gui
+	$(VENV)/bin/prunestudio doctor
+	PRUNESTUDIO_QT_CHECK=0 $(VENV)/bin/prunestudio-gui
 
 # the default headless job: prune the embedded model with Wanda at 50% on self-generated data
 prune-demo: $(READY)

@@ -1,6 +1,9 @@
 """Starting Prune Studio: ``prunestudio-gui`` / ``python -m prunestudio.gui``.
 
-``main()`` guards the standard streams (a windowed build has none), creates the QApplication with
+``main()`` guards the standard streams (a windowed build has none), checks that Qt's platform plugin
+can load (the engine's :func:`~prunestudio.core.model.system_checks.check_qt_platform`, in a separate
+process, so that missing system libraries are named with their install command on stderr instead of
+Qt's abort; ``PRUNESTUDIO_QT_CHECK=0`` skips it), creates the QApplication with
 the organisation and application names, logs to a file in the user log folder, routes every
 uncaught exception to the error sink (:mod:`errors`), shows the window, and on quit cancels the
 running job and waits for its thread.
@@ -45,12 +48,33 @@ def configure_application(app) -> None:  # noqa: ANN001 - QApplication
         app.setStyleSheet(qss)
 
 
+def qt_start_problem() -> str | None:
+    """Why Qt's platform plugin cannot load, with the commands that fix it, or None when it loads
+    (or the check is turned off with ``PRUNESTUDIO_QT_CHECK=0``). Run before any QApplication."""
+    if os.environ.get("PRUNESTUDIO_QT_CHECK", "1") == "0":
+        return None
+    from ..core.model.system_checks import PROBLEM, check_qt_platform
+
+    check = check_qt_platform()
+    if check.level != PROBLEM:
+        return None
+    return "\n".join([f"Prune Studio cannot start. {check.sentence}", *(f"    {fix}" for fix in check.fixes)])
+
+
 def main(argv: list[str] | None = None) -> int:
     guard_std_streams()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     log_file = setup_logging()
 
     from PySide6.QtWidgets import QApplication
+
+    if QApplication.instance() is None:
+        problem = qt_start_problem()
+        if problem is not None:
+            log.error("%s", problem)
+            sys.stderr.write(problem + "\n")
+            sys.stderr.flush()
+            return 1
 
     from . import errors
     from .main_window import MainWindow

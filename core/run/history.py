@@ -1,8 +1,9 @@
 """The run history: every finished run in an embedded SQLite database.
 
 The GUI's compare view and the experiment grids read and write it. One row per run with the
-recipe, calibration provenance, metrics, timings, export path, and the run's coverage (the share of
-the block weights it pruned, and whether it was partial); the full report is kept as JSON so
+recipe, calibration provenance, metrics with what they were measured on (text, window length,
+windows read), timings, export path, and the run's coverage (the share of the block weights it
+pruned, and whether it was partial); the full report is kept as JSON so
 nothing is lost when the schema grows (older databases get the added columns when opened).
 """
 
@@ -42,7 +43,8 @@ CREATE TABLE IF NOT EXISTS runs (
 CREATE INDEX IF NOT EXISTS runs_key ON runs(key);
 """
 # columns added after the first schema: (name, declaration); older databases get them on open
-ADDED_COLUMNS = (("coverage", "REAL"), ("partial", "INTEGER NOT NULL DEFAULT 0"))
+ADDED_COLUMNS = (("coverage", "REAL"), ("partial", "INTEGER NOT NULL DEFAULT 0"), ("ppl_text", "TEXT"),
+                 ("ppl_seqlen", "INTEGER"), ("ppl_windows", "INTEGER"))
 
 
 def default_db_path() -> Path:
@@ -79,6 +81,19 @@ class RunRow:
     """The fraction of the block weights the run pruned (None: a run from before it was recorded)."""
     partial: bool = False
     """The run left dense some block weights a method would prune (the fused experts of an MoE)."""
+    ppl_text: str | None = None
+    """The text ``ppl_dense`` / ``ppl_pruned`` were measured on (its public name; None: not measured)."""
+    ppl_seqlen: int | None = None
+    """Their window length in tokens."""
+    ppl_windows: int | None = None
+    """The number of windows they read (None: not measured, or a run from before it was recorded)."""
+
+    def measured_on(self) -> str:
+        """"wiki.test.raw, 32 x 512 tokens", or "" when no perplexity says what it was measured on."""
+        if not self.ppl_text:
+            return ""
+        n = f"{self.ppl_windows} x " if self.ppl_windows is not None else ""
+        return f"{self.ppl_text}, {n}{self.ppl_seqlen} tokens"
 
 
 class History:
@@ -108,12 +123,13 @@ class History:
                cal.get("source"), cal.get("nsamples"), cal.get("seqlen"), cal.get("seed"),
                report.get("global_sparsity"), report.get("ppl_dense"), report.get("ppl_pruned"),
                total, str(export_path) if export_path else None, json.dumps(report, default=str),
-               *_coverage(report))
+               *_coverage(report), *_measured_on(report))
         with closing(self._connect()) as con, con:
             cur = con.execute(
                 "INSERT INTO runs (created, key, model, method, structure, sparsity, calib_source, "
                 "calib_nsamples, calib_seqlen, seed, global_sparsity, ppl_dense, ppl_pruned, seconds, "
-                "export_path, report, coverage, partial) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", row)
+                "export_path, report, coverage, partial, ppl_text, ppl_seqlen, ppl_windows) "
+                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", row)
             return int(cur.lastrowid)
 
     def update(self, run_id: int, report: dict[str, Any] | None = None,
@@ -123,9 +139,9 @@ class History:
         args: list[Any] = []
         if report is not None:
             sets += ["report = ?", "ppl_dense = ?", "ppl_pruned = ?", "global_sparsity = ?", "coverage = ?",
-                     "partial = ?"]
+                     "partial = ?", "ppl_text = ?", "ppl_seqlen = ?", "ppl_windows = ?"]
             args += [json.dumps(report, default=str), report.get("ppl_dense"), report.get("ppl_pruned"),
-                     report.get("global_sparsity"), *_coverage(report)]
+                     report.get("global_sparsity"), *_coverage(report), *_measured_on(report)]
         if export_path is not None:
             sets.append("export_path = ?")
             args.append(str(export_path))
@@ -166,6 +182,20 @@ class History:
         d["report"] = json.loads(d["report"])
         d["partial"] = bool(d["partial"])
         return RunRow(**d)
+
+
+def _measured_on(report: dict[str, Any]) -> tuple[str | None, int | None, int | None]:
+    """(text, window length, windows read) of the report's ``ppl_pruned`` / ``ppl_dense``: a run's
+    ``eval`` section, or an experiment cell's first perplexity set (the one ``ppl_pruned`` is)."""
+    ev = report.get("eval") or {}
+    if ev.get("ppl_source"):
+        text, windows = ev["ppl_source"], ev.get("windows")
+    elif ev.get("ppl_sources"):
+        text = ev["ppl_sources"][0]
+        windows = (ev.get("windows") or {}).get(text)
+    else:
+        return None, None, None
+    return str(text), ev.get("seqlen"), windows if isinstance(windows, int) else None
 
 
 def _coverage(report: dict[str, Any]) -> tuple[float | None, int]:

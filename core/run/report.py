@@ -5,6 +5,7 @@ name, never by the user's local paths, unless ``include_paths`` asks for them.""
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 from pathlib import Path
@@ -16,7 +17,8 @@ from .. import __version__
 from ..calib.calibset import CalibrationSet
 from ..calib.textsources import describe_source, split_field
 from ..config import Recipe
-from ..model.loading import LoadedModel
+from ..model import catalog
+from ..model.loading import _HUB_ID, LoadedModel
 from ..prune.result import PruneResult
 from .partial import run_coverage
 
@@ -49,12 +51,15 @@ def _model_section(loaded: LoadedModel, name: str) -> dict[str, Any]:
 def build_report(loaded: LoadedModel, recipe: Recipe, calib: CalibrationSet | None,
                  result: PruneResult, ppl_dense: float | None, ppl_pruned: float | None,
                  seconds: dict[str, float], include_paths: bool = False,
-                 evaluation: "EvalSettings | None" = None) -> dict[str, Any]:
+                 evaluation: "EvalSettings | None" = None, windows: int | None = None) -> dict[str, Any]:
     """The report of one run. ``evaluation``: the settings ``ppl_dense`` / ``ppl_pruned`` were
-    measured with; the report's ``eval.ppl_source`` names that source when a number was measured,
-    and None otherwise. ``coverage`` says what the run pruned of the block weights and what it left
-    dense by which rule (``core/model/coverage.py``); a partial run's report also opens its
-    ``notes`` with that fact."""
+    measured with, ``windows`` the number of windows they read; when a number was measured the
+    report's ``eval`` section says what on (:func:`run_eval`), and there is no ``eval`` section
+    otherwise. Nothing empty is written: ``module_info`` keeps the modules a method said something
+    about, and ``owl`` and ``notes`` appear only when they hold something. ``model.base_model`` is
+    the hub id the model comes from, when known (:func:`base_model`). ``coverage`` says what the
+    run pruned of the block weights and what it left dense by which rule
+    (``core/model/coverage.py``); a partial run's report also opens its ``notes`` with that fact."""
     prov = calib.provenance() if calib is not None else {
         "source": None, "nsamples": 0, "seqlen": 0, "seed": recipe.calibration.seed, "sha256": None}
     prov = dict(prov)
@@ -73,10 +78,7 @@ def build_report(loaded: LoadedModel, recipe: Recipe, calib: CalibrationSet | No
         "coverage": coverage.to_dict(),
         "ppl_dense": ppl_dense,
         "ppl_pruned": ppl_pruned,
-        "eval": {"ppl_source": public_source(evaluation.source, include_paths) if measured else None,
-                 "seqlen": evaluation.seqlen if evaluation is not None
-                 else recipe.eval_seqlen or recipe.calibration.seqlen,
-                 "max_windows": evaluation.max_windows if evaluation is not None else recipe.eval_max_windows},
+        **({"eval": run_eval(evaluation, windows, include_paths)} if measured and evaluation is not None else {}),
         "calibration": prov,
         "recipe": recipe.to_dict(),
         "device": str(loaded.device),
@@ -86,13 +88,55 @@ def build_report(loaded: LoadedModel, recipe: Recipe, calib: CalibrationSet | No
     report["seconds"] = {**seconds, **result.seconds}
     if coverage.partial:  # said first, wherever the notes are shown
         report["notes"] = [coverage.note(), *report["notes"]]
+    report["module_info"] = {k: v for k, v in report["module_info"].items() if v}
+    for k in ("module_info", "owl", "notes"):
+        if not report[k]:
+            del report[k]
     if not include_paths:
         r = report["recipe"]
         r["model"] = report["model"]["name"] if loaded.spec != "demo" else "demo"
         r["calibration"]["source"] = public_source(r["calibration"]["source"])
         r["eval_ppl"] = [public_source(s) for s in r["eval_ppl"]]
         report = _scrub_paths(report, _private_paths(loaded, recipe, calib))
+    hub = base_model(loaded)  # a public name, kept as it is (never scrubbed)
+    if hub:
+        report["model"]["base_model"] = hub
     return report
+
+
+def run_eval(evaluation: "EvalSettings", windows: int | None, include_paths: bool = False) -> dict[str, Any]:
+    """The ``eval`` section of a run's report: the text its perplexities were measured on (its
+    public name), the window length, the number of windows read (left out when unknown) and the
+    window limit asked for (left out when there was none)."""
+    out: dict[str, Any] = {"ppl_source": public_source(evaluation.source, include_paths), "seqlen": evaluation.seqlen}
+    if windows is not None:
+        out["windows"] = windows
+    if evaluation.max_windows is not None:
+        out["max_windows"] = evaluation.max_windows
+    return out
+
+
+def base_model(loaded: LoadedModel) -> str | None:
+    """The Hugging Face hub id ``loaded`` comes from, when it is known: the id it was loaded by,
+    the hub id of a catalogue model, or, for a local folder, the ``_name_or_path`` its
+    ``config.json`` records when that looks like a hub id (owner/name, not a path); else None."""
+    def hub_like(s: Any) -> bool:
+        return (isinstance(s, str) and bool(_HUB_ID.match(s)) and not s.startswith((".", "/", "~"))
+                and not os.path.exists(os.path.expanduser(s)))
+
+    if loaded.spec in catalog.CATALOG:
+        hub = catalog.CATALOG[loaded.spec].hub_id
+        return hub if hub_like(hub) else None
+    if loaded.name == loaded.spec and hub_like(loaded.spec):  # loaded by its hub id
+        return loaded.spec
+    if loaded.path is None:
+        return None
+    try:
+        with open(Path(loaded.path) / "config.json", encoding="utf-8") as f:
+            recorded = json.load(f).get("_name_or_path")
+    except (OSError, ValueError, AttributeError):  # no config (a GGUF file), or not a JSON object
+        return None
+    return recorded if hub_like(recorded) else None
 
 
 def dense_report(loaded: LoadedModel, recipe: Recipe) -> dict[str, Any]:
@@ -115,10 +159,13 @@ def eval_report(model_spec: str, seqlen: int) -> dict[str, Any]:
             "versions": versions()}
 
 
-def add_perplexities(report: dict[str, Any], ppl: Mapping[str, float]) -> None:
-    """Perplexity per set under ``ppl``; the first set's is also the report's ``ppl_pruned`` (the
-    number tables of pruned models show)."""
+def add_perplexities(report: dict[str, Any], ppl: Mapping[str, float],
+                     windows: Mapping[str, int] | None = None) -> None:
+    """Perplexity per set under ``ppl`` (and, given, the windows read per set under ``windows``);
+    the first set's is also the report's ``ppl_pruned`` (the number tables of pruned models show)."""
     report["ppl"] = dict(ppl)
+    if windows is not None:
+        report["windows"] = dict(windows)
     if ppl:
         report["ppl_pruned"] = next(iter(ppl.values()))
 
@@ -126,9 +173,16 @@ def add_perplexities(report: dict[str, Any], ppl: Mapping[str, float]) -> None:
 def suite_eval(sources: Sequence[str], seqlen: int, max_windows: int | None, windows: Mapping[str, int],
                tasks: Sequence[str], limit: int | None) -> dict[str, Any]:
     """The ``eval`` section of a report measured on several sets (an experiment cell): the sets,
-    the window length and limit, the windows read per set, the zero-shot tasks and their item limit."""
-    return {"ppl_sources": list(sources), "seqlen": seqlen, "max_windows": max_windows, "windows": dict(windows),
-            "tasks": list(tasks), "limit": limit}
+    the window length, the windows read per set, and, when there are any, the window limit, the
+    zero-shot tasks and their item limit."""
+    out: dict[str, Any] = {"ppl_sources": list(sources), "seqlen": seqlen, "windows": dict(windows)}
+    if max_windows is not None:
+        out["max_windows"] = max_windows
+    if tasks:
+        out["tasks"] = list(tasks)
+        if limit is not None:
+            out["limit"] = limit
+    return out
 
 
 def add_zeroshot(report: dict[str, Any], results: Mapping[str, Any]) -> None:

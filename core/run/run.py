@@ -22,7 +22,7 @@ from ..prune.pipeline import iter_prune
 from ..prune.result import PruneResult
 from .calibration import build_calibration
 from .checks import validate_recipe
-from .evaluation import EvalSettings, iter_measure
+from .evaluation import EvalSettings, iter_measure_full
 from .report import build_report
 
 StopFn = Callable[[], bool]
@@ -72,7 +72,8 @@ class PruneFinished(Event):
 @dataclass
 class RunOutcome:
     """A finished run. ``loaded`` holds the pruned model (None once a caller let it go);
-    ``evaluation`` the settings ``ppl_dense`` / ``ppl_pruned`` were measured with."""
+    ``evaluation`` the settings ``ppl_dense`` / ``ppl_pruned`` were measured with, ``windows`` the
+    number of windows they read (None: unknown, e.g. a dense number given by the caller alone)."""
 
     loaded: LoadedModel | None
     recipe: Recipe
@@ -83,12 +84,14 @@ class RunOutcome:
     seconds: dict[str, float] = field(default_factory=dict)
     report: dict[str, Any] = field(default_factory=dict)
     evaluation: EvalSettings | None = None
+    windows: int | None = None
 
     def build_report(self, include_paths: bool = False) -> dict[str, Any]:
         """The report of this run with its current numbers (the model must still be in memory)."""
         assert self.loaded is not None
         return build_report(self.loaded, self.recipe, self.calibration, self.result, self.ppl_dense,
-                            self.ppl_pruned, self.seconds, include_paths, self.evaluation)
+                            self.ppl_pruned, self.seconds, include_paths, self.evaluation,
+                            self.windows)
 
 
 def iter_run(loaded: LoadedModel, recipe: Recipe, calibration: CalibrationSet | None = None,
@@ -122,9 +125,11 @@ def iter_run(loaded: LoadedModel, recipe: Recipe, calibration: CalibrationSet | 
 
     settings = evaluation.settings if evaluation is not None else None
     ppl_dense = evaluation.known_dense if evaluation is not None else None
+    windows: int | None = None
     if evaluation is not None and evaluation.dense and ppl_dense is None:
         t0 = time.perf_counter()
-        ppl_dense = yield from iter_measure(loaded, evaluation.settings, "ppl-dense", should_stop, cache=True)
+        measured = yield from iter_measure_full(loaded, evaluation.settings, "ppl-dense", should_stop, cache=True)
+        ppl_dense, windows = measured.ppl, measured.windows
         seconds["eval_dense"] = time.perf_counter() - t0
         yield DenseMeasured(evaluation.settings, ppl_dense)
         yield Message(f"Dense perplexity: {ppl_dense:.3f}")
@@ -137,7 +142,8 @@ def iter_run(loaded: LoadedModel, recipe: Recipe, calibration: CalibrationSet | 
     if evaluation is not None and evaluation.pruned:
         t0 = time.perf_counter()
         try:
-            ppl_pruned = yield from iter_measure(loaded, evaluation.settings, "ppl-pruned", should_stop)
+            measured = yield from iter_measure_full(loaded, evaluation.settings, "ppl-pruned", should_stop)
+            ppl_pruned, windows = measured.ppl, measured.windows
             seconds["eval_pruned"] = time.perf_counter() - t0
             yield Message(f"Pruned perplexity: {ppl_pruned:.3f}")
         except Cancelled:
@@ -145,6 +151,6 @@ def iter_run(loaded: LoadedModel, recipe: Recipe, calibration: CalibrationSet | 
                 raise
             yield Message("Evaluation of the pruned model cancelled; the pruned model is kept.", "warning")
 
-    outcome = RunOutcome(loaded, recipe, calib, result, ppl_dense, ppl_pruned, seconds, {}, settings)
+    outcome = RunOutcome(loaded, recipe, calib, result, ppl_dense, ppl_pruned, seconds, {}, settings, windows)
     outcome.report = outcome.build_report(include_paths)
     return outcome

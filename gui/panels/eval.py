@@ -46,6 +46,11 @@ def open_folder(path: Path) -> bool:
     return QDesktopServices.openUrl(QUrl.fromLocalFile(str(path)))
 
 
+def _public_name(src: str) -> str:
+    """A source as the table and the messages name it: a file by its name, anything else as given."""
+    return Path(src).name if ("/" in src or "\\" in src) and not src.startswith("hf:") else src
+
+
 def _table(headers: list[str]) -> QTableWidget:
     t = QTableWidget(0, len(headers))
     t.setHorizontalHeaderLabels(headers)
@@ -109,7 +114,10 @@ class EvalPanel(QWidget):
             btns.addWidget(b)
         btns.addStretch(1)
         pform.addRow(btns)
-        self.ppl_table = _table(["Evaluation text", "Window", "Windows", "Dense", "Pruned", "Change"])
+        self.ppl_table = _table(["Evaluation text", "Window", "Windows read", "Dense", "Pruned", "Change"])
+        self.ppl_table.horizontalHeaderItem(1).setToolTip("Tokens per evaluation window.")
+        self.ppl_table.horizontalHeaderItem(2).setToolTip(
+            "How many windows the perplexity was measured on (the text may hold fewer than the limit).")
         pform.addRow(self.ppl_table)
         self.ppl_note = hint_label("The dense perplexity can only be measured before pruning: tick "
                                    "'Evaluate the dense model first' in step 4, or press Evaluate dense now.")
@@ -171,7 +179,8 @@ class EvalPanel(QWidget):
         eb.addWidget(self.export_bar, 1)
         eform.addRow(eb)
         eform.addRow(hint_label("Pruned weights are stored as zeros in dense tensors: the files are not "
-                                "smaller and the model is not faster without a sparse inference engine."))
+                                "smaller, and llama.cpp, Ollama, vLLM and PyTorch run the model no faster "
+                                "(the model card says what each runtime does)."))
 
         self.status = StatusLine()
         self.job = PanelJob(state, self.status)
@@ -232,6 +241,8 @@ class EvalPanel(QWidget):
             self.source.setText(recipe.eval_ppl[0])
         if recipe.eval_seqlen:
             self.seqlen.setValue(recipe.eval_seqlen)
+        if recipe.eval_max_windows:
+            self.windows.setValue(recipe.eval_max_windows)
 
     # ---- perplexity --------------------------------------------------------------------------
     def evaluate_dense(self) -> None:
@@ -262,12 +273,19 @@ class EvalPanel(QWidget):
         self._start(tasks.evaluate, self.state.loaded, es, "ppl-pruned", name="evaluating the pruned model",
                     busy_text="Evaluating the pruned model…", on_done=lambda ppl: self._pruned_done(es, ppl))
 
+    def measured_on(self, es: EvalSettings) -> str:
+        """"wiki.test.raw, 32 windows of 512 tokens": what a perplexity with ``es`` was measured on."""
+        n = self.state.windows_read(es)
+        windows = f"{n} window{'s' if n != 1 else ''}" if n is not None else "windows"
+        return f"{_public_name(es.source)}, {windows} of {es.seqlen} tokens"
+
     def _pruned_done(self, es: EvalSettings, ppl: float) -> None:
         self.state.set_pruned_ppl(es, ppl)
-        self.status.set("ok", f"Pruned perplexity {ppl:.3f}.")
+        self.status.set("ok", f"Pruned perplexity {ppl:.3f} on {self.measured_on(es)}.")
 
     def _dense_done(self, ppl: float) -> None:
-        self.status.set("ok", f"Dense perplexity {ppl:.3f}.")
+        es = self.eval_settings()
+        self.status.set("ok", f"Dense perplexity {ppl:.3f}" + (f" on {self.measured_on(es)}." if es else "."))
         self._fill_ppl_table()
 
     def _fill_ppl_table(self) -> None:
@@ -276,10 +294,14 @@ class EvalPanel(QWidget):
         t.setRowCount(len(rows))
         for r, (src, L, nw, d, p) in enumerate(rows):
             change = f"{(p / d - 1) * 100:+.1f} %" if d and p else "–"
-            name = Path(src).name if ("/" in src or "\\" in src) and not src.startswith("hf:") else src
-            for c, text in enumerate((name, str(L), "all" if not nw else str(nw), fmt_float(d), fmt_float(p), change)):
+            read = self.state.windows_read(EvalSettings(src, L, nw))
+            windows = str(read) if read is not None else ("all" if not nw else f"up to {nw}")
+            for c, text in enumerate((_public_name(src), str(L), windows, fmt_float(d), fmt_float(p), change)):
                 item = QTableWidgetItem(text)
-                item.setToolTip(src if c == 0 else text)
+                tip = src if c == 0 else text
+                if c == 2 and read is not None:
+                    tip = f"{read} windows of {L} tokens were read (limit: {nw or 'none'})."
+                item.setToolTip(tip)
                 t.setItem(r, c, item)
 
     # ---- zero-shot ---------------------------------------------------------------------------

@@ -39,7 +39,7 @@ from ..state import AppState
 from ..widgets import fmt_float, fmt_seconds
 
 COLUMNS = ("#", "When", "Model", "Method", "Structure", "Target", "Achieved", "Coverage", "Calibration",
-           "Samples", "PPL dense", "PPL pruned", "Time", "Exported to")
+           "Samples", "PPL dense", "PPL pruned", "PPL measured on", "Time", "Exported to")
 COVERAGE_TIP = ("The share of the decoder blocks' weights the run pruned. 'partial': some weights a method "
                 "would prune could not be (the fused experts of a mixture-of-experts model) and stayed dense; "
                 "'Achieved' is then the sparsity of the pruned modules only.")
@@ -98,6 +98,9 @@ class HistoryPanel(QWidget):
         self.table = QTableWidget(0, len(COLUMNS))
         self.table.setHorizontalHeaderLabels(COLUMNS)
         self.table.horizontalHeaderItem(COLUMNS.index("Coverage")).setToolTip(COVERAGE_TIP)
+        self.table.horizontalHeaderItem(COLUMNS.index("PPL measured on")).setToolTip(
+            "The text the perplexities were measured on, and windows × tokens per window: compare "
+            "perplexities measured on the same text with the same windows only.")
         self.table.verticalHeader().setVisible(False)
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
@@ -178,6 +181,7 @@ class HistoryPanel(QWidget):
                 (f"{r.calib_nsamples or 0} × {r.calib_seqlen or 0}", r.calib_nsamples),
                 (fmt_float(_num(r.ppl_dense), 2), _num(r.ppl_dense)),
                 (fmt_float(_num(r.ppl_pruned), 2), _num(r.ppl_pruned)),
+                (r.measured_on() or "–", None),
                 (fmt_seconds(_num(r.seconds)), _num(r.seconds)), (r.export_path or "", None),
             ]
             for c, (text, value) in enumerate(vals):

@@ -34,6 +34,7 @@ from ...core.events import (
     RunStarted,
 )
 from ...core.config import Recipe
+from ...core.run.export import measured_on
 from ...core.run.partial import run_coverage
 from ...core.run.run import RunOutcome
 from .. import dialogs, tasks
@@ -338,7 +339,8 @@ class RunPanel(QWidget):
             self.where.setText(f"Finished (partial): {r.global_sparsity:.2%} zeros over the pruned modules, "
                                f"{cov['pruned_share']:.0%} of the block weights")
         if outcome.ppl_dense is not None or outcome.ppl_pruned is not None:
-            msg += f" Perplexity dense {fmt_float(outcome.ppl_dense, 2)}, pruned {fmt_float(outcome.ppl_pruned, 2)}."
+            msg += (f" Perplexity dense {fmt_float(outcome.ppl_dense, 2)}, pruned {fmt_float(outcome.ppl_pruned, 2)}"
+                    f" ({measured_on(outcome.report.get('eval') or {})}).")
         for note in outcome.report.get("notes", r.notes):
             self.state.log(note, "warning")
         self.status.set("warn" if partial else "ok", msg + " Evaluate further or export in step 5.")

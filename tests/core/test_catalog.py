@@ -198,3 +198,25 @@ def test_loading_resolves_a_catalogue_name(fake, tmp_path, monkeypatch):
     folder, gguf_name, display = resolve_spec("fake")
     assert folder == tmp_path / "cache" / "models" / "Fake-Model-1M" and gguf_name is None
     assert display == "fake (Fake-Model-1M)"
+
+
+def test_conversion_keeps_buffers_no_state_dict_carries():
+    """Gemma 3 scales its embeddings by a non-persistent buffer held by a module without a config;
+    the model rebuilt from a GGUF-loaded one takes that buffer's value from it."""
+    import torch
+    from transformers import AutoModelForCausalLM, Gemma3TextConfig
+
+    cfg = Gemma3TextConfig(vocab_size=64, hidden_size=36, intermediate_size=48, num_hidden_layers=2,
+                           num_attention_heads=2, num_key_value_heads=1, head_dim=18, max_position_embeddings=128)
+    torch.manual_seed(0)
+    source = AutoModelForCausalLM.from_config(cfg).eval()
+    with torch.device("meta"):
+        rebuilt = AutoModelForCausalLM.from_config(cfg)
+    rebuilt.load_state_dict(source.state_dict(), assign=True, strict=False)
+    gguf_module._copy_meta_buffers(rebuilt, source)
+    gguf_module.rebuild_meta_buffers(rebuilt)
+    assert not any(b.is_meta for b in rebuilt.buffers())
+    assert float(rebuilt.model.embed_tokens.embed_scale) == pytest.approx(36 ** 0.5)
+    ids = torch.tensor([[1, 5, 9, 3]])
+    with torch.no_grad():
+        assert torch.equal(rebuilt.eval()(ids).logits, source(ids).logits)

@@ -7,6 +7,7 @@ the user can fix, 2 an unexpected failure (a bug), 130 cancelled.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import pytest
@@ -73,6 +74,21 @@ def test_a_good_run_exits_0(capsys, model, text, tmp_path):
     assert stdout.strip() == str(out)
     assert (out / "model.safetensors").exists()
     assert "error:" not in err
+
+
+def test_the_summary_says_what_the_perplexities_were_measured_on(capsys, model, text, tmp_path):
+    code, _, err = run(capsys, *_prune_args(model, text, "--eval-ppl", text, "--eval-seqlen", "16",
+                                            "--eval-max-windows", "3"))
+    assert code == 0, err
+    summary = next(ln for ln in err.splitlines() if "global sparsity" in ln and "->" in ln)
+    assert re.search(r"perplexity \d+\.\d{3} -> \d+\.\d{3} \(calib\.txt, 3 windows of 16 tokens\)", summary), summary
+
+    code, stdout, err = run(capsys, "eval", "--model", model, "--ppl", text, "--seqlen", "16", "--max-windows", "3",
+                            "--device", "cpu")
+    assert code == 0, err
+    assert re.search(r"perplexity calib\.txt: \d+\.\d{3} \(3 windows of 16 tokens\)", err), err
+    printed = json.loads(stdout)
+    assert printed["ppl"].keys() == {"calib.txt"} and printed["windows"] == {"calib.txt": 3}
 
 
 # ---- models -----------------------------------------------------------------------------------

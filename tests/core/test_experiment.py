@@ -73,6 +73,8 @@ def test_grid_runs_and_a_rerun_executes_no_cell(workdir):
     assert all(abs(r.global_sparsity - 0.5) < 0.01 for r in pruned)
     dense = next(r for r in rows if r.method == DENSE)
     assert dense.report["ppl"]["eval.txt"] > 1 and dense.report["eval"]["windows"]["eval.txt"] == 3
+    assert {(r.ppl_text, r.ppl_seqlen, r.ppl_windows) for r in rows} == {("eval.txt", 32, 3)}  # what each measured
+    assert all(all(r.report.get("module_info", {}).values()) for r in rows)  # no empty entries
 
     again = run_experiment(GridSpec.load(workdir / "grid.json"), out)
     assert (again.executed, again.skipped) == (0, 3)

@@ -12,7 +12,7 @@ from prunestudio.core.errors import Cancelled, ExportError
 from prunestudio.core.events import run_to_completion
 from prunestudio.core.model import architecture
 from prunestudio.core.prune.pipeline import iter_prune
-from prunestudio.core.run.export import REPORT_NAME, iter_export
+from prunestudio.core.run.export import REPORT_NAME, iter_export, model_card
 from transformers import AutoModelForCausalLM
 
 
@@ -39,7 +39,7 @@ def test_round_trip_same_logits_same_sparsity(make_model, tokenizer, tmp_path, a
             assert (w == 0).float().mean().item() == pytest.approx(s)
     report = json.loads((out / REPORT_NAME).read_text())
     assert report["global_sparsity"] == res.global_sparsity
-    assert "does not make these files smaller" in (out / "README.md").read_text()
+    assert "as large as the original model" in (out / "README.md").read_text()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
@@ -102,3 +102,34 @@ def test_incomplete_model_is_not_exported(make_model, tokenizer, tmp_path):
     with pytest.raises(ExportError, match="partly pruned"):
         run_to_completion(iter_export(model, tokenizer, tmp_path / "x", {}))
     assert list(tmp_path.iterdir()) == []
+
+
+def _card_report(**extra):
+    return {"model": {"name": "tiny"}, "method": "wanda", "structure": "unstructured", "sparsity_target": 0.5,
+            "global_sparsity": 0.5, "calibration": {"source": "c4", "nsamples": 8, "seqlen": 32, "seed": 0,
+                                                    "sha256": "ab" * 32}, **extra}
+
+
+def test_the_card_says_what_each_perplexity_was_measured_on():
+    ev = {"ppl_source": "wiki.test.raw", "seqlen": 512, "windows": 32}
+    both = model_card(_card_report(ppl_dense=20.0, ppl_pruned=25.0, eval=ev))
+    assert "Perplexity on wiki.test.raw, 32 windows of 512 tokens: dense 20.000, pruned 25.000 (+25.0 %" in both
+    pruned_only = model_card(_card_report(ppl_dense=None, ppl_pruned=65.704, eval=ev))
+    assert ("Perplexity on wiki.test.raw, 32 windows of 512 tokens: pruned 65.704 (lower is better); "
+            "the dense model was not measured.") in pruned_only
+    assert "n/a" not in pruned_only
+    one = model_card(_card_report(ppl_dense=3.0, ppl_pruned=None, eval={**ev, "windows": 1}))
+    assert "wiki.test.raw, 1 window of 512 tokens: dense 3.000; the pruned model was not measured." in one
+    assert "Perplexity" not in model_card(_card_report(ppl_dense=None, ppl_pruned=None))
+
+
+@pytest.mark.parametrize("structure", ["unstructured", "2:4", "4:8"])
+def test_the_speed_note_claims_no_speed_up(structure):
+    card = model_card(_card_report(structure=structure))
+    for runtime in ("llama.cpp / Ollama", "vLLM", "TensorRT-LLM", "PyTorch"):
+        assert f"**{runtime}" in card, runtime
+    assert "sparse tensor cores for 2:4 models" not in card  # the old promise
+    assert "same speed" in card and "Quantization" in card and "structured pruning" in card
+    assert ("speed-up there, 2:4 included." in card) == (structure == "2:4")
+    assert ("other than 2:4 is not accelerated" in card) == (structure == "4:8")
+    assert ("unstructured zeros are not accelerated" in card) == (structure == "unstructured")

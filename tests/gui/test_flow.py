@@ -102,6 +102,7 @@ def test_whole_flow(window, qtbot, monkeypatch, tiny_model_dir, eval_file, tmp_p
     assert st.run.ppl_dense is not None and st.run.ppl_pruned is not None
     assert math.isfinite(st.run.ppl_dense) and st.run.ppl_pruned > 0
     assert st.cached_dense() == st.run.ppl_dense
+    assert "(corpus.txt, 4 windows of 32 tokens)" in window.run_panel.status.text.text()  # the limit: the text has more
     assert window.steps.kinds()["run"] == "ok"
 
     # click a heatmap cell: the mask view shows that module's mask and row histogram
@@ -136,6 +137,7 @@ def test_whole_flow(window, qtbot, monkeypatch, tiny_model_dir, eval_file, tmp_p
     report = json.loads((out / "prunestudio.json").read_text())
     assert report["calibration"]["nsamples"] == 7 and report["method"] == "wanda"
     assert report["ppl_dense"] == pytest.approx(st.run.ppl_dense)
+    assert report["eval"] == {"ppl_source": "corpus.txt", "seqlen": 32, "windows": 4, "max_windows": 4}
     assert e.open_button.isEnabled()
     opened = []
     monkeypatch.setattr("prunestudio.gui.panels.eval.open_folder", lambda p: opened.append(p))
