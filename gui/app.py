@@ -6,7 +6,8 @@ process, so that missing system libraries are named with their install command o
 Qt's abort; ``PRUNESTUDIO_QT_CHECK=0`` skips it), creates the QApplication with
 the organisation and application names, logs to a file in the user log folder, routes every
 uncaught exception to the error sink (:mod:`errors`), shows the window, and on quit cancels the
-running job and waits for its thread.
+running job without blocking the event loop; :func:`end_process` makes sure no worker thread
+outlives ``main`` (see there).
 """
 
 from __future__ import annotations
@@ -79,12 +80,12 @@ def main(argv: list[str] | None = None) -> int:
     from . import errors
     from .main_window import MainWindow
     from .settings import sync_all
-    from .worker import wait_for_workers
+    from .worker import cancel_workers
 
     app = QApplication.instance() or QApplication(list(argv if argv is not None else sys.argv))
     configure_application(app)
     undo_hooks = errors.install_hooks()
-    app.aboutToQuit.connect(lambda: wait_for_workers(15000))
+    app.aboutToQuit.connect(cancel_workers)  # never waits: the wait is in end_process, after exec
     app.aboutToQuit.connect(sync_all)
     log.info("Prune Studio starting; log file %s", log_file)
     args = list(argv if argv is not None else sys.argv)
@@ -110,10 +111,43 @@ def main(argv: list[str] | None = None) -> int:
 
         QTimer.singleShot(200, finish)
     try:
-        return int(app.exec())
+        code = int(app.exec())
     finally:
         undo_hooks()
+    return end_process(code)
+
+
+FINAL_WAIT_MS = 5000
+
+
+def end_process(code: int, wait_ms: int = FINAL_WAIT_MS) -> int:
+    """After the event loop: return ``code`` once no worker runs, waiting at most ``wait_ms``.
+
+    A closed window already waited (event loop running) for its job to end. A worker that still
+    runs now (its step outlasted that wait, or the loop ended otherwise) must not reach the
+    interpreter's shutdown: destroying a running QThread makes Qt abort the process ("QThread:
+    Destroyed while thread is still running"), and a Python thread inside a finalising interpreter
+    is not safe either. So the process ends here with ``os._exit(code)``, after settings and logs
+    are flushed: nothing is destroyed, the thread just stops. An export cut off this way leaves only
+    its ``.<name>.partial-*`` folder, never a folder that looks complete (exports are renamed into
+    place when whole).
+    """
+    from .settings import sync_all
+    from .worker import active_workers, wait_for_workers
+
+    if wait_for_workers(wait_ms):
         log.info("Prune Studio closed")
+        return code
+    names = ", ".join(w.name for w in active_workers())
+    log.warning("Prune Studio closed while %s was still running; the process ends without waiting for it", names)
+    sync_all()
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (AttributeError, OSError, ValueError):
+            pass
+    os._exit(code)
 
 
 if __name__ == "__main__":

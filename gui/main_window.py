@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from PySide6.QtCore import Qt
+from PySide6.QtCore import QCoreApplication, Qt
 from PySide6.QtGui import QAction, QCloseEvent, QKeySequence
 from PySide6.QtWidgets import QHBoxLayout, QLabel, QMainWindow, QMessageBox, QScrollArea, QStackedWidget, QWidget
 
@@ -18,7 +18,14 @@ from .resources import app_icon
 from .settings import DISPLAY_NAME, Settings, sync_all
 from .state import AppState
 from .widgets import chain_tab_order
-from .worker import wait_for_workers
+from .worker import active_workers, after_workers
+
+QUIT_WAIT_MS = 120_000  # the longest a closed window waits for a job to leave an uninterruptible step
+
+
+def quit_application() -> None:
+    """Quit the event loop (a no-op outside ``exec``); looked up at call time, so tests replace it."""
+    QCoreApplication.quit()
 
 
 def _scrollable(w: QWidget) -> QScrollArea:
@@ -33,6 +40,7 @@ class MainWindow(QMainWindow):
     def __init__(self, state: AppState | None = None) -> None:
         super().__init__()
         self.state = state or AppState()
+        self._closing = False  # closed while a job ran: hidden, waiting for the job to end
         self.settings = Settings("window")
         self.setWindowTitle(DISPLAY_NAME)
         self.setWindowIcon(app_icon())
@@ -154,6 +162,11 @@ class MainWindow(QMainWindow):
         self.show_step(self.settings.get("step", 0))
 
     def closeEvent(self, event: QCloseEvent) -> None:  # noqa: N802
+        """Closing quits the application. While a job runs (after "Quit while working?"), the job
+        is cancelled, the window hides at once and the application quits when the job has ended."""
+        if self._closing:  # asked before: the job has ended since (or the wait is over)
+            event.accept()
+            return
         if self.state.busy:
             name = self.state.current.name if self.state.current else "a job"
             if not dialogs.confirm(self, "Quit while working?", f"Prune Studio is busy with {name}.",
@@ -163,5 +176,16 @@ class MainWindow(QMainWindow):
         self.settings.set("geometry", self.saveGeometry())
         self.settings.set("step", self.steps.currentRow())
         sync_all()
-        wait_for_workers(15000)
-        event.accept()
+        if not active_workers():
+            event.accept()
+            return
+        # A job runs: cancel it and hide now; quit once it has left the step it is in (a load or a
+        # save is not interrupted), at most QUIT_WAIT_MS later. The GUI thread never waits here.
+        self._closing = True
+        event.ignore()
+        self.hide()
+        after_workers(self._close_after_work, QUIT_WAIT_MS)
+
+    def _close_after_work(self) -> None:
+        self.close()
+        quit_application()

@@ -265,11 +265,51 @@ def active_workers() -> list[Worker]:
     return list(_ACTIVE)
 
 
-def wait_for_workers(timeout_ms: int = 10000) -> bool:
-    """Cancel every running worker and wait for its thread (connected to aboutToQuit)."""
+def cancel_workers() -> list[Worker]:
+    """Ask every running worker to stop at its next check; the workers asked. Never blocks."""
     workers = list(_ACTIVE)
     for w in workers:
         w.cancel()
+    return workers
+
+
+def after_workers(callback: Callable[[], None], timeout_ms: int) -> None:
+    """Cancel every running worker and call ``callback`` once, on the GUI thread, when all of them
+    have ended or after ``timeout_ms`` (one may be inside a step that cannot be interrupted, such as
+    reading weights or writing a file), whichever comes first; at once when none runs. Never
+    blocks: the event loop keeps running, so each worker's ``finished`` arrives as usual.
+
+    Used when the application closes: no error dialog pops up then (the window is gone); a worker's
+    error is logged instead.
+    """
+    workers = cancel_workers()
+    if not workers:
+        callback()
+        return
+    called = False
+
+    def fire() -> None:
+        nonlocal called
+        if not called:
+            called = True
+            callback()
+
+    def one_ended() -> None:
+        if all(not w.is_running for w in workers):
+            fire()
+
+    for w in workers:
+        w.report_errors = False
+        w.errored.connect(lambda info, w=w: log.error("%s failed while closing: %s\n%s", w.name,
+                                                      info.exception, info.traceback))
+        w.finished.connect(one_ended)
+    QTimer.singleShot(max(0, timeout_ms), fire)
+
+
+def wait_for_workers(timeout_ms: int = 10000) -> bool:
+    """Cancel every running worker and block until its thread ended or ``timeout_ms`` passed;
+    whether all ended. Blocks the calling thread: the GUI uses :func:`after_workers` instead."""
+    workers = cancel_workers()
     deadline = time.perf_counter() + timeout_ms / 1000.0
     ok = True
     for w in workers:
