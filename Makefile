@@ -13,7 +13,7 @@ $(READY): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check --upgrade pip
 	$(PY) -m pip install -q --disable-pip-version-check torch==2.13.0
-	$(PY) -m pip install -q --disable-pip-version-check -e ".[gui,dev]"
+	$(PY) -m pip install -q --disable-pip-version-check -e ".[gui,dev,cluster]"
 	@touch $@
 
 run: $(READY)

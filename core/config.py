@@ -16,6 +16,8 @@ from .errors import ConfigError
 from .prune.methods import registry as methods
 
 DSNOT_SKIPS = ("mlp", "attention", "none")
+DSNOT_RULES = ("reference", "decrease")  # core/prune/methods/dsnot.py: RULES
+SELFGEN_PROTOCOLS = ("windows", "paper")  # core/calib/selfgen/settings.py: PROTOCOLS
 OFFLOAD_TARGETS = ("cpu", "disk")
 OFFLOAD_MODES = ("none", "cpu", "disk")
 _NM = re.compile(r"^\s*(\d+)\s*:\s*(\d+)\s*$")
@@ -52,7 +54,7 @@ class PruneConfig:
     owl_m: float = 5.0
     """OWL: a weight is an outlier when its Wanda score exceeds M times the block mean."""
     owl_lambda: float = 0.08
-    """OWL: block sparsities range over target +/- lambda."""
+    """OWL: block sparsities range over target +/- lambda; with N:M, block N over N +/- lambda * M."""
     dsnot_init: str = "wanda"
     """DSnoT: the method that gives the initial mask (wanda, magnitude, sparsegpt: any registered
     method that refines none)."""
@@ -61,6 +63,9 @@ class PruneConfig:
     dsnot_skip: str = "mlp"
     """DSnoT: modules left with their initial mask: ``mlp`` (the reference's default), ``attention``
     or ``none`` (refine every module)."""
+    dsnot_rule: str = "reference"
+    """DSnoT's swap rule: ``reference`` (swap while the error estimate exceeds the threshold, as
+    the reference does) or ``decrease`` (only swaps that lower it; Prune Studio's earlier rule)."""
     sparsegpt_blocksize: int = 128
     sparsegpt_damp: float = 0.01
     """SparseGPT: dampening, as a fraction of the mean Hessian diagonal."""
@@ -82,9 +87,14 @@ class PruneConfig:
     host memory holds about one block plus the activations: models larger than RAM)."""
     offload_dir: str | None = None
     """Disk offload: folder for the pruned blocks (default: a temporary folder in the cache)."""
+    expert_min_tokens: int = 32
+    """Mixture-of-experts models: an expert the router sends fewer calibration tokens than this is
+    pruned with statistics from every token of its block (all tokens run through it), not from
+    its few routed ones; 0: only an expert that received no token at all. See
+    ``core/prune/experts.py``."""
     allow_partial: bool = False
-    """Run even when some block weights a method would prune cannot be pruned (today: the fused
-    experts of mixture-of-experts models) and stay dense; the report, card and history then say the
+    """Run even when some block weights a method would prune cannot be pruned (expert tensors in
+    a layout this version does not know, such as Llama 4's) and stay dense; the report, card and history then say the
     result is partial. False: such a run is refused before any long step (``core/run/partial.py``)."""
 
     def __post_init__(self) -> None:
@@ -106,12 +116,16 @@ class PruneConfig:
             raise ConfigError("OWL's outlier threshold M must be positive.")
         if self.dsnot_skip not in DSNOT_SKIPS:
             raise ConfigError(f"DSnoT's skip must be one of {', '.join(DSNOT_SKIPS)}, got '{self.dsnot_skip}'.")
+        if self.dsnot_rule not in DSNOT_RULES:
+            raise ConfigError(f"DSnoT's swap rule must be one of {', '.join(DSNOT_RULES)}, got '{self.dsnot_rule}'.")
         if self.dsnot_max_cycles < 0 or self.dsnot_threshold < 0:
             raise ConfigError("DSnoT's cycle limit and threshold must not be negative.")
         if self.sparsegpt_blocksize <= 0:
             raise ConfigError("SparseGPT's block size must be positive.")
         if not (0.0 <= self.sparsegpt_damp < 1.0):
             raise ConfigError("SparseGPT's dampening must be in [0, 1).")
+        if int(self.expert_min_tokens) < 0:
+            raise ConfigError("The minimum number of tokens per expert must not be negative.")
         if self.batch_size <= 0:
             raise ConfigError("The calibration batch size must be at least 1.")
         if self.offload_to not in OFFLOAD_TARGETS:
@@ -180,8 +194,20 @@ class CalibConfig:
     repetition_penalty: float = 1.2
     drop_top: float = 0.2
     """Self-generation: fraction of highest-perplexity samples dropped."""
+    protocol: str = "windows"
+    """Self-generation protocol: ``windows`` (every sample one window of ``seqlen`` tokens,
+    end-of-text never sampled; zero-data with ``selfgen``) or ``paper`` (Ji et al.: 2-token
+    prefixes from ``selfgen:SOURCE``, samples that may end at end-of-text, joined and cut into
+    ``nsamples`` windows). See ``core/calib/selfgen/settings.py``."""
 
     def __post_init__(self) -> None:
+        if self.protocol not in SELFGEN_PROTOCOLS:
+            raise ConfigError(f"The self-generation protocol must be {' or '.join(SELFGEN_PROTOCOLS)}, "
+                              f"got '{self.protocol}'.")
+        if self.protocol == "paper" and self.source == "selfgen":
+            raise ConfigError("The paper's self-generation protocol starts every sample with tokens of a real "
+                              "text: choose a prefix source (selfgen:SOURCE), or the windows protocol for "
+                              "zero-data generation.")
         if self.nsamples <= 0:
             raise ConfigError("The number of calibration samples must be at least 1.")
         if self.seqlen <= 1:
@@ -246,6 +272,59 @@ class Recipe:
         except (OSError, ValueError, RecursionError) as e:  # ValueError: JSONDecodeError, UnicodeDecodeError
             raise ConfigError(f"Could not read the recipe {Path(path).name}: {str(e)[:200]}") from e
         return cls.from_dict(data)
+
+
+@dataclass(frozen=True)
+class SettingsPreset:
+    """A named set of sizes for calibration and evaluation, applied on top of a recipe (CLI
+    ``--preset``, the app's Settings menu). The method, sparsity and sources stay as they are."""
+
+    name: str
+    label: str
+    description: str
+    nsamples: int
+    seqlen: int
+    mode: str
+    """Calibration windows from text: ``random`` (from the joined corpus) or ``document`` (a crop
+    of one document, the reference's C4 sampler)."""
+    eval_ppl: tuple[str, ...]
+    """Perplexity sets a run measures when the recipe names none."""
+    eval_seqlen: int | None
+    eval_max_windows: int | None
+    zeroshot_limit: int | None
+    """Zero-shot questions per task (None: every question)."""
+    zeroshot_full: bool
+    """The whole task sets: never a local subset file (HellaSwag's 1,000 items)."""
+
+    def apply(self, recipe: Recipe) -> Recipe:
+        """``recipe`` with this preset's sizes (its perplexity sets only where it names none)."""
+        cal = replace(recipe.calibration, nsamples=self.nsamples, seqlen=self.seqlen, mode=self.mode)
+        return replace(recipe, calibration=cal, eval_ppl=recipe.eval_ppl or self.eval_ppl,
+                       eval_seqlen=self.eval_seqlen, eval_max_windows=self.eval_max_windows)
+
+
+SETTINGS_PRESETS: dict[str, SettingsPreset] = {
+    "cpu": SettingsPreset(
+        "cpu", "CPU-sized defaults",
+        "64 x 512-token calibration windows from the joined text, 512-token evaluation windows "
+        "(the calibration's length), 100 questions per zero-shot task (the app's default)",
+        nsamples=64, seqlen=512, mode="random", eval_ppl=(), eval_seqlen=None, eval_max_windows=None,
+        zeroshot_limit=100, zeroshot_full=False),
+    "paper": SettingsPreset(
+        "paper", "Paper settings",
+        "128 x 2048-token calibration windows, each a crop of one document (SparseGPT/Wanda's C4 "
+        "sampler), WikiText-2 perplexity on every 2048-token window of the test set (C4: the "
+        "papers' 256), every question of the whole zero-shot task sets",
+        nsamples=128, seqlen=2048, mode="document", eval_ppl=("wikitext2",), eval_seqlen=2048,
+        eval_max_windows=None, zeroshot_limit=None, zeroshot_full=True),
+}
+
+
+def settings_preset(name: str) -> SettingsPreset:
+    """The preset called ``name``; ConfigError naming the presets otherwise."""
+    if name not in SETTINGS_PRESETS:
+        raise ConfigError(f"Unknown settings preset '{name}' (presets: {', '.join(SETTINGS_PRESETS)}).")
+    return SETTINGS_PRESETS[name]
 
 
 def _build(cls: type, d: dict[str, Any]) -> Any:

@@ -36,10 +36,22 @@ class PhaseStarted(Event):
 
 @dataclass(frozen=True)
 class PhaseProgress(Event):
+    """``done`` of ``total`` steps of a phase (both known: an ETA can be shown from the rate)."""
+
     phase: str
     done: int
     total: int
     detail: str = ""
+    # how far the phase is (0..1) when it is finer than done/total (a self-generated batch's tokens
+    # between its samples); None: done/total says it
+    fraction: float | None = None
+
+    @property
+    def share(self) -> float:
+        """How far the phase is, 0..1: :attr:`fraction`, or ``done / total`` (0 when unknown)."""
+        if self.fraction is not None:
+            return min(max(self.fraction, 0.0), 1.0)
+        return min(self.done / self.total, 1.0) if self.total > 0 else 0.0
 
 
 @dataclass(frozen=True)

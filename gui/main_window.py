@@ -6,6 +6,7 @@ from PySide6.QtCore import QCoreApplication, Qt
 from PySide6.QtGui import QAction, QCloseEvent, QKeySequence
 from PySide6.QtWidgets import QHBoxLayout, QLabel, QMainWindow, QMessageBox, QScrollArea, QStackedWidget, QWidget
 
+from ..core.config import SETTINGS_PRESETS
 from . import dialogs, errors
 from .panels.calib import CalibPanel
 from .panels.eval import EvalPanel
@@ -91,6 +92,14 @@ class MainWindow(QMainWindow):
         self.act_quit = self._action("&Quit", self.close, QKeySequence.StandardKey.Quit)
         for a in (self.act_load_model, self.act_load_recipe, self.act_save_recipe):
             file_menu.addAction(a)
+        presets = file_menu.addMenu("Settings &preset")
+        presets.setToolTipsVisible(True)
+        self.preset_actions: dict[str, QAction] = {}
+        for name, preset in SETTINGS_PRESETS.items():
+            act = self._action(preset.label, lambda name=name: self.apply_preset(name))
+            act.setToolTip(preset.description)
+            presets.addAction(act)
+            self.preset_actions[name] = act
         file_menu.addSeparator()
         file_menu.addAction(self.act_quit)
 
@@ -117,6 +126,15 @@ class MainWindow(QMainWindow):
         act.triggered.connect(lambda _checked=False: slot())
         self.addAction(act)  # shortcuts work whatever has the focus
         return act
+
+    def apply_preset(self, name: str) -> None:
+        """Set the calibration and evaluation sizes of every step from a settings preset
+        (``core/config.py``: the CPU-sized defaults or the papers' settings); the method, its
+        settings and the sources stay as they are."""
+        preset = SETTINGS_PRESETS[name]
+        self.state.apply_recipe(preset.apply(self.state.recipe()))
+        self.eval_panel.apply_preset(preset)
+        self.state.log(f"Settings preset: {preset.label} ({preset.description}).")
 
     def show_step(self, index: int) -> None:
         self.steps.setCurrentRow(index)

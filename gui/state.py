@@ -2,8 +2,9 @@
 
 Panels are views of this object: they read it, change it through its methods, and subscribe to
 its signals. It also owns the one rule about the model in memory (see :mod:`tasks`): once a run
-pruned it (fully or partly), every job that needs the dense model gets ``None`` and reloads it,
-and only a completely pruned model of the latest run may be evaluated as pruned or exported.
+pruned it (fully or partly), every job that needs the dense model gets ``None`` and reloads it
+(the dense perplexity after a complete run excepted: it keeps the pruned model), and only a
+completely pruned model of the latest run may be evaluated as pruned or exported.
 
 What is in memory is a :class:`ModelStatus`, how the latest run went a :class:`RunStatus`.
 One job touching the model runs at a time (:meth:`start`; panels start theirs through
@@ -87,6 +88,7 @@ class AppState(QObject):
         self.run_status: RunStatus = RunStatus.NONE
         self.export_path: Path | None = None
         self.history_id: int | None = None
+        self.dense_signature: str | None = None  # the dense weights' (ppl_cache.weights_signature), from the load
         self.dense_cache: dict[tuple[Any, ...], float] = {}  # EvalSettings.cache_key -> ppl
         self.pruned_ppl: dict[tuple[Any, ...], float] = {}  # the same, for the latest run's model
         self.ppl_windows: dict[tuple[Any, ...], int] = {}  # the same key -> windows a perplexity read
@@ -135,6 +137,7 @@ class AppState(QObject):
 
     def _common_event(self, ev: Event) -> None:
         if isinstance(ev, ModelReady):
+            self.dense_signature = ev.weights_signature or None
             self.set_model(ev.loaded, ev.tokenizer_fingerprint or None)
         elif isinstance(ev, PerplexityMeasured):
             es = EvalSettings(ev.source, ev.seqlen, ev.max_windows)
@@ -187,6 +190,8 @@ class AppState(QObject):
 
     def begin_loading(self, args: LoadArgs) -> None:
         """A load starts: drop the model in memory (if any) first, so two never coexist."""
+        if args != self.model_args:
+            self.dense_signature = None  # another model: its own signature comes with ModelReady
         self.load_args = self.model_args = args
         if self.loaded is not None:
             self.forget_model()
@@ -210,6 +215,21 @@ class AppState(QObject):
 
     def has_model(self) -> bool:
         return self.loaded is not None or self.model_status == ModelStatus.LOADING
+
+    def dense_eval_blocker(self) -> str:
+        """Why the dense perplexity cannot be measured now ("" when it can): with the dense model in
+        memory it is measured on it; after a complete run it comes from the dense cache or a second
+        copy of the original model (the pruned one is kept); a partly pruned model is replaced by a
+        reload first."""
+        if self.busy:
+            return "Wait for the current job to finish (or cancel it with Esc)."
+        if self.eval_settings is None:
+            return "Choose an evaluation text first."
+        if self.model_status == ModelStatus.LOADING:
+            return "The model is still loading."
+        if self.model_status == ModelStatus.NONE:
+            return "Load a model in step 1 first."
+        return ""
 
     def exportable(self) -> bool:
         r = self.run

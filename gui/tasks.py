@@ -8,8 +8,10 @@ the run's own events (:class:`~prunestudio.core.run.run.DenseMeasured`,
 step is cancelled.
 
 Rule for the model in memory: pruning changes it in place. Anything that needs the *dense* model
-(calibration, similarity, dense evaluation, a new run) gets ``loaded=None`` from the window once
-the model was pruned or partly pruned, and reloads it from its spec first (:func:`ensure_dense`).
+(calibration, similarity, a new run) gets ``loaded=None`` from the window once the model was
+pruned or partly pruned, and reloads it from its spec first (:func:`ensure_dense`). The one
+exception is the dense perplexity after a complete run (:func:`evaluate_dense_baseline`): it keeps
+the pruned model, for export, and takes the number from the dense cache or from a second copy.
 A run also reloads a model held otherwise than its offload setting asks (in memory, or with its
 blocks on disk).
 """
@@ -29,7 +31,7 @@ from ..core.evaluate.zeroshot import iter_zeroshot
 from ..core.events import Event, Message, PhaseDone, PhaseStarted
 from ..core.model.loading import LoadedModel
 from ..core.run.calibration import build_calibration
-from ..core.run.evaluation import EvalSettings, iter_measure
+from ..core.run.evaluation import EvalSettings, iter_dense_baseline, iter_measure, lookup_dense
 from ..core.run.export import iter_export
 from ..core.run.load import LoadArgs, held_on_disk, iter_load, place_model
 from ..core.run.run import DenseMeasured, Evaluation, RunOutcome, iter_run
@@ -47,6 +49,15 @@ class ModelReady(Event):
 
     loaded: LoadedModel
     tokenizer_fingerprint: str = ""  # computed here, off the GUI thread ("" for a reload)
+    weights_signature: str = ""  # of the dense weights, for the dense cache once they are pruned ("": unknown)
+
+
+def _signature(loaded: LoadedModel) -> str:
+    """The dense weights' signature (core/evaluate/ppl_cache.py): it finds their perplexities in the
+    dense cache after pruning without the original weights. "" for weights held on disk."""
+    from ..core.evaluate.ppl_cache import weights_signature
+
+    return weights_signature(loaded.model) or ""
 
 
 # ---- jobs ------------------------------------------------------------------------------------
@@ -55,14 +66,15 @@ def open_model(args: LoadArgs, should_stop: StopFn = _never) -> Generator[Event,
     from ..core.calib.calibset import tokenizer_fingerprint
 
     loaded = yield from iter_load(args, should_stop)
-    yield ModelReady(loaded, tokenizer_fingerprint=tokenizer_fingerprint(loaded.tokenizer))
+    yield ModelReady(loaded, tokenizer_fingerprint=tokenizer_fingerprint(loaded.tokenizer),
+                     weights_signature=_signature(loaded))
     return loaded
 
 
 def _reload(args: LoadArgs, why: str, should_stop: StopFn) -> Generator[Event, None, LoadedModel]:
     yield Message(why)
     fresh = yield from iter_load(args, should_stop)
-    yield ModelReady(fresh)
+    yield ModelReady(fresh, weights_signature=_signature(fresh))
     return fresh
 
 
@@ -105,6 +117,26 @@ def evaluate(loaded: LoadedModel, es: EvalSettings, phase: str,
     return (yield from iter_measure(loaded, es, phase, should_stop))
 
 
+def evaluate_pruned(loaded: LoadedModel, es: EvalSettings, signature: str | None,
+                    should_stop: StopFn = _never) -> Generator[Event, None, float]:
+    """The pruned model's perplexity, then the dense one with the same settings when the dense cache
+    knows it for the original weights (``signature``), so the change is shown with it."""
+    ppl = yield from iter_measure(loaded, es, "ppl-pruned", should_stop)
+    dense = lookup_dense(signature, loaded, es)
+    if dense is not None:
+        yield DenseMeasured(es, dense.ppl)
+    return ppl
+
+
+def evaluate_dense_baseline(pruned: LoadedModel, args: LoadArgs, es: EvalSettings, signature: str | None,
+                            should_stop: StopFn = _never) -> Generator[Event, None, float]:
+    """The dense perplexity while the pruned model stays in memory: from the dense cache, or from a
+    second copy of the original model loaded for it and let go (:func:`iter_dense_baseline`)."""
+    measured = yield from iter_dense_baseline(pruned, args, es, signature, should_stop)
+    yield DenseMeasured(es, measured.ppl)
+    return measured.ppl
+
+
 def evaluate_dense(loaded: LoadedModel | None, args: LoadArgs, es: EvalSettings,
                    should_stop: StopFn = _never) -> Generator[Event, None, float]:
     """The dense model's perplexity (through the dense-perplexity cache, as a run measures it)."""
@@ -115,10 +147,10 @@ def evaluate_dense(loaded: LoadedModel | None, args: LoadArgs, es: EvalSettings,
 
 
 def zeroshot(loaded: LoadedModel, tasks: list[str], data_dir: str | None, limit: int | None,
-             should_stop: StopFn = _never) -> Generator[Event, None, dict[str, Any]]:
+             full: bool = False, should_stop: StopFn = _never) -> Generator[Event, None, dict[str, Any]]:
     place_model(loaded)
     return (yield from iter_zeroshot(loaded.model, loaded.tokenizer, tasks, data_dir or None, limit,
-                                     should_stop=should_stop))
+                                     should_stop=should_stop, full=full))
 
 
 @dataclass(frozen=True)
@@ -158,13 +190,17 @@ class Exported:
     report: dict[str, Any]
 
 
-def export(outcome: RunOutcome, out_dir: str, overwrite: bool,
-           should_stop: StopFn = _never) -> Generator[Event, None, Exported]:
-    """Export the pruned model with a report rebuilt from the latest numbers."""
+def export(outcome: RunOutcome, out_dir: str, overwrite: bool, should_stop: StopFn = _never,
+           samples: dict[str, Any] | None = None) -> Generator[Event, None, Exported]:
+    """Export the pruned model with a report rebuilt from the latest numbers; ``samples``: the
+    dense and pruned texts of the Evaluate step's "try it" pane for the report and the model card
+    (:func:`~prunestudio.core.run.samples.samples_report`; None: none)."""
     if outcome.loaded is None:
         raise ExportError("The pruned model of this run is no longer in memory (the dense model was "
                           "reloaded since). Run the pruning again to export it.")
     report = outcome.build_report()
+    if samples:
+        report["samples"] = samples
     path = yield from iter_export(outcome.loaded.model, outcome.loaded.tokenizer, out_dir, report,
                                   overwrite, should_stop)
     return Exported(Path(path), report)

@@ -279,6 +279,8 @@ def layout_reading_order(root: QWidget) -> list[QWidget]:
     def visit_widget(w: QWidget) -> None:
         if w.focusPolicy() & Qt.FocusPolicy.TabFocus and w.focusProxy() is None:
             out.append(w)
+        if isinstance(w, QTabWidget) and w.tabBar().focusPolicy() & Qt.FocusPolicy.TabFocus:
+            out.append(w.tabBar())  # the tab widget's focus proxy: its tabs come before its pages
         if isinstance(w, (QSplitter, QTabWidget)):  # each pane or page in order (after a tab bar)
             for i in range(w.count()):
                 visit_widget(w.widget(i))

@@ -13,6 +13,8 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 # the dense-perplexity cache is off outside a test's own (see _own_ppl_cache): fixtures of wider
 # scope never read or fill the user's cache
 os.environ["PRUNESTUDIO_PPL_CACHE"] = "off"
+# the machine-speed probe (core/model/speed.py) is kept in memory only: tests never write the user's cache
+os.environ["PRUNESTUDIO_SPEED_CACHE"] = "off"
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -122,11 +124,40 @@ def corpus_file(tmp_path):
     return p
 
 
+def in_ci() -> bool:
+    """The suite runs in CI (which sets ``CI=true`` when it runs .ci/run)."""
+    return os.environ.get("CI", "").strip().lower() in ("true", "1", "yes")
+
+
+def require_shared_data(sub: str = "") -> Path:
+    """``../shared/data/<sub>`` beside the repository, for tests on the real evaluation data.
+
+    Missing on a user's machine, the test is skipped with the reason (``-ra`` lists it); missing in
+    CI (``CI=true``), the test fails: CI always has the data, so a skip there would hide a test
+    that silently stopped running.
+    """
+    path = SHARED_DATA / sub if sub else SHARED_DATA
+    if path.exists():
+        return path
+    msg = f"{path} is not present (the evaluation data kept beside the repository in ../shared/data)"
+    if in_ci():
+        pytest.fail(f"{msg}; CI must have it (CI=true)", pytrace=False)
+    pytest.skip(msg)
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "shared_data(sub): needs ../shared/data/<sub>; skipped without it, failed in CI")
+
+
+def pytest_runtest_setup(item):
+    for mark in item.iter_markers(name="shared_data"):
+        require_shared_data(*mark.args)
+
+
 @pytest.fixture(scope="session")
 def shared_data():
-    if not SHARED_DATA.exists():
-        pytest.skip("../shared/data is not present")
-    return SHARED_DATA
+    return require_shared_data()
 
 
 @pytest.fixture(scope="session")

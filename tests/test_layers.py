@@ -27,7 +27,8 @@ CORE_LAYERS: list[tuple[str, ...]] = [
     ("cli",),
 ]
 GUI_LAYERS: list[tuple[str, ...]] = [
-    ("settings", "logfile", "resources", "plotting", "widgets", "dialogs", "errors", "worker", "tasks"),
+    ("settings", "logfile", "resources", "plotting", "widgets", "dialogs", "errors", "worker", "tasks",
+     "estimates"),
     ("views",),
     ("state", "jobs", "recipes"),
     ("panels",),

@@ -1,7 +1,7 @@
 """``prunestudio calib ...``: make and judge calibration sets from the command line.
 
     prunestudio calib generate --model demo --n 128 --seqlen 512 [--prefix-source none|PATH|hf:...]
-                               [--prefix-tokens 2] [--temperature 0.6 --top-p 0.95 --top-k 50
+                               [--protocol windows|paper] [--prefix-tokens 2] [--temperature 0.6 --top-p 0.95 --top-k 50
                                --repetition-penalty 1.2] [--drop-top 0.2] [--batch-size 32]
                                --seed 0 --out set.jsonl [--device auto --dtype auto]
     prunestudio calib score {set.jsonl|PATH|hf:...} --model demo [--nsamples 64 --seqlen 512 --seed 0]
@@ -20,6 +20,7 @@ from typing import Any, Iterable, TextIO
 
 from ..errors import ConfigError
 from ..events import Event, Message, PhaseDone, PhaseProgress, PhaseStarted, run_to_completion
+from ..run.estimate import PhaseClock
 
 
 # ------------------------------------------------------------------------------------------------
@@ -33,6 +34,7 @@ class _Progress:
         self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
         self._last = ""
         self._t_line = 0.0
+        self._clock = PhaseClock()  # each phase's elapsed time and ETA
 
     def line(self, text: str, final: bool = False) -> None:
         if self.quiet:
@@ -59,9 +61,11 @@ class _Progress:
         from ..calib.selfgen import FilteringDone, SampleGenerated
 
         if isinstance(ev, PhaseStarted):
+            self._clock.start(ev.phase, time.perf_counter())
             self.line(f"{ev.phase}: starting" + (f" (0/{ev.total})" if ev.total else ""))
         elif isinstance(ev, PhaseProgress):
-            self.line(f"{ev.phase}: {ev.done}/{ev.total} {ev.detail}".rstrip())
+            self.line(f"{ev.phase}: {ev.done}/{ev.total} {ev.detail}".rstrip()
+                      + f" | {self._clock.text(ev.phase, ev.share, time.perf_counter())}")
         elif isinstance(ev, PhaseDone):
             self.line(f"{ev.phase}: done in {ev.seconds:.1f}s", final=True)
         elif isinstance(ev, SampleGenerated):
@@ -91,7 +95,7 @@ def _model_args(p: argparse.ArgumentParser) -> None:
 
 def register(subparsers: Any) -> None:
     """Add ``calib generate`` and ``calib score`` to the main CLI's subparsers."""
-    from ..calib.selfgen import GenerationSettings
+    from ..calib.selfgen import PROTOCOLS, GenerationSettings
 
     d = GenerationSettings()
     calib = subparsers.add_parser("calib", help="generate or score calibration sets")
@@ -104,7 +108,14 @@ def register(subparsers: Any) -> None:
                     "prefixes by sampling, and the samples with the highest perplexity are dropped.",
     )
     _model_args(g)
-    g.add_argument("--n", type=int, default=d.n, help=f"samples to generate before filtering (default {d.n})")
+    g.add_argument("--protocol", choices=PROTOCOLS, default=d.protocol,
+                   help="windows (default): every sample is one window of --seqlen tokens, end-of-text never "
+                        "sampled (zero-data without --prefix-source); paper (Ji et al.): 2-token prefixes from "
+                        "--prefix-source, samples that may end at end-of-text, the --drop-top highest-perplexity "
+                        "ones dropped, the rest joined and cut into --n windows")
+    g.add_argument("--n", type=int, default=d.n,
+                   help=f"windows protocol: samples to generate before filtering; paper protocol: windows "
+                        f"cut from the joined samples (default {d.n})")
     g.add_argument("--seqlen", type=int, default=d.seqlen, help=f"tokens per sample (default {d.seqlen})")
     g.add_argument("--prefix-source", default="none",
                    help="none (zero-data: the model writes everything), a text file, or hf:NAME[:CONFIG[:SPLIT]]")
@@ -164,7 +175,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     settings = GenerationSettings(
         n=args.n, seqlen=args.seqlen, prefix_tokens=args.prefix_tokens, temperature=args.temperature,
         top_p=args.top_p, top_k=args.top_k, repetition_penalty=args.repetition_penalty,
-        drop_top=args.drop_top, batch_size=args.batch_size, seed=args.seed,
+        drop_top=args.drop_top, batch_size=args.batch_size, seed=args.seed, protocol=args.protocol,
     )
     src = (args.prefix_source or "none").strip()
     progress = _progress(args)
@@ -175,17 +186,29 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 
         prefixes = iter_texts(src)
         source_name = src
+    if settings.protocol == "paper" and prefixes is None:
+        raise ConfigError("The paper's protocol starts every sample with tokens of a real text: give "
+                          "--prefix-source, or use --protocol windows for zero-data generation.")
     loaded = _load(args)
-    progress.say(f"Generating {settings.n} samples of {settings.seqlen} tokens with {loaded.name} "
+    what = (f"{settings.n} samples of {settings.seqlen} tokens" if settings.protocol == "windows" else
+            f"samples (paper protocol) for {settings.n} windows of {settings.seqlen} tokens")
+    progress.say(f"Generating {what} with {loaded.name} "
                  f"({'zero-data' if prefixes is None else 'prefixes from ' + src}, seed {settings.seed})")
     cs = run_to_completion(iter_generate(loaded.model, loaded.tokenizer, settings, prefixes, source_name=source_name),
                 progress)
     path = cs.save(args.out)
     st = cs.stats()
-    progress.say(
-        f"kept {st['samples']} samples, dropped {st['dropped']}; perplexity mean {_fmt(st['ppl_mean'])} "
-        f"(std {_fmt(st['ppl_std'])}); distinct 4-grams {_fmt(st['distinct_4'], 3)}"
-    )
+    if cs.settings.get("protocol") == "paper":
+        progress.say(
+            f"{st['samples']} windows cut from {cs.settings['samples_used']} samples "
+            f"({cs.settings['drop_count']} dropped for perplexity above {_fmt(cs.settings['perplexity_threshold'])}); "
+            f"distinct 4-grams {_fmt(st['distinct_4'], 3)}"
+        )
+    else:
+        progress.say(
+            f"kept {st['samples']} samples, dropped {st['dropped']}; perplexity mean {_fmt(st['ppl_mean'])} "
+            f"(std {_fmt(st['ppl_std'])}); distinct 4-grams {_fmt(st['distinct_4'], 3)}"
+        )
     print(path)
     return 0
 

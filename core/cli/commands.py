@@ -23,6 +23,7 @@ from typing import Any, Sequence
 
 from ..errors import PruneStudioError
 from ..files import atomic_write_text
+from ..config import SETTINGS_PRESETS
 from ..prune.methods import registry
 
 EXIT_ERROR = 1
@@ -102,6 +103,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--sampling", choices=["random", "document"], default=None,
                    help="token windows over the joined corpus (random) or inside single documents")
+    p.add_argument("--selfgen-protocol", choices=["windows", "paper"], default=None,
+                   help="self-generation: windows (default: every sample one window, zero-data with selfgen) or "
+                        "paper (Ji et al.: 2-token prefixes from selfgen:SOURCE, samples that may end at "
+                        "end-of-text, joined and cut into --nsamples windows)")
+    p.add_argument("--preset", choices=sorted(SETTINGS_PRESETS), default=None,
+                   help="sizes: cpu (the defaults: 64 x 512 calibration, 512-token evaluation windows) or paper "
+                        "(128 x 2048 calibration from single documents, WikiText-2 perplexity on 2048-token "
+                        "windows); applied on top of --recipe, other flags override it")
     p.add_argument("--batch-size", type=int, default=None, help="calibration samples per forward pass")
     order = p.add_mutually_exclusive_group()
     order.add_argument("--one-pass", dest="one_pass", action="store_true", default=None,
@@ -112,8 +121,12 @@ def build_parser() -> argparse.ArgumentParser:
                             "its outputs (the default for the other methods)")
     p.add_argument("--skip", action="append", default=None, help="leave modules whose name contains this dense")
     p.add_argument("--allow-partial", action="store_true", default=None,
-                   help="prune what can be pruned when some block weights cannot be (the fused experts of "
-                        "mixture-of-experts models) and stay dense; without it such a run is refused")
+                   help="prune what can be pruned when some block weights cannot be (expert tensors in a "
+                        "layout this version does not know) and stay dense; without it such a run is refused")
+    p.add_argument("--expert-min-tokens", type=int, default=None,
+                   help="mixture-of-experts models: an expert routed fewer calibration tokens than this is "
+                        "pruned with statistics from all tokens of its block (default 32; 0: only experts that "
+                        "received none)")
     p.add_argument("--owl", action="store_true", default=None, help="OWL layer-wise sparsity allocation")
     p.add_argument("--owl-m", type=float, default=None)
     p.add_argument("--owl-lambda", type=float, default=None)
@@ -123,6 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dsnot-threshold", type=float, default=None)
     p.add_argument("--dsnot-skip", choices=["mlp", "attention", "none"], default=None,
                    help="modules DSnoT leaves with their initial mask (default mlp, as the reference)")
+    p.add_argument("--dsnot-rule", choices=["reference", "decrease"], default=None,
+                   help="DSnoT's swap rule: reference (default: swap while the error estimate exceeds the "
+                        "threshold, as the reference) or decrease (only swaps that lower it)")
     p.add_argument("--sparsegpt-blocksize", type=int, default=None)
     p.add_argument("--sparsegpt-damp", type=float, default=None)
     p.add_argument("--offload", choices=["none", "cpu", "disk"], default=None,
@@ -139,6 +155,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="evaluate on at most this many windows (default: the whole set)")
     p.add_argument("--out", help="export folder (written atomically)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing export folder")
+    p.add_argument("--ollama-modelfile", action="store_true",
+                   help="also write a Modelfile for Ollama into the export folder and print the "
+                        "`ollama create` command")
+    p.add_argument("--card-samples", type=int, default=0, choices=range(0, 4), metavar="N",
+                   help="continue N (0-3) fixed prompts greedily with the dense and the pruned model, "
+                        "for the model card and the report (default 0)")
     p.add_argument("--report", help="also write the report JSON here")
     p.add_argument("--save-recipe", help="write the effective recipe JSON here")
     p.add_argument("--save-calibration", help="write the calibration set (.jsonl) here")
@@ -151,8 +173,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--ppl-data", default=None,
                    help="folder with wikitext-2/wiki.test.raw and c4/*.jsonl.gz for the wikitext2 and c4 "
                         "suites (default: --task-data, then $PRUNESTUDIO_EVAL_DATA, then the hub)")
-    e.add_argument("--seqlen", type=int, default=512)
+    e.add_argument("--seqlen", type=int, default=None, help="tokens per window (default 512; 2048 with --preset paper)")
     e.add_argument("--max-windows", type=int, default=None)
+    e.add_argument("--preset", choices=sorted(SETTINGS_PRESETS), default=None,
+                   help="paper: 2048-token windows, wikitext2 and c4 when no --ppl is given, and the whole task "
+                        "sets for --tasks (HellaSwag's 10,042 questions, never the local 1,000-item subset); "
+                        "cpu: the defaults (512-token windows)")
     e.add_argument("--tasks", default=None, help="comma-separated zero-shot tasks, or all")
     e.add_argument("--task-data", default=None, help="folder with local task files")
     e.add_argument("--limit", type=int, default=None, help="items per task")
@@ -168,7 +194,30 @@ def build_parser() -> argparse.ArgumentParser:
     register_calib(sub)
     register_experiment(sub)
     register_doctor(sub)
+    _add_threads(parser, sub)
     return parser
+
+
+_THREADS_HELP = ("torch threads for CPU work: auto (default: the CPUs available to this process less "
+                 "those other processes keep busy, never more than torch's default) or a number")
+
+
+def _add_threads(parser: argparse.ArgumentParser, sub: Any) -> None:
+    """``--threads`` before the command (``prunestudio --threads 1 prune ...``) or after it, on
+    every command that computes (prune, eval, calib generate / score, experiment)."""
+    parser.add_argument("--threads", default=None, help=_THREADS_HELP)
+    todo = [sub.choices[n] for n in ("prune", "eval", "experiment")]
+    calib_sub = next(a for a in sub.choices["calib"]._actions if isinstance(a, argparse._SubParsersAction))
+    todo += list(calib_sub.choices.values())
+    for p in todo:
+        p.add_argument("--threads", default=argparse.SUPPRESS, help=_THREADS_HELP)
+
+
+def _apply_threads(args: argparse.Namespace) -> None:
+    """The process's thread request from ``--threads`` (a bad value is a one-line error)."""
+    from ..model import threads
+
+    threads.set_requested(threads.parse_threads(getattr(args, "threads", None)))
 
 
 def _recipe_from_args(args: argparse.Namespace) -> Any:
@@ -178,18 +227,24 @@ def _recipe_from_args(args: argparse.Namespace) -> Any:
 
     recipe = Recipe.load(args.recipe) if args.recipe else Recipe(
         prune=PruneConfig(), calibration=CalibConfig())
+    if args.preset:
+        from ..config import settings_preset
+
+        recipe = settings_preset(args.preset).apply(recipe)
     prune_kw = {k: v for k, v in {
         "method": args.method, "sparsity": args.sparsity, "structure": args.structure,
         "owl": args.owl, "owl_m": args.owl_m, "owl_lambda": args.owl_lambda,
         "dsnot_init": args.dsnot_init, "dsnot_max_cycles": args.dsnot_max_cycles,
         "dsnot_threshold": args.dsnot_threshold,
-        "dsnot_skip": args.dsnot_skip, "sparsegpt_blocksize": args.sparsegpt_blocksize,
+        "dsnot_skip": args.dsnot_skip, "dsnot_rule": args.dsnot_rule,
+        "sparsegpt_blocksize": args.sparsegpt_blocksize,
         "sparsegpt_damp": args.sparsegpt_damp, "batch_size": args.batch_size,
         "skip_modules": tuple(args.skip) if args.skip else None,
         "offload": (False if args.no_offload else None),
         "offload_dir": args.offload_dir,
         "one_pass": args.one_pass,
         "allow_partial": args.allow_partial,
+        "expert_min_tokens": args.expert_min_tokens,
     }.items() if v is not None}
     if args.offload is not None:
         off_kw = {"none": {"offload": False}, "cpu": {"offload": True, "offload_to": "cpu"},
@@ -197,7 +252,7 @@ def _recipe_from_args(args: argparse.Namespace) -> Any:
         prune_kw.update(off_kw)
     cal_kw = {k: v for k, v in {
         "source": args.calibration, "nsamples": args.nsamples, "seqlen": args.seqlen,
-        "seed": args.seed, "mode": args.sampling}.items() if v is not None}
+        "seed": args.seed, "mode": args.sampling, "protocol": args.selfgen_protocol}.items() if v is not None}
     top_kw = {k: v for k, v in {
         "model": args.model, "device": args.device, "dtype": args.dtype,
         "trust_remote_code": args.trust_remote_code,
@@ -244,8 +299,12 @@ def cmd_prune(args: argparse.Namespace, progress: Any) -> int:
     recipe = _recipe_from_args(args)
     if args.save_recipe:
         recipe.save(args.save_recipe)
+    if args.ollama_modelfile and not args.out:
+        from ..errors import ConfigError
+
+        raise ConfigError("--ollama-modelfile writes into the export folder: give one with --out.")
     res = run_to_completion(iter_job(recipe, args.out, overwrite=args.overwrite,
-                                     include_paths=args.include_paths), progress)
+                                     include_paths=args.include_paths, samples=args.card_samples), progress)
     if args.report:
         _write_json(args.report, res.report)
     if args.save_calibration and res.calibration is not None:
@@ -268,6 +327,14 @@ def cmd_prune(args: argparse.Namespace, progress: Any) -> int:
     if res.export_dir is not None:
         progress.say(f"Pruned model written to {res.export_dir}")
         print(res.export_dir)
+        if args.ollama_modelfile:
+            from ..run.ollama import create_command, write_modelfile
+
+            path, mf = write_modelfile(res.export_dir, res.report)
+            if mf.warning():
+                logging.getLogger("prunestudio").warning(mf.warning())
+            progress.say(f"Ollama Modelfile written to {path}; import the model with:")
+            print(create_command(path))
     return 0
 
 
@@ -285,6 +352,18 @@ def cmd_eval(args: argparse.Namespace, progress: Any) -> int:
     from ..run.load import LoadArgs, iter_load, place_model
     from ..run.report import add_perplexities, add_zeroshot, eval_report, public_source
 
+    full = False
+    if args.preset:
+        from ..config import settings_preset
+
+        preset = settings_preset(args.preset)
+        if args.seqlen is None:
+            args.seqlen = preset.eval_seqlen
+        if not args.ppl and preset.name == "paper":
+            args.ppl = ["wikitext2", "c4"]
+        full = preset.zeroshot_full
+    if args.seqlen is None:
+        args.seqlen = 512
     load = LoadArgs(args.model, args.device or "auto", args.dtype or "auto", bool(args.trust_remote_code))
     loaded = run_to_completion(iter_load(load), progress)
     report = eval_report(args.model, args.seqlen)
@@ -305,7 +384,7 @@ def cmd_eval(args: argparse.Namespace, progress: Any) -> int:
         place_model(loaded)
         tasks = list(TASKS) if args.tasks.strip() == "all" else [t.strip() for t in args.tasks.split(",") if t.strip()]
         res = run_to_completion(iter_zeroshot(loaded.model, loaded.tokenizer, tasks, args.task_data,
-                                              args.limit, args.batch_size), progress)
+                                              args.limit, args.batch_size, full=full), progress)
         for k, v in res.items():
             progress.say(f"{k}: acc {v.acc:.4f}  acc_norm {v.acc_norm:.4f}  (n={v.n})")
         add_zeroshot(report, res)
@@ -385,9 +464,17 @@ def _run(args: argparse.Namespace) -> int:
     handlers = {"fetch-demo-model": cmd_fetch, "fetch-model": cmd_fetch, "prune": cmd_prune, "eval": cmd_eval}
     handler = handlers.get(args.command) or getattr(args, "handler", None)
     try:
-        if handler in handlers.values():
-            return handler(args, progress)
-        return int(handler(args) or 0)
+        _apply_threads(args)
+        from contextlib import nullcontext
+
+        from ..model.threads import job_threads
+
+        # one choice for a whole evaluation or grid (comparable timings); prune and calib generate
+        # choose theirs when their run or generation starts
+        with job_threads() if args.command in ("eval", "experiment") else nullcontext():
+            if handler in handlers.values():
+                return handler(args, progress)
+            return int(handler(args) or 0)
     except KeyboardInterrupt:
         err("Cancelled.")
         return EXIT_CANCELLED

@@ -45,6 +45,7 @@ class ProgressPrinter:
         self._phase_t: dict[str, float] = {}
         self._last_line = ""
         self._block = -1
+        self._grid_counts: tuple[int, int, int, int] | None = None
 
     def _line(self, text: str, final: bool = False) -> None:
         if self.quiet or self.stream is None:
@@ -98,8 +99,12 @@ class ProgressPrinter:
         elif isinstance(ev, PhaseStarted):
             self._phase_t[ev.phase] = time.perf_counter()
         elif isinstance(ev, PhaseProgress):
-            frac = ev.done / ev.total if ev.total else 0
-            self._line(f"{ev.phase} [{_bar(frac)}] {ev.done}/{ev.total} {ev.detail}".rstrip())
+            frac = ev.share
+            now = time.perf_counter()
+            el = now - self._phase_t.setdefault(ev.phase, now)
+            eta = f", ~{_dur(el / frac * (1 - frac))} left" if 0 < frac < 1 else ""
+            self._line(f"{ev.phase} [{_bar(frac)}] {ev.done}/{ev.total} {ev.detail}".rstrip()
+                       + f" | {_dur(el)} elapsed{eta}")
         elif isinstance(ev, PhaseDone):
             if ev.phase not in ("capture",):
                 self._line(f"{ev.phase}: done in {_dur(ev.seconds)}", final=True)
@@ -108,10 +113,26 @@ class ProgressPrinter:
         else:
             self._other(ev)
 
+    def _grid(self, ev: Any) -> None:
+        """Cells done / running / queued / failed with a bar, and what each running cell does: one
+        updating line on a TTY; in a log, a line each time a count changes."""
+        counts = (f"cells [{_bar((ev.done + ev.failed) / max(ev.total, 1))}] {ev.done}/{ev.total} done, "
+                  f"{ev.running} running, {ev.queued} queued, {ev.failed} failed")
+        if self.tty:
+            doing = "; ".join(f"#{c.index + 1} {c.doing}" if c.index >= 0 else f"{c.description} {c.doing}"
+                              for c in ev.cells)
+            self._line(counts + (f" | {doing}" if doing else ""))
+        elif (ev.done, ev.running, ev.queued, ev.failed) != self._grid_counts:
+            self._grid_counts = (ev.done, ev.running, ev.queued, ev.failed)
+            self.say(counts + "".join(f"\n  running #{c.index + 1} {c.description}: {c.doing}"
+                                      for c in ev.cells if c.index >= 0))
+
     def _other(self, ev: Any) -> None:
         # events of optional modules (self-generation) are described by their own fields
         name = type(ev).__name__
-        if name == "SampleGenerated":
+        if name == "GridProgress":  # an experiment grid's counts (core/experiment/events.py)
+            self._grid(ev)
+        elif name == "SampleGenerated":
             self._line(f"generate: sample {ev.index + 1} ({ev.num_tokens} tokens, ppl {ev.perplexity:.1f})")
         elif name == "FilteringDone":
             self.say(f"filter: dropped {len(ev.dropped)} samples with perplexity above {ev.threshold:.2f}")

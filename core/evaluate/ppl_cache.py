@@ -50,7 +50,14 @@ def weights_signature(model: torch.nn.Module) -> str | None:
 
 def dense_key(model: torch.nn.Module, ids: torch.Tensor, seqlen: int, max_windows: int | None,
               batch_size: int, device: torch.device | str) -> str | None:
-    sig = weights_signature(model)
+    """The cache key of ``model``'s perplexity on ``ids`` cut this way (None: weights not materialised)."""
+    return signature_key(weights_signature(model), ids, seqlen, max_windows, batch_size, device)
+
+
+def signature_key(sig: str | None, ids: torch.Tensor, seqlen: int, max_windows: int | None,
+                  batch_size: int, device: torch.device | str) -> str | None:
+    """:func:`dense_key` from a :func:`weights_signature` taken earlier: the key of the original
+    weights' perplexity once the model in memory was pruned (None when ``sig`` is None)."""
     if sig is None:
         return None
     h = hashlib.sha256()

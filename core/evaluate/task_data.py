@@ -370,13 +370,21 @@ def _check_limit(limit: int | None) -> None:
         raise EvaluationError(f"The item limit must be a whole number of at least 1 (got {limit!r}).")
 
 
-def find_task_file(name: str, data_dir: str | Path) -> Path:
-    """The local file that :func:`load_task` would read for ``name`` under ``data_dir``."""
+# Local files that hold only part of their task (read when the whole task is not there, unless
+# ``full`` is asked): HellaSwag's 1,000-item subset of the 10,042 validation items.
+SUBSET_FILES: frozenset[str] = frozenset({"hellaswag_val_subset1000.jsonl"})
+
+
+def find_task_file(name: str, data_dir: str | Path, full: bool = False) -> Path:
+    """The local file that :func:`load_task` would read for ``name`` under ``data_dir``; with
+    ``full``, never one of :data:`SUBSET_FILES` (the whole task, as the papers evaluate it)."""
     _check_name(name)
     base = Path(data_dir).expanduser()
     if not base.is_dir():
         raise EvaluationError(f"The evaluation data folder {base} does not exist.")
     sub, files = _LOCAL[name]
+    if full:
+        files = [f for f in files if f[0] not in SUBSET_FILES]
     folders = [base / sub, base / "eval" / sub, base]
     for filename, _reader in files:
         for folder in folders:
@@ -390,8 +398,8 @@ def find_task_file(name: str, data_dir: str | Path) -> Path:
     )
 
 
-def _load_local(name: str, data_dir: str | Path, limit: int | None) -> list[MCItem]:
-    path = find_task_file(name, data_dir)
+def _load_local(name: str, data_dir: str | Path, limit: int | None, full: bool = False) -> list[MCItem]:
+    path = find_task_file(name, data_dir, full)
     reader = dict(_LOCAL[name][1])[path.name]
     try:
         items = list(itertools.islice(reader(path), limit))
@@ -437,17 +445,18 @@ def _load_hub(name: str, limit: int | None) -> list[MCItem]:
 
 
 def load_task(
-    name: str, data_dir: str | Path | None = None, limit: int | None = None
+    name: str, data_dir: str | Path | None = None, limit: int | None = None, full: bool = False
 ) -> list[MCItem]:
     """The questions of zero-shot task ``name`` (one of :data:`TASKS`), first ``limit`` only.
 
     With ``data_dir`` the task's file is read from that folder (see the module docstring);
     without it the data set lm-eval uses is fetched from the Hugging Face hub.
     Raises :class:`EvaluationError` for an unknown task, a missing or malformed file, or a
-    hub download that fails.
+    hub download that fails. ``full``: never a local subset file (:data:`SUBSET_FILES`); the hub
+    always has the whole task.
     """
     _check_name(name)
     _check_limit(limit)
     if data_dir is not None:
-        return _load_local(name, data_dir, limit)
+        return _load_local(name, data_dir, limit, full)
     return _load_hub(name, limit)

@@ -382,8 +382,10 @@ def iter_zeroshot(
     limit: int | None = None,
     batch_size: int = 16,
     should_stop: Callable[[], bool] = lambda: False,
+    full: bool = False,
 ) -> Generator[Event, None, dict[str, TaskResult]]:
-    """Evaluate ``model`` on zero-shot ``tasks`` (names from :data:`TASKS`).
+    """Evaluate ``model`` on zero-shot ``tasks`` (names from :data:`TASKS`); ``full``: the whole
+    task sets, never a local subset file (:func:`~.task_data.load_task`).
 
     All task files are loaded first, so a missing one fails before any compute. Yields, per
     task, ``PhaseStarted("evaluate:<task>", total=batches)``, a ``PhaseProgress`` per batch and
@@ -397,7 +399,7 @@ def iter_zeroshot(
             raise Cancelled()
         if data_dir is None:
             yield Message(f"Fetching the {name} questions from the Hugging Face hub")
-        loaded[name] = load_task(name, data_dir=data_dir, limit=limit)
+        loaded[name] = load_task(name, data_dir=data_dir, limit=limit, full=full)
     results: dict[str, TaskResult] = {}
     for name in names:
         results[name] = yield from iter_evaluate_items(

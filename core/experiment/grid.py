@@ -10,7 +10,8 @@ Grid file (every key but ``sources`` optional; relative paths are relative to th
     {
       "name": "paper",
       "model": "demo",
-      "sources": ["selfgen", {"label": "C4", "source": "../data/c4-train.jsonl.gz"}],
+      "sources": ["selfgen", {"label": "C4", "source": "../data/c4-train.jsonl.gz"},
+                  {"label": "selfgen (paper)", "source": "selfgen:c4", "protocol": "paper"}],
       "methods": ["wanda", "sparsegpt"],
       "sparsities": [0.5, 0.6],              # used by unstructured cells
       "structures": ["unstructured", "2:4"],  # an N:M cell has sparsity N/M (one per structure)
@@ -52,6 +53,9 @@ class SourceSpec:
     label: str
     source: str
     """As written in the grid file (part of the cell key)."""
+    protocol: str | None = None
+    """Self-generation protocol of this source (``windows`` or ``paper``); None: the grid's
+    ``calibration`` setting, else the default."""
 
 
 @dataclass(frozen=True)
@@ -234,7 +238,8 @@ class GridSpec:
             model = self.resolve(model) or model
         try:
             prune = PruneConfig(**{**self.prune, "method": method, "sparsity": sparsity, "structure": structure})
-            calib = CalibConfig(**{**self.calibration, "source": source, "seed": seed})
+            own = {"protocol": src.protocol} if src is not None and src.protocol else {}
+            calib = CalibConfig(**{**self.calibration, "source": source, "seed": seed, **own})
         except ConfigError as e:
             raise ConfigError(f"cell {method} {setting_label(structure, sparsity)} seed {seed}: {e}") from None
         return Recipe(model=model, prune=prune, calibration=calib, eval_ppl=(), eval_seqlen=self.eval.seqlen,
@@ -315,13 +320,17 @@ def _sources(v: Any) -> tuple[SourceSpec, ...]:
         if isinstance(s, str) and s.strip():
             out.append(SourceSpec(_default_label(s), s))
         elif isinstance(s, dict) and isinstance(s.get("source"), str) and s["source"].strip():
-            extra = sorted(set(s) - {"label", "source"})
+            extra = sorted(set(s) - {"label", "source", "protocol"})
             if extra:
-                raise ConfigError(f"sources[{i}]: unknown key(s) {', '.join(extra)} (use label and source).")
+                raise ConfigError(f"sources[{i}]: unknown key(s) {', '.join(extra)} (use label, source and "
+                                  "protocol).")
+            protocol = s.get("protocol")
+            if protocol is not None and not isinstance(protocol, str):
+                raise ConfigError(f"sources[{i}]: 'protocol' must be a string (windows or paper).")
             label = s.get("label") or _default_label(s["source"])
             if not isinstance(label, str):
                 raise ConfigError(f"sources[{i}]: 'label' must be a string.")
-            out.append(SourceSpec(label, s["source"]))
+            out.append(SourceSpec(label, s["source"], protocol))
         else:
             raise ConfigError(f"sources[{i}] must be a source string or an object with 'label' and 'source'.")
     labels = [s.label for s in out]

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ..errors import ModelLoadError
-from . import kinds
+from . import experts, kinds
 
 
 def _is_conv1d(module: nn.Module) -> bool:
@@ -144,13 +144,30 @@ def is_router(name: str, module: nn.Module) -> bool:
     return True
 
 
+def is_time_step_projection(name: str) -> bool:
+    """A state-space mixer's time-step projection (Mamba's ``dt_proj``): it sets the discretisation
+    step of the recurrence, and some models (Jamba) use its weight directly rather than call it,
+    so no calibration input ever reaches it. Left dense by rule, like ``dt_bias``."""
+    return name.rsplit(".", 1)[-1] == "dt_proj"
+
+
 def block_module_names(block: nn.Module, skip: tuple[str, ...] = ()) -> tuple[str, ...]:
     """One block's prunable module names, in definition order, less those ``skip`` matches and
-    mixture-of-experts routers (:func:`is_router`)."""
-    return tuple(
-        n for n, m in block.named_modules()
-        if n and is_prunable(m) and not is_router(n, m) and not any(s and s in n for s in skip)
-    )
+    mixture-of-experts routers (:func:`is_router`). Fused experts give one name per kind of
+    matrix, standing for that matrix of every expert (``mlp.experts[*].down_proj``, see
+    :mod:`.experts`)."""
+    out: list[str] = []
+    for n, m in block.named_modules():
+        if not n:
+            continue
+        if is_prunable(m) and not is_router(n, m) and not is_time_step_projection(n):
+            names = [n]
+        elif experts.is_fused_experts(m):
+            names = [experts.expert_name(n, mx.kind) for mx in experts.matrices(m)]
+        else:
+            continue
+        out.extend(x for x in names if not any(s and s in x for s in skip))
+    return tuple(out)
 
 
 def layout(model: nn.Module, skip: tuple[str, ...] = ()) -> BlockLayout:
@@ -187,3 +204,26 @@ def apply_mask(module: nn.Module, mask: torch.Tensor) -> None:
 
 def get_submodule(block: nn.Module, name: str) -> nn.Module:
     return block.get_submodule(name)
+
+
+def weight_shape(block: nn.Module, name: str) -> tuple[int, int]:
+    """``(out_features, in_features)`` of the prunable module ``name`` of ``block`` (of one expert's
+    matrix for a name of every expert's, ``mlp.experts[*].down_proj``)."""
+    fused = experts.split_name(name)
+    if fused is not None:
+        return experts.matrix_shape(block.get_submodule(fused[0]), fused[1])
+    w = get_weight_2d(block.get_submodule(name))
+    return int(w.shape[0]), int(w.shape[1])
+
+
+def copies(block: nn.Module, name: str) -> int:
+    """How many matrices ``name`` stands for: the number of experts for a name of every expert's
+    matrix, 1 for a linear layer."""
+    fused = experts.split_name(name)
+    return experts.num_experts(block.get_submodule(fused[0])) if fused is not None else 1
+
+
+def weight_numel(block: nn.Module, name: str) -> int:
+    """The weights the prunable module ``name`` holds (every expert's, for a name of every expert's)."""
+    o, i = weight_shape(block, name)
+    return o * i * copies(block, name)

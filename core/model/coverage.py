@@ -4,16 +4,17 @@ weights the run prunes and the rest, each by the rule that leaves it out.
 A parameter of a block falls under the first of these that applies:
 
 * **pruned**: the ``weight`` of a module the run prunes (the block's own prunable modules,
-  :meth:`BlockLayout.names_of`, after the user's skip patterns);
-* **state-space parameters** (``A_log``, ``D``, ``dt_bias``), left dense by rule;
+  :meth:`BlockLayout.names_of`, after the user's skip patterns), and the fused 3-D expert tensors
+  of transformers' experts protocol (:mod:`.experts`: every expert's gate, up and down matrices);
+* **state-space parameters** (``A_log``, ``D``, ``dt_bias``, Mamba's time-step projection ``dt_proj``),
+  left dense by rule;
 * **1-D and biases** (never pruned by any method, and not among the block's weights): norm
   scales, biases (a per-expert bias stack too, though it is 2-D), other vectors (attention sinks);
 * **excluded by rule** (2-D or more, left dense on purpose): the weights of prunable modules the
   user's skip patterns name, embedding tables inside a block, convolution kernels, MoE routers;
-* **cannot be pruned** (2-D or more, a method would prune it if it could): today the fused 3-D
-  expert tensors of mixture-of-experts models (transformers 5 keeps them as parameters of one
-  module, not as ``nn.Linear``), and any other such weight. A run that leaves any of these dense is
-  *partial*.
+* **cannot be pruned** (2-D or more, a method would prune it if it could): expert tensors in a
+  layout other than transformers' experts protocol (Llama 4's), and any other such weight. A run
+  that leaves any of these dense is *partial*.
 
 Only shapes are read, so a model on the meta device (disk offload) is counted as well.
 """
@@ -25,7 +26,8 @@ from typing import Any
 
 from torch import nn
 
-from .architecture import BlockLayout, is_prunable, is_router
+from . import experts
+from .architecture import BlockLayout, is_prunable, is_router, is_time_step_projection
 
 __all__ = ["Coverage", "Group", "RULES", "block_coverage"]
 
@@ -38,8 +40,9 @@ RULES: dict[str, tuple[str, bool]] = {
     "embeddings": ("embedding tables inside the blocks, left dense like the model's own embeddings", False),
     "conv_kernels": ("convolution kernels (a few taps per channel), left dense by rule", False),
     "routers": ("mixture-of-experts routers, left dense by rule (they choose which experts run)", False),
-    "state_space": ("state-space parameters (A_log, D, dt_bias), left dense by rule", False),
-    "fused_experts": ("fused 3-D expert tensors this version cannot prune", True),
+    "state_space": ("state-space parameters (A_log, D, dt_bias, the time-step projection dt_proj), left dense "
+                    "by rule", False),
+    "fused_experts": ("fused 3-D expert tensors in a layout this version cannot prune", True),
     "other": ("weights of 2 or more dimensions that this version does not prune", True),
 }
 _STATE_SPACE = ("A_log", "D", "dt_bias")
@@ -110,7 +113,7 @@ class Coverage:
         parts = []
         for g in self.dense_groups:
             what = "the experts" if g.rule == "fused_experts" else "the weights"
-            verb = ("are fused 3-D tensors this version cannot prune" if g.rule == "fused_experts"
+            verb = ("are fused 3-D tensors in a layout this version cannot prune" if g.rule == "fused_experts"
                     else "are weights this version does not prune")
             share = _pct(self.share(g))
             parts.append(f"{what} ({', '.join(g.names)}: {share} of the block parameters) {verb}")
@@ -164,7 +167,7 @@ def _is_experts(path: str, module: nn.Module) -> bool:
 
 def _rule(path: str, owner: nn.Module, leaf: str, ndim: int, skip: tuple[str, ...]) -> str:
     """The rule a parameter that the run does not prune falls under (see the module docstring)."""
-    if leaf in _STATE_SPACE:
+    if leaf in _STATE_SPACE or is_time_step_projection(path):
         return "state_space"
     if "bias" in leaf:
         return "biases"
@@ -207,7 +210,16 @@ def block_coverage(model: nn.Module, lay: BlockLayout, skip: tuple[str, ...] = (
                 if owner_path in prunes and leaf == "weight":
                     pruned += n
                     continue
-                rule = _rule(owner_path, owner, leaf, p.dim(), skip)
+                fused = experts.params_of(owner).get(leaf) if experts.is_fused_experts(owner) else None
+                if fused:  # a fused experts tensor: pruned for each of its kinds the run prunes
+                    done = sum(experts.expert_name(owner_path, k) in prunes for k in fused)
+                    pruned += n * done // len(fused)
+                    if done == len(fused):
+                        continue
+                    n -= n * done // len(fused)
+                    rule = "skipped"
+                else:
+                    rule = _rule(owner_path, owner, leaf, p.dim(), skip)
                 g = acc.setdefault(rule, [0, 0, []])
                 g[0] += n
                 g[1] += 1

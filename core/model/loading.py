@@ -50,7 +50,11 @@ def describe(model: Any) -> dict[str, Any]:
     prunable = 0
     for bi, block in enumerate(lay.blocks):
         for name in lay.names_of(bi):  # each block's own modules (hybrid blocks differ)
-            prunable += block.get_submodule(name).weight.numel()
+            prunable += architecture.weight_numel(block, name)
+    # mixture-of-experts: names standing for every expert's matrix (mlp.experts[*].down_proj) and
+    # how many experts each stands for, and the experts each token is routed to
+    counts = _expert_counts(lay)
+    moe = {"expert_counts": counts, "experts_per_token": getattr(cfg, "num_experts_per_tok", None)} if counts else {}
     return {
         "architecture": type(model).__name__,
         "model_type": getattr(cfg, "model_type", ""),
@@ -62,7 +66,18 @@ def describe(model: Any) -> dict[str, Any]:
         "hidden_size": getattr(cfg, "hidden_size", getattr(cfg, "n_embd", None)),
         "max_context": _max_context(cfg),
         "dtype": dtype_name(next(model.parameters()).dtype),
+        **moe,
     }
+
+
+def _expert_counts(lay: architecture.BlockLayout) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for bi, block in enumerate(lay.blocks):
+        for name in lay.names_of(bi):
+            c = architecture.copies(block, name)
+            if c > 1:
+                counts[name] = max(counts.get(name, 0), c)
+    return counts
 
 
 def _max_context(cfg: Any) -> int | None:

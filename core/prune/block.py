@@ -20,8 +20,11 @@ from ..events import (
     run_to_completion,  # noqa: F401 - callers import it from here too
 )
 from ..model import architecture
+from ..model import experts as fused
 from ..model.devices import one_cpu_thread
+from . import output_error
 from .capture import BlockInputs, run_block
+from .experts import ExpertStats, prune_experts
 from .methods import SharedInputCache, prune_module
 from .methods.registry import defers_sync
 from .needs import StatsNeeds
@@ -51,8 +54,23 @@ class BlockStats:
     """
 
     def __init__(self, block: nn.Module, names: tuple[str, ...], needs: StatsNeeds, device: torch.device,
-                 early_stop: bool = True, last_hint: tuple[str, int] | None = None):
-        self.block, self.names, self.needs, self.device = block, names, needs, device
+                 early_stop: bool = True, last_hint: tuple[str, int] | None = None, expert_min_tokens: int = 32):
+        self.block, self.needs, self.device = block, needs, device
+        # fused experts (``mlp.experts[*].down_proj``): their statistics come from the experts'
+        # routed forward, one ExpertStats per experts module, shared by its matrix kinds
+        self.experts: dict[str, ExpertStats] = {}
+        by_path: dict[str, list[str]] = {}
+        for name in names:
+            split = fused.split_name(name)
+            if split is not None:
+                by_path.setdefault(split[0], []).append(split[1])
+        for path, kinds in by_path.items():
+            self.experts[path] = ExpertStats(block.get_submodule(path), path, tuple(kinds), needs, device,
+                                             expert_min_tokens)
+        names = tuple(n for n in names if fused.split_name(n) is None)
+        self.names = names
+        # the experts may run after the block's last linear layer: no early stop in their blocks
+        early_stop = early_stop and not self.experts
         self.early_stop = early_stop
         self._hint = last_hint if early_stop and last_hint is not None and last_hint[0] in names else None
         self.stats: dict[str, InputStats] = {}
@@ -67,6 +85,10 @@ class BlockStats:
         for name in names:
             mod = block.get_submodule(name)
             self._handles.append(mod.register_forward_pre_hook(self._recorder(name)))
+        for path, es in self.experts.items():
+            es.install()
+            for kind in es.kinds:
+                self.stats[fused.expert_name(path, kind)] = es  # type: ignore[assignment]
         self._grouped = False
 
     def _recorder(self, name: str, record: bool = True) -> Callable[..., None]:
@@ -142,11 +164,33 @@ class BlockStats:
         self._order.clear()
         self._grouped = True
 
+    def top_up(self, inputs: BlockInputs, should_stop: Callable[[], bool]) -> None:
+        """After the statistics pass: when an expert received too few tokens, one more pass through
+        the block gathers those experts' activations on every token (``core/prune/experts.py``)."""
+        todo = [es for es in self.experts.values() if es.needs_top_up()]
+        if not todo:
+            return
+        for h in self._handles:  # the linear layers' statistics are complete
+            h.remove()
+        self._handles = []
+        for es in todo:
+            es.begin_top_up()
+        try:
+            for i in range(len(inputs.hidden)):
+                if should_stop():
+                    raise Cancelled()
+                run_block(self.block, inputs, i)
+        finally:
+            for es in todo:
+                es.end_top_up()
+
     def close(self) -> None:
         for h in self._handles:
             h.remove()
         self._handles = []
         self._first.clear()
+        for es in self.experts.values():
+            es.remove()
 
 
 def _prune_one(mod: nn.Module, st: InputStats | None, s: float, cfg: PruneConfig, n_blk: int, m: int,
@@ -154,6 +198,7 @@ def _prune_one(mod: nn.Module, st: InputStats | None, s: float, cfg: PruneConfig
     """Prune one module in place (new weights written back, exact zeros applied); returns the outcome."""
     w = architecture.get_weight_2d(mod).detach().to(torch.float32)
     with one_cpu_thread(w.device):  # small kernels: see devices.one_cpu_thread
+        dense = output_error.dense_outputs(st, w)  # before anything is written back
         if n_blk and m:
             outcome = prune_module(w, st, n_blk / m, cfg, n_blk, m, seqlen, name, sync=sync, shared=shared)
         else:
@@ -161,6 +206,10 @@ def _prune_one(mod: nn.Module, st: InputStats | None, s: float, cfg: PruneConfig
         if outcome.weight is not None:
             architecture.set_weight_2d(mod, outcome.weight)
         architecture.apply_mask(mod, outcome.mask)  # exact zeros whatever the dtype
+        if dense is not None:
+            err = output_error.measure(st, dense, architecture.get_weight_2d(mod))
+            outcome.info["output_error"] = err["output_error"]
+            outcome.info["_row_error"] = err["row_error"]
     return outcome
 
 
@@ -228,6 +277,9 @@ def _finish_module(p: _Pending, bi: int, block_sparsity: dict[str, float], modul
     achieved = p.zeros / p.numel
     block_sparsity[p.name] = achieved
     info = dict(outcome.info)
+    row_error = info.pop("_row_error", None)
+    if isinstance(info.get("output_error"), torch.Tensor):
+        info["output_error"] = float(info["output_error"])
     if info.get("damping_increased"):
         notes.append(f"Block {bi} {p.name}: the Hessian was not positive definite; "
                      f"damping raised to {info['damping']:.3g}.")
@@ -235,6 +287,8 @@ def _finish_module(p: _Pending, bi: int, block_sparsity: dict[str, float], modul
     if previews:
         pv = p._preview_host
         info = {**info, **(pv if pv is not None else _preview(outcome.mask))}
+        if row_error is not None:
+            info["row_error"] = row_error.float().cpu().numpy().astype(np.float32)
     p.outcome = None
     return ModulePruned(bi, p.name, achieved, p.seconds, p.shape, info)
 
@@ -280,13 +334,18 @@ class BlockRun:
         self.zeros = self.numel = 0
         self.originals: dict[str, torch.Tensor] = {}  # one-pass only: weights before pruning
         self.shared = SharedInputCache()  # e.g. one SparseGPT factor for q/k/v
+        self.should_stop: Callable[[], bool] = lambda: False  # checked between experts
+        self._experts_done: dict[str, tuple[dict[str, Any], float]] = {}  # fused experts pruned, not yet reported
 
     def prune(self, name: str, st: InputStats | None, keep_original: bool = False) -> Generator[Event, None, None]:
         """Prune module ``name``; its event now, or (deferred) after :meth:`settle`."""
         tm = time.perf_counter()
         cfg, m = self.cfg, self.m
+        if fused.split_name(name) is not None:
+            yield from self._prune_experts(name, st)
+            return
         mod = self.block.get_submodule(name)
-        n_blk = (max(1, min(m - 1, round(self.s * m))) if cfg.owl else self.n) if self.n and m else 0
+        n_blk = self._block_n()
         sync = self.force_sync or not (self.defer and defers_sync(cfg))
         original = None
         if not sync or keep_original:
@@ -299,6 +358,45 @@ class BlockRun:
             self.pending.append(p)
             return
         yield self._finish(p)
+
+    def _block_n(self) -> int:
+        """The N of this block's N:M pattern (OWL gives each block its own); 0 when unstructured."""
+        m = self.m
+        return (max(1, min(m - 1, round(self.s * m))) if self.cfg.owl else self.n) if self.n and m else 0
+
+    def _prune_experts(self, name: str, st: Any) -> Generator[Event, None, None]:
+        """Every expert's matrix ``name`` (``mlp.experts[*].down_proj``): one event for all of them.
+        With statistics, the first kind asked for prunes all the kinds of its experts module expert
+        by expert (gate and up share their input's derived values); the others' events follow."""
+        path, kind = fused.split_name(name)  # type: ignore[misc]
+        if name not in self._experts_done:
+            tm = time.perf_counter()
+            kinds = st.kinds if isinstance(st, ExpertStats) else (kind,)
+            n_blk = self._block_n()
+            s = n_blk / self.m if n_blk else self.s
+            results = prune_experts(self.block.get_submodule(path), path, kinds,
+                                    st if isinstance(st, ExpertStats) else None, s, self.cfg, n_blk,
+                                    self.m if n_blk else 0, self.seqlen, self.should_stop)
+            seconds = (time.perf_counter() - tm) / len(kinds)
+            for k, r in results.items():
+                self._experts_done[fused.expert_name(path, k)] = (r, seconds)
+        r, seconds = self._experts_done.pop(name)
+        achieved = r["zeros"] / max(r["numel"], 1)
+        self.block_sparsity[name] = achieved
+        self.zeros += r["zeros"]
+        self.numel += r["numel"]
+        info = dict(r["info"])
+        module_info_entry = dict(info)
+        self.module_info[f"{self.bi}.{name}"] = module_info_entry
+        damped = info.get("damping_increased_experts", [])
+        if damped:
+            self.notes.append(f"Block {self.bi} {name}: the Hessian of {len(damped)} expert(s) (first: "
+                              f"{damped[0]}) was not positive definite; damping was raised.")
+        mask = r["mask"]
+        if self.previews and mask is not None:
+            info.update(_preview(mask))
+            info["preview_expert"] = 0
+        yield ModulePruned(self.bi, name, achieved, seconds, tuple(mask.shape) if mask is not None else (0, 0), info)
 
     def _finish(self, p: _Pending) -> ModulePruned:
         ev = _finish_module(p, self.bi, self.block_sparsity, self.module_info, self.notes, self.previews)

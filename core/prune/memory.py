@@ -8,7 +8,11 @@ block at a time to the compute device. What it needs on top of the weights:
 * **statistics** for the current block, float32, one accumulator per *distinct* module input
   (q/k/v share one input, gate/up share one), as the method declares (its ``StatsNeeds``): ``in``
   floats for squared norms (Wanda), two more for mean and variance (DSnoT), a Hessian of
-  ``in * in`` floats (SparseGPT, and DSnoT on SparseGPT's mask);
+  ``in * in`` floats (SparseGPT, and DSnoT on SparseGPT's mask); fused experts have one per expert
+  and input (their routed tokens, and the activation their ``down_proj`` reads), so a SparseGPT
+  run on an MoE block holds one Hessian per expert and input, plus one over all the block's tokens
+  (``info["expert_counts"]``; the statistics of experts short of tokens, gathered on every token,
+  come on top and are not counted);
 * **one block's working set**: the block's weights, a float32 copy of the largest module plus its
   scores and mask while it is pruned (and, for a method that works with a Hessian, the damped
   copy, its factor and inverse), and one calibration batch going through the block
@@ -58,8 +62,7 @@ def module_shapes(model: Any) -> dict[str, tuple[int, int]]:
     shapes: dict[str, tuple[int, int]] = {}
     for bi, block in enumerate(lay.blocks):
         for name in lay.names_of(bi):
-            w = architecture.get_weight_2d(block.get_submodule(name))
-            shape = (int(w.shape[0]), int(w.shape[1]))
+            shape = architecture.weight_shape(block, name)  # one expert's, for every expert's
             old = shapes.get(name)
             if old is None or shape[0] * shape[1] > old[0] * old[1]:
                 shapes[name] = shape
@@ -97,10 +100,14 @@ def _guess_shapes(info: dict[str, Any]) -> dict[str, tuple[int, int]]:
     return shapes
 
 
-def _distinct_inputs(shapes: dict[str, tuple[int, int]]) -> list[int]:
-    """``in_features`` of each distinct module input (shared groups counted once)."""
+def _distinct_inputs(shapes: dict[str, tuple[int, int]], copies: dict[str, int] | None = None) -> list[int]:
+    """``in_features`` of each distinct module input (shared groups counted once); a name standing
+    for every expert's matrix (``copies[name]`` experts) counts once per expert, and its experts
+    module once more for the input of all its tokens (``core/prune/experts.py``)."""
+    copies = copies or {}
     seen_groups: set[tuple[str, int]] = set()
     ins: list[int] = []
+    all_tokens: set[str] = set()
     for name, (_out, n_in) in shapes.items():
         leaf = name.rsplit(".", 1)[-1]
         parent = name.rsplit(".", 1)[0] if "." in name else ""
@@ -110,7 +117,11 @@ def _distinct_inputs(shapes: dict[str, tuple[int, int]]) -> list[int]:
             if key in seen_groups:
                 continue
             seen_groups.add(key)
-        ins.append(n_in)
+        count = int(copies.get(name, 1))
+        ins.extend([n_in] * count)
+        if count > 1 and leaf != "down_proj" and parent not in all_tokens:
+            all_tokens.add(parent)
+            ins.append(n_in)
     return ins
 
 
@@ -166,7 +177,7 @@ def estimate_run_memory(
     # replayed (an upper bound: each batch's output replaces its input as soon as it is computed)
     activations = nsamples * seqlen * hidden * dtype_bytes * 2 if needs_data else 0
 
-    ins = _distinct_inputs(shapes)
+    ins = _distinct_inputs(shapes, info.get("expert_counts"))
     statistics = 0
     if needs is not None:
         statistics = sum(i * 4 * needs.vectors for i in ins)
@@ -181,6 +192,16 @@ def estimate_run_memory(
     # one batch through the block: three intermediate-width tensors alive in the MLP plus a few
     # hidden-width ones, and the float32 square of the widest module input (statistics hook)
     forward = tokens * (widest * 3 + hidden * 4) * dtype_bytes + (tokens * widest_in * 4 if needs_data else 0)
+    counts = info.get("expert_counts") or {}
+    k = int(info.get("experts_per_token") or 0)
+    if counts and k and needs_data:
+        # the model's own experts forward (the output pass) works on tokens x top-k rows: with
+        # transformers' grouped kernels four [tokens*k, hidden] tensors are alive at its peak
+        # (measured on a Qwen3-MoE block, bench/moe_prune.py)
+        h = max((shapes[n][1] for n in counts if n.endswith(".gate_proj") or n.endswith(".up_proj")
+                 if n in shapes), default=hidden)
+        inter = max((shapes[n][1] for n in counts if n.endswith(".down_proj") if n in shapes), default=hidden)
+        forward = max(forward, tokens * k * max(4 * h, h + 4 * inter) * dtype_bytes)
     if one_pass and needs_data and nsamples > batch:
         # one pass: the other batches wait at a module's hook; the worst is the MLP's output
         # projection, where each holds the intermediate-width input plus the residual and the MLP's

@@ -35,6 +35,7 @@ from ..events import (
     RunStarted,
 )
 from ..model import architecture, offload
+from ..model import experts as fused
 from ..model.devices import empty_cache, is_out_of_memory, limit_host_allocator_retention
 from .block import BlockOutOfMemory, BlockRun, BlockStats, RedoBlock
 from .capture import BlockInputs, capture_first_block_inputs, run_block
@@ -80,7 +81,7 @@ def iter_prune(
         checked: set[tuple[str, int]] = set()
         for bi, block in enumerate(lay.blocks):
             for name in lay.names_of(bi):
-                width = architecture.in_features(block.get_submodule(name))
+                width = architecture.weight_shape(block, name)[1]
                 if (name, width) not in checked:
                     checked.add((name, width))
                     check_nm(n, m, width, name)
@@ -100,6 +101,11 @@ def iter_prune(
     model.eval()
 
     one_pass = cfg.passes_once and needs is not None
+    has_experts = any(fused.split_name(nm) is not None for nm in lay.module_names)
+    if one_pass and has_experts:
+        one_pass = False
+        notes.append("Blocks with fused experts are pruned with two passes per block (the one-pass order "
+                     "does not reach inside the experts yet), so every block was.")
     if one_pass:
         from ..model.loading import describe
         from .memory import module_shapes, one_pass_fits
@@ -141,16 +147,24 @@ def iter_prune(
                 ratios = yield from _owl_prepass(lay, inputs, device, cfg, should_stop, store)
                 from .methods.owl import owl_allocation, owl_nm_allocation
 
-                targets = owl_allocation(ratios, cfg.sparsity, cfg.owl_lambda)
                 block_n: list[int] = []
-                if n and m:
-                    block_n = owl_nm_allocation(targets, m)
+                if n and m:  # N around the structure's N (lambda in N units: lambda * M); --sparsity unused
+                    block_n = owl_nm_allocation(ratios, n, m, cfg.owl_lambda)
                     targets = [bn / m for bn in block_n]
-                    notes.append(
-                        f"OWL with {n}:{m} gives each block its own N (from {min(block_n)}:{m} to "
-                        f"{max(block_n)}:{m}); the model is not a strict {n}:{m} model and "
-                        f"{n}:{m} sparse kernels cannot run it as one."
-                    )
+                    if min(block_n) != max(block_n):
+                        notes.append(
+                            f"OWL with {n}:{m} gives each block its own N (from {min(block_n)}:{m} to "
+                            f"{max(block_n)}:{m}, mean {n}); the model is not a strict {n}:{m} model "
+                            f"and {n}:{m} sparse kernels cannot run it as one."
+                        )
+                    else:
+                        why = (f"lambda * M = {cfg.owl_lambda * m:g} is under one step of N"
+                               if cfg.owl_lambda * m < 1 - 1e-9 else
+                               f"{m - 1}:{m} is the only N:{m} pattern" if m == 2 else
+                               "the blocks' outlier ratios are equal")
+                        notes.append(f"OWL with {n}:{m} kept every block at {n}:{m}: {why}.")
+                else:
+                    targets = owl_allocation(ratios, cfg.sparsity, cfg.owl_lambda)
                 owl_info = {"outlier_ratios": list(ratios), "block_sparsity": list(targets),
                             "block_n": block_n, "m": cfg.owl_m, "lambda": cfg.owl_lambda}
                 seconds["owl"] = time.perf_counter() - t0
@@ -183,6 +197,7 @@ def iter_prune(
                     else:
                         block.to(device)
                     run = BlockRun(block, bi, s, cfg, n, m, seqlen, defer, previews)
+                    run.should_stop = should_stop
                     names = lay.names_of(bi)
                     if inputs is not None:
                         inputs.select(bi)
@@ -212,12 +227,14 @@ def iter_prune(
                         stats = None
                         if needs is not None:
                             assert inputs is not None
-                            stats = BlockStats(block, names, needs, device, last_hint=last_hints.get(names))
+                            stats = BlockStats(block, names, needs, device, last_hint=last_hints.get(names),
+                                               expert_min_tokens=cfg.expert_min_tokens)
                             try:
                                 for i in range(len(inputs.hidden)):
                                     stats.run(inputs, i)
                                     if should_stop():
                                         raise Cancelled()
+                                stats.top_up(inputs, should_stop)
                             finally:
                                 stats.close()
                             last_hints[names] = stats.last_module
@@ -268,6 +285,10 @@ def iter_prune(
         model.train(model_was_training)
 
     mark_incomplete(model, False)
+    short = _experts_short_of_tokens(module_info)
+    if short:
+        notes.append(short)
+        yield Message(short)
     seconds["total"] = time.perf_counter() - t_start
     gs = zeros_total / max(numel_total, 1)
     yield RunFinished(gs, seconds["total"])
@@ -276,6 +297,27 @@ def iter_prune(
         block_sparsity=[float(x) for x in targets], layers=layers, global_sparsity=gs,
         seconds=seconds, module_info=module_info, owl=owl_info, notes=notes,
     )
+
+
+def _experts_short_of_tokens(module_info: dict[str, dict[str, Any]]) -> str:
+    """A note on the experts that received too few routed tokens (``core/prune/experts.py``), or ""."""
+    seen: dict[str, tuple[int, int, int]] = {}  # "block.path" -> (short, experts, min_tokens)
+    for key, info in module_info.items():
+        ex = info.get("experts") if isinstance(info, dict) else None
+        if not ex or not ex.get("rule"):
+            continue
+        where = key.split("[*]", 1)[0]
+        seen[where] = (sum(r != "routed" for r in ex["rule"]), len(ex["rule"]), int(ex.get("min_tokens") or 0))
+    short = {k: v for k, v in seen.items() if v[0]}
+    if not short:
+        return ""
+    n = sum(v[0] for v in short.values())
+    total = sum(v[1] for v in seen.values())
+    k = max(v[2] for v in short.values())
+    blocks = ", ".join(w.split(".", 1)[0] for w in list(short)[:8]) + (", ..." if len(short) > 8 else "")
+    return (f"{n} of {total} experts received fewer than {max(k, 1)} routed calibration tokens and were pruned "
+            f"with statistics from all the tokens of their block (blocks {blocks}); "
+            "module_info lists each expert's tokens.")
 
 
 def _owl_prepass(lay: architecture.BlockLayout, inputs: BlockInputs, device: torch.device,
@@ -298,7 +340,8 @@ def _owl_prepass(lay: architecture.BlockLayout, inputs: BlockInputs, device: tor
         else:
             block.to(device)
         try:
-            stats = BlockStats(block, names, StatsNeeds(sq_norm=True), device, early_stop=False)
+            stats = BlockStats(block, names, StatsNeeds(sq_norm=True), device, early_stop=False,
+                               expert_min_tokens=cfg.expert_min_tokens)
             try:
                 for i in range(len(hidden)):
                     if should_stop():
@@ -307,8 +350,20 @@ def _owl_prepass(lay: architecture.BlockLayout, inputs: BlockInputs, device: tor
                     stats.after_batch()
             finally:
                 stats.close()
-            scores = [wanda_scores(architecture.get_weight_2d(block.get_submodule(nm)).float(), stats.stats[nm])
-                      for nm in names]
+            scores = []
+            for nm in names:
+                split = fused.split_name(nm)
+                if split is None:
+                    scores.append(wanda_scores(architecture.get_weight_2d(block.get_submodule(nm)).float(),
+                                               stats.stats[nm]))
+                    continue
+                # every expert that received tokens, with its routed statistics (an expert short of
+                # tokens counts with what it saw; one that saw none is left out of the ratio)
+                es, module = stats.experts[split[0]], block.get_submodule(split[0])
+                for e in range(es.E):
+                    st = es.input[e] if fused.split_name(nm)[1] != "down_proj" else es.hidden[e]
+                    if st is not None:
+                        scores.append(wanda_scores(fused.expert_weight(module, split[1], e).float(), st))
             ratios.append(outlier_ratio(scores, cfg.owl_m))
             del scores, stats
         finally:

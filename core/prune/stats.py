@@ -4,8 +4,12 @@ One :class:`InputStats` per prunable linear module accumulates, in float32, only
 chosen method needs:
 
 * ``sq_norm``  sum over calibration tokens of x_j^2 (Wanda's ||X_j||_2^2, per input feature);
-* ``mean`` / ``var``  running mean and variance of each input feature (DSnoT);
-* ``hessian``  H = 2/n * sum x x^T (SparseGPT), as a running mean so it never overflows.
+* ``mean`` / ``var``  running mean and variance of each input feature over all tokens;
+* ``batch_var``  the mean over calibration sequences of each sequence's variance (DSnoT's
+  variance, as its reference accumulates it: one batch there is one sequence);
+* ``hessian``  H = 2/n * sum x x^T (SparseGPT), as a running mean so it never overflows;
+* ``sample``  up to 128 token rows of the first input, evenly spaced (always kept: the relative
+  output error ``||(W - W_pruned) X|| / ||W X||`` of each pruned module is measured on them).
 
 The hook returns ``None`` so it never replaces the module's output.
 """
@@ -62,6 +66,19 @@ def column_sq_sum(x: torch.Tensor) -> torch.Tensor:
     return out
 
 
+SAMPLE_ROWS = 128
+
+
+def sample_rows(x: torch.Tensor, rows: int = SAMPLE_ROWS) -> torch.Tensor:
+    """At most ``rows`` token rows of ``x`` (``[tokens, features]``), evenly spaced, copied in their
+    own dtype: the fixed sample the relative output error of a pruned module is measured on."""
+    n = x.shape[0]
+    if n <= rows:
+        return x.detach().clone()
+    idx = torch.linspace(0, n - 1, rows, device=x.device).round().long()
+    return x.detach()[idx].clone()
+
+
 class InputStats:
     """Accumulates statistics of the inputs of one linear module (features on the last dim)."""
 
@@ -74,13 +91,19 @@ class InputStats:
         self._sum = torch.zeros(in_features, **f32) if needs.moments else None
         self._sumsq = torch.zeros(in_features, **f32) if needs.moments else None
         self.hessian = torch.zeros(in_features, in_features, **f32) if needs.hessian else None
+        self.sample: torch.Tensor | None = None  # a few token rows of the first input (output error)
+        self._var_sum = torch.zeros(in_features, **f32) if needs.batch_var else None
 
     @torch.no_grad()
     def add(self, x: torch.Tensor) -> None:
+        if self._var_sum is not None:
+            self._add_sequence_vars(x)
         x = x.reshape(-1, x.shape[-1])
         n = x.shape[0]
         if n == 0:
             return
+        if self.sample is None:
+            self.sample = sample_rows(x)
         sq = column_sq_sum(x) if self.sq_norm is not None or self._sumsq is not None else None
         if self.sq_norm is not None:
             self.sq_norm += sq
@@ -101,6 +124,22 @@ class InputStats:
             else:
                 self.hessian.addmm_(x.t(), x, alpha=2.0 / total)
         self.nsamples += n
+
+    def _add_sequence_vars(self, x: torch.Tensor) -> None:
+        """Add ``tokens * variance`` of each sequence of ``x`` (``[..., seq, features]``; a 2-D
+        input is one sequence), so that :attr:`batch_var` is the token-weighted mean of the
+        per-sequence variances (all sequences have the same length in calibration)."""
+        seqs = x.reshape(-1, x.shape[-1]).unsqueeze(0) if x.dim() < 3 else x.reshape(-1, *x.shape[-2:])
+        for seq in seqs:
+            if seq.shape[0]:
+                self._var_sum += torch.var(seq.to(torch.float32), dim=0, unbiased=False) * seq.shape[0]
+
+    @property
+    def batch_var(self) -> torch.Tensor:
+        """Mean over calibration sequences of each input feature's variance within the sequence
+        (the DSnoT reference's ``var``; not the variance over all tokens, :attr:`var`)."""
+        assert self._var_sum is not None, "per-sequence variances were not collected"
+        return self._var_sum / max(self.nsamples, 1)
 
     @property
     def mean(self) -> torch.Tensor:

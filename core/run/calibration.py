@@ -27,11 +27,14 @@ def build_calibration(loaded: LoadedModel, cal: CalibConfig,
         from ..calib.selfgen import GenerationSettings, iter_generate
         from ..calib.textsources import iter_texts
 
+        # windows protocol: n samples before filtering, so that nsamples remain; paper protocol:
+        # n is the number of windows cut from the joined samples
+        n = cal.nsamples if cal.drop_top == 0 or cal.protocol == "paper" else _n_before_filter(cal.nsamples,
+                                                                                                cal.drop_top)
         settings = GenerationSettings(
-            n=cal.nsamples if cal.drop_top == 0 else _n_before_filter(cal.nsamples, cal.drop_top),
-            seqlen=cal.seqlen, prefix_tokens=cal.prefix_tokens, temperature=cal.temperature,
+            n=n, seqlen=cal.seqlen, prefix_tokens=cal.prefix_tokens, temperature=cal.temperature,
             top_p=cal.top_p, top_k=cal.top_k, repetition_penalty=cal.repetition_penalty,
-            drop_top=cal.drop_top, seed=cal.seed)
+            drop_top=cal.drop_top, seed=cal.seed, protocol=cal.protocol)
         prefixes = iter_texts(cal.prefix_source) if cal.prefix_source else None
         place_model(loaded)
         cs = yield from iter_generate(loaded.model, loaded.tokenizer, settings, prefixes,

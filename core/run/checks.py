@@ -39,7 +39,7 @@ def validate_recipe(loaded: LoadedModel, recipe: Recipe) -> None:
         widths: dict[str, int] = {}  # every block's modules: hybrid blocks differ
         for bi, block in enumerate(lay.blocks):
             for name in lay.names_of(bi):
-                width = architecture.in_features(block.get_submodule(name))
+                width = architecture.weight_shape(block, name)[1]
                 if width % m and name not in widths:
                     widths[name] = width
         bad = [f"{name} ({width})" for name, width in widths.items()]

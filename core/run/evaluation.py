@@ -3,6 +3,7 @@ what it was measured on (:class:`PerplexityMeasured`: the text, the window lengt
 
 from __future__ import annotations
 
+import gc
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Generator
@@ -11,9 +12,10 @@ from ..config import Recipe
 from ..errors import ConfigError
 from ..evaluate.perplexity import eval_ids, iter_perplexity
 from ..events import Event, Message
+from ..model.devices import empty_cache
 from ..model.loading import LoadedModel
 from .checks import check_seqlen
-from .load import LoadArgs, place_model
+from .load import LoadArgs, iter_load, place_model
 
 StopFn = Callable[[], bool]
 
@@ -126,3 +128,72 @@ def iter_measure_full(loaded: LoadedModel, settings: EvalSettings, phase: str, s
     """:func:`iter_ppl_measured` with ``settings``."""
     return (yield from iter_ppl_measured(loaded, settings.source, settings.seqlen, should_stop, phase,
                                          settings.max_windows, cache=cache))
+
+
+# ---- the dense baseline once the model in memory is pruned ------------------------------------
+def weights_bytes(loaded: LoadedModel) -> int:
+    """The bytes of ``loaded``'s parameters (what a second copy of the model costs)."""
+    return sum(p.numel() * p.element_size() for p in loaded.model.parameters())
+
+
+def lookup_dense(signature: str | None, pruned: LoadedModel, settings: EvalSettings,
+                 batch_size: int = 4, data_dir: str | Path | None = None) -> PerplexityMeasured | None:
+    """The original weights' perplexity with ``settings`` from the dense-perplexity cache, without
+    those weights: ``signature`` is theirs (:func:`~prunestudio.core.evaluate.ppl_cache.weights_signature`,
+    taken before pruning), ``pruned`` the model in memory now (its tokenizer cuts the text). None
+    when the signature is unknown or the cache holds no such number. Tokenizes the text (seconds)."""
+    from ..evaluate import ppl_cache
+
+    if signature is None:
+        return None
+    check_seqlen(pruned, settings.seqlen, "evaluation")
+    ids = eval_ids(pruned.tokenizer, settings.source, settings.seqlen, data_dir)
+    key = ppl_cache.signature_key(signature, ids, settings.seqlen, settings.max_windows, batch_size, pruned.device)
+    ppl = ppl_cache.lookup(key)
+    if ppl is None:
+        return None
+    return PerplexityMeasured("ppl-dense", settings.source, settings.seqlen, settings.max_windows,
+                              count_windows(ids.numel(), settings.seqlen, settings.max_windows), ppl)
+
+
+def iter_dense_baseline(pruned: LoadedModel, args: LoadArgs, settings: EvalSettings, signature: str | None,
+                        should_stop: StopFn = _never, batch_size: int = 4,
+                        data_dir: str | Path | None = None) -> Generator[Event, None, PerplexityMeasured]:
+    """The dense model's perplexity while the pruned model ``pruned`` stays in memory, as it is.
+
+    First the dense cache (:func:`lookup_dense`, with the original weights' ``signature``): a number
+    measured on these weights with these settings before, by a run or by this function, is shown at
+    once. Otherwise a second copy of the original model is loaded from ``args`` (where the model in
+    memory came from), measured the way a run measures it (through the cache) and let go: while it
+    is measured the original weights take their memory a second time, on the same device. The pruned
+    model is never touched, so it can still be evaluated and exported afterwards. A copy whose
+    weights differ from ``signature`` (the files changed since the first load) is measured all the
+    same, with a warning."""
+    from ..evaluate import ppl_cache
+    from ..model.memory import format_bytes
+
+    known = lookup_dense(signature, pruned, settings, batch_size, data_dir)
+    if known is not None:
+        yield Message(f"Dense perplexity {known.ppl:.3f} is known from the cache of dense results; "
+                      "the original model is not loaded again.")
+        yield known
+        return known
+    yield Message(f"Loading a second copy of the original model to measure the dense perplexity: about "
+                  f"{format_bytes(weights_bytes(pruned))} more memory until it is measured; the pruned model "
+                  "stays as it is.")
+    dense = yield from iter_load(args, should_stop)
+    try:
+        now = ppl_cache.weights_signature(dense.model)
+        if signature is not None and now is not None and now != signature:
+            yield Message("The model's files changed since the pruned model was loaded from them; the dense "
+                          "perplexity is that of the files as they are now.", "warning")
+        measured = yield from iter_ppl_measured(dense, settings.source, settings.seqlen, should_stop,
+                                                "ppl-dense", settings.max_windows, batch_size, data_dir,
+                                                cache=True)
+    finally:
+        device = dense.device
+        dense.model = None  # the copy goes now, not when the caller lets the event go
+        del dense
+        gc.collect()
+        empty_cache(device)
+    return measured

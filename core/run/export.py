@@ -68,6 +68,7 @@ def model_card(report: dict[str, Any]) -> str:
     part = report.get("model", {}).get("pruned_part")
     if part:  # a vision-language model: only its language model was pruned
         lines += [f"Pruned part: the {part}.", ""]
+    lines += sample_lines(report)
     lines += [*speed_note(str(report.get("structure") or "")), "",
         "Load it with plain transformers: "
         f"`{report.get('model', {}).get('loads_with', 'AutoModelForCausalLM')}.from_pretrained(this_folder)`.",
@@ -75,6 +76,39 @@ def model_card(report: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def sample_lines(report: dict[str, Any]) -> list[str]:
+    """The card's "Samples" section: each prompt with the dense and the pruned model's
+    continuation, labelled, as the report's ``samples`` holds them; no section when none were
+    generated."""
+    samples = report.get("samples") or {}
+    pairs = [p for p in samples.get("pairs") or [] if p.get("dense") is not None and p.get("pruned") is not None]
+    if not pairs:
+        return []
+    lines = ["## Samples: dense and pruned", "",
+             f"The same prompts continued by the model before and after pruning ({samples.get('decoding')}, "
+             "the same settings and seed for both). Single samples show the kind of change, not its size: "
+             "the perplexity above measures that.", ""]
+    for i, p in enumerate(pairs, 1):
+        lines += [f"**Prompt {i}:** {_quoted(p['prompt'])}", "",
+                  "*Dense model:*", "", _fenced(p["prompt"] + p["dense"]), "",
+                  "*Pruned model:*", "", _fenced(p["prompt"] + p["pruned"]), ""]
+    return lines
+
+
+def _quoted(text: str) -> str:
+    return "`" + " ".join(text.split()).replace("`", "'") + "`"
+
+
+def _fenced(text: str) -> str:
+    """``text`` in a code fence longer than any run of backticks inside it."""
+    longest, run = 0, 0
+    for ch in text:
+        run = run + 1 if ch == "`" else 0
+        longest = max(longest, run)
+    fence = "`" * max(3, longest + 1)
+    return f"{fence}text\n{text}\n{fence}"
 
 
 def measured_on(ev: dict[str, Any]) -> str:

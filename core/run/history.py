@@ -4,7 +4,9 @@ The GUI's compare view and the experiment grids read and write it. One row per r
 recipe, calibration provenance, metrics with what they were measured on (text, window length,
 windows read), timings, export path, and the run's coverage (the share of the block weights it
 pruned, and whether it was partial); the full report is kept as JSON so
-nothing is lost when the schema grows (older databases get the added columns when opened).
+nothing is lost when the schema grows (older databases get the added columns when opened). The
+experiment cells that failed are kept apart (``failures``: key, description, the sentence), so no
+reader mistakes them for runs.
 """
 
 from __future__ import annotations
@@ -41,10 +43,16 @@ CREATE TABLE IF NOT EXISTS runs (
     partial INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS runs_key ON runs(key);
+CREATE TABLE IF NOT EXISTS failures (
+    key TEXT PRIMARY KEY,
+    created REAL NOT NULL,
+    description TEXT,
+    error TEXT NOT NULL
+);
 """
 # columns added after the first schema: (name, declaration); older databases get them on open
 ADDED_COLUMNS = (("coverage", "REAL"), ("partial", "INTEGER NOT NULL DEFAULT 0"), ("ppl_text", "TEXT"),
-                 ("ppl_seqlen", "INTEGER"), ("ppl_windows", "INTEGER"))
+                 ("ppl_seqlen", "INTEGER"), ("ppl_windows", "INTEGER"), ("output_error", "REAL"))
 
 
 def default_db_path() -> Path:
@@ -87,6 +95,8 @@ class RunRow:
     """Their window length in tokens."""
     ppl_windows: int | None = None
     """The number of windows they read (None: not measured, or a run from before it was recorded)."""
+    output_error: float | None = None
+    """The mean relative output error of the pruned modules on calibration tokens (None: not measured)."""
 
     def measured_on(self) -> str:
         """"wiki.test.raw, 32 x 512 tokens", or "" when no perplexity says what it was measured on."""
@@ -123,13 +133,13 @@ class History:
                cal.get("source"), cal.get("nsamples"), cal.get("seqlen"), cal.get("seed"),
                report.get("global_sparsity"), report.get("ppl_dense"), report.get("ppl_pruned"),
                total, str(export_path) if export_path else None, json.dumps(report, default=str),
-               *_coverage(report), *_measured_on(report))
+               *_coverage(report), *_measured_on(report), _output_error(report))
         with closing(self._connect()) as con, con:
             cur = con.execute(
                 "INSERT INTO runs (created, key, model, method, structure, sparsity, calib_source, "
                 "calib_nsamples, calib_seqlen, seed, global_sparsity, ppl_dense, ppl_pruned, seconds, "
-                "export_path, report, coverage, partial, ppl_text, ppl_seqlen, ppl_windows) "
-                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", row)
+                "export_path, report, coverage, partial, ppl_text, ppl_seqlen, ppl_windows, output_error) "
+                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", row)
             return int(cur.lastrowid)
 
     def update(self, run_id: int, report: dict[str, Any] | None = None,
@@ -139,9 +149,10 @@ class History:
         args: list[Any] = []
         if report is not None:
             sets += ["report = ?", "ppl_dense = ?", "ppl_pruned = ?", "global_sparsity = ?", "coverage = ?",
-                     "partial = ?", "ppl_text = ?", "ppl_seqlen = ?", "ppl_windows = ?"]
+                     "partial = ?", "ppl_text = ?", "ppl_seqlen = ?", "ppl_windows = ?", "output_error = ?"]
             args += [json.dumps(report, default=str), report.get("ppl_dense"), report.get("ppl_pruned"),
-                     report.get("global_sparsity"), *_coverage(report), *_measured_on(report)]
+                     report.get("global_sparsity"), *_coverage(report), *_measured_on(report),
+                     _output_error(report)]
         if export_path is not None:
             sets.append("export_path = ?")
             args.append(str(export_path))
@@ -163,6 +174,25 @@ class History:
     def has_key(self, key: str) -> bool:
         with closing(self._connect()) as con:
             return con.execute("SELECT 1 FROM runs WHERE key = ? LIMIT 1", (key,)).fetchone() is not None
+
+    # -- experiment cells that failed (not runs: a rerun of the grid tries them again)
+    def add_failure(self, key: str, description: str, error: str) -> None:
+        """Record that the experiment cell ``key`` failed, with the sentence that says why (the
+        latest failure of a key replaces the one before)."""
+        with closing(self._connect()) as con, con:
+            con.execute("INSERT OR REPLACE INTO failures (key, created, description, error) VALUES (?,?,?,?)",
+                        (key, time.time(), description, error))
+
+    def clear_failure(self, key: str) -> None:
+        """Forget the failure of ``key`` (it has run since)."""
+        with closing(self._connect()) as con, con:
+            con.execute("DELETE FROM failures WHERE key = ?", (key,))
+
+    def failures(self) -> list[tuple[str, str, str]]:
+        """(key, description, error) of every recorded failure, oldest first."""
+        with closing(self._connect()) as con:
+            return [(r["key"], r["description"] or "", r["error"])
+                    for r in con.execute("SELECT key, description, error FROM failures ORDER BY created")]
 
     def get(self, run_id: int) -> RunRow | None:
         with closing(self._connect()) as con:
@@ -196,6 +226,12 @@ def _measured_on(report: dict[str, Any]) -> tuple[str | None, int | None, int | 
     else:
         return None, None, None
     return str(text), ev.get("seqlen"), windows if isinstance(windows, int) else None
+
+
+def _output_error(report: dict[str, Any]) -> float | None:
+    """The report's mean relative output error of the pruned modules, if measured."""
+    err = (report.get("output_error") or {}).get("mean")
+    return float(err) if isinstance(err, (int, float)) else None
 
 
 def _coverage(report: dict[str, Any]) -> tuple[float | None, int]:

@@ -35,9 +35,13 @@ class JobResult(RunOutcome):
 
 def iter_job(recipe: Recipe, out_dir: str | Path | None = None, overwrite: bool = False,
              should_stop: StopFn = _never, include_paths: bool = False,
-             loaded: LoadedModel | None = None) -> Generator[Event, None, JobResult]:
+             loaded: LoadedModel | None = None, samples: int = 0) -> Generator[Event, None, JobResult]:
     """Load ``recipe``'s model (unless ``loaded`` is given), run the recipe on it, and export the
     pruned model to ``out_dir`` when one is given, as events. Returns a :class:`JobResult`.
+
+    ``samples``: continue that many of the default prompts (at most 3,
+    :data:`~..evaluate.samples.DEFAULT_PROMPTS`) greedily, 64 new tokens, with the dense model
+    before pruning and the pruned one after, for the report's and the card's ``samples``.
 
     A run measures one perplexity set: the recipe's first (a warning names the others)."""
     seconds: dict[str, float] = {}
@@ -49,9 +53,25 @@ def iter_job(recipe: Recipe, out_dir: str | Path | None = None, overwrite: bool 
         rest = ", ".join(public_source(s, include_paths) for s in recipe.eval_ppl[1:])
         yield Message(f"A run measures one perplexity set, {public_source(recipe.eval_ppl[0], include_paths)}; "
                       f"not evaluated: {rest} (prunestudio eval measures several).", "warning")
+    dense_texts: dict[str, str] = {}
+    if samples > 0:
+        from ..evaluate.samples import DEFAULT_PROMPTS, SampleSettings
+        from .samples import iter_compare
+
+        prompts, sample_settings = list(DEFAULT_PROMPTS[:samples]), SampleSettings(64)
+        before = yield from iter_compare(prompts, sample_settings, dense=loaded, should_stop=should_stop)
+        dense_texts = {p.prompt: p.dense for p in before.pairs if p.dense is not None}
     outcome = yield from iter_run(loaded, recipe, None, Evaluation.of_recipe(recipe), should_stop,
                                   include_paths=include_paths, seconds=seconds)
     res = JobResult(**{f.name: getattr(outcome, f.name) for f in fields(RunOutcome)})
+    if samples > 0:
+        from .samples import samples_report
+
+        after = yield from iter_compare(prompts, sample_settings, pruned=loaded, known_dense=dense_texts,
+                                        should_stop=should_stop)
+        kept = samples_report(after)
+        if kept:
+            res.report["samples"] = kept
     if out_dir is not None:
         from .export import iter_export
 

@@ -19,6 +19,7 @@ from ..calib.textsources import describe_source, split_field
 from ..config import Recipe
 from ..model import catalog
 from ..model.loading import _HUB_ID, LoadedModel
+from ..model.threads import ThreadChoice
 from ..prune.result import PruneResult
 from .partial import run_coverage
 
@@ -48,10 +49,24 @@ def _model_section(loaded: LoadedModel, name: str) -> dict[str, Any]:
     return {"name": name, **{k: v for k, v in loaded.info.items() if k != "blocks_path"}}
 
 
+def output_error_summary(module_info: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
+    """The run's relative output errors (``core/prune/output_error.py``): their mean over the pruned
+    modules, the largest and where; None when none was measured (no calibration data)."""
+    errs = {k: float(v["output_error"]) for k, v in module_info.items()
+            if isinstance(v, dict) and isinstance(v.get("output_error"), (int, float))}
+    if not errs:
+        return None
+    worst = max(errs, key=errs.__getitem__)
+    return {"mean": sum(errs.values()) / len(errs), "max": errs[worst], "max_module": worst,
+            "modules": len(errs),
+            "measured_on": "||(W - W_pruned) X|| / ||W X|| on up to 128 calibration token rows per module input"}
+
+
 def build_report(loaded: LoadedModel, recipe: Recipe, calib: CalibrationSet | None,
                  result: PruneResult, ppl_dense: float | None, ppl_pruned: float | None,
                  seconds: dict[str, float], include_paths: bool = False,
-                 evaluation: "EvalSettings | None" = None, windows: int | None = None) -> dict[str, Any]:
+                 evaluation: "EvalSettings | None" = None, windows: int | None = None,
+                 threads: ThreadChoice | None = None) -> dict[str, Any]:
     """The report of one run. ``evaluation``: the settings ``ppl_dense`` / ``ppl_pruned`` were
     measured with, ``windows`` the number of windows they read; when a number was measured the
     report's ``eval`` section says what on (:func:`run_eval`), and there is no ``eval`` section
@@ -59,7 +74,9 @@ def build_report(loaded: LoadedModel, recipe: Recipe, calib: CalibrationSet | No
     about, and ``owl`` and ``notes`` appear only when they hold something. ``model.base_model`` is
     the hub id the model comes from, when known (:func:`base_model`). ``coverage`` says what the
     run pruned of the block weights and what it left dense by which rule
-    (``core/model/coverage.py``); a partial run's report also opens its ``notes`` with that fact."""
+    (``core/model/coverage.py``); a partial run's report also opens its ``notes`` with that fact.
+    ``threads``: the torch threads the run used, asked for or chosen, the CPUs available and how
+    many other processes kept busy (``core/model/threads.py``); left out when not known."""
     prov = calib.provenance() if calib is not None else {
         "source": None, "nsamples": 0, "seqlen": 0, "seed": recipe.calibration.seed, "sha256": None}
     prov = dict(prov)
@@ -83,9 +100,13 @@ def build_report(loaded: LoadedModel, recipe: Recipe, calib: CalibrationSet | No
         "recipe": recipe.to_dict(),
         "device": str(loaded.device),
         "dtype": str(loaded.dtype).replace("torch.", ""),
+        **({"threads": threads.to_dict()} if threads is not None else {}),
         "versions": versions(),
     }
     report["seconds"] = {**seconds, **result.seconds}
+    err = output_error_summary(report.get("module_info") or {})
+    if err:
+        report["output_error"] = err
     if coverage.partial:  # said first, wherever the notes are shown
         report["notes"] = [coverage.note(), *report["notes"]]
     report["module_info"] = {k: v for k, v in report["module_info"].items() if v}

@@ -18,6 +18,8 @@ from ..config import Recipe
 from ..errors import CalibrationError, Cancelled
 from ..events import Event, Message
 from ..model.loading import LoadedModel
+from ..model.threads import ThreadChoice, job_threads
+from ..model.threads import active as threads_active
 from ..prune.pipeline import iter_prune
 from ..prune.result import PruneResult
 from .calibration import build_calibration
@@ -73,7 +75,8 @@ class PruneFinished(Event):
 class RunOutcome:
     """A finished run. ``loaded`` holds the pruned model (None once a caller let it go);
     ``evaluation`` the settings ``ppl_dense`` / ``ppl_pruned`` were measured with, ``windows`` the
-    number of windows they read (None: unknown, e.g. a dense number given by the caller alone)."""
+    number of windows they read (None: unknown, e.g. a dense number given by the caller alone);
+    ``threads`` the torch threads the run used and why."""
 
     loaded: LoadedModel | None
     recipe: Recipe
@@ -85,13 +88,14 @@ class RunOutcome:
     report: dict[str, Any] = field(default_factory=dict)
     evaluation: EvalSettings | None = None
     windows: int | None = None
+    threads: ThreadChoice | None = None
 
     def build_report(self, include_paths: bool = False) -> dict[str, Any]:
         """The report of this run with its current numbers (the model must still be in memory)."""
         assert self.loaded is not None
         return build_report(self.loaded, self.recipe, self.calibration, self.result, self.ppl_dense,
                             self.ppl_pruned, self.seconds, include_paths, self.evaluation,
-                            self.windows)
+                            self.windows, self.threads)
 
 
 def iter_run(loaded: LoadedModel, recipe: Recipe, calibration: CalibrationSet | None = None,
@@ -100,14 +104,33 @@ def iter_run(loaded: LoadedModel, recipe: Recipe, calibration: CalibrationSet | 
              seconds: dict[str, float] | None = None) -> Generator[Event, None, RunOutcome]:
     """Run ``recipe`` on ``loaded`` (pruned in place), as events; returns the :class:`RunOutcome`.
 
-    The recipe is checked against the model first (:func:`validate_recipe`). A method that needs
+    The run uses the torch threads that fit the machine when it starts
+    (:func:`~prunestudio.core.model.threads.job_threads`; said in a :class:`Message` and recorded in
+    the report's ``threads``), and restores the previous count when it ends. Otherwise as
+    :func:`_iter_run`.
+    """
+    validate_recipe(loaded, recipe)  # refused before anything else, a thread choice included
+    outer = threads_active() is None
+    with job_threads() as choice:
+        if outer:
+            yield Message(f"Threads: {choice.reason}")
+        return (yield from _iter_run(loaded, recipe, calibration, evaluation, should_stop,
+                                     include_paths=include_paths, seconds=seconds, thread_choice=choice))
+
+
+def _iter_run(loaded: LoadedModel, recipe: Recipe, calibration: CalibrationSet | None = None,
+              evaluation: Evaluation | None = None, should_stop: StopFn = _never, *,
+              include_paths: bool = False, seconds: dict[str, float] | None = None,
+              thread_choice: ThreadChoice | None = None) -> Generator[Event, None, RunOutcome]:
+    """Run ``recipe`` on ``loaded`` (pruned in place), as events; returns the :class:`RunOutcome`.
+
+    The recipe was checked against the model (:func:`validate_recipe`) by :func:`iter_run`. A method that needs
     calibration data uses a copy of ``calibration`` when given (later edits of the set do not change
     what the run reports), or builds the set the recipe describes. ``evaluation`` (None: no
     perplexity) says what to measure; the dense perplexity goes through the on-disk dense cache.
     ``seconds``: timings of earlier steps (the load) for the report; ``include_paths``: keep local
     paths in the report.
     """
-    validate_recipe(loaded, recipe)
     seconds = dict(seconds or {})
 
     calib: CalibrationSet | None = None
@@ -151,6 +174,7 @@ def iter_run(loaded: LoadedModel, recipe: Recipe, calibration: CalibrationSet | 
                 raise
             yield Message("Evaluation of the pruned model cancelled; the pruned model is kept.", "warning")
 
-    outcome = RunOutcome(loaded, recipe, calib, result, ppl_dense, ppl_pruned, seconds, {}, settings, windows)
+    outcome = RunOutcome(loaded, recipe, calib, result, ppl_dense, ppl_pruned, seconds, {}, settings, windows,
+                         thread_choice)
     outcome.report = outcome.build_report(include_paths)
     return outcome

@@ -17,12 +17,12 @@ from ...core.calib.selfgen import FilteringDone, SampleGenerated, SampleInProgre
 from ...core.config import Recipe
 from ...core.errors import PruneStudioError
 from ...core.events import PhaseDone, PhaseProgress, PhaseStarted
-from .. import dialogs, tasks
+from .. import dialogs, estimates, tasks
 from ..jobs import BUSY_TEXT, PanelJob
 from ..state import AppState
 from ..views.calib_stats import CalibStats
 from ..views.sample_preview import SamplePreview
-from ..widgets import StatusLine
+from ..widgets import StatusLine, hint_label
 from .calib_source import SET_FILTERS, CalibSourceForm
 
 
@@ -48,6 +48,9 @@ class CalibPanel(QWidget):
         for b in (self.go, self.cancel_button, self.open_button, self.save_button):
             btns.addWidget(b)
         box.addLayout(btns)
+        self.estimate = hint_label()  # "Generating 79 samples: about 8 min on this machine."
+        self.estimate.setAccessibleName("Time estimate")
+        box.addWidget(self.estimate)
         self.progress = QProgressBar()
         self.progress.setFormat("%v / %m")
         box.addWidget(self.progress)
@@ -86,6 +89,8 @@ class CalibPanel(QWidget):
         state.busy_changed.connect(self._busy)
         state.recipe_applied.connect(self.apply_recipe)
         state.model_changed.connect(self._update_buttons)
+        state.model_changed.connect(self._update_estimate)
+        self.eta = estimates.EtaTracker()
         self._config_changed()
         self._calib_changed()
 
@@ -104,6 +109,15 @@ class CalibPanel(QWidget):
         if not self.job.running and self.status.kind == "warn":
             self.status.set("", "")
         self.state.set_calib_config(cfg)
+        self._update_estimate()
+
+    def _update_estimate(self, *_a: Any) -> None:
+        """The time a self-generated set takes on this machine, before Generate is pressed."""
+        try:
+            cfg = self.form.config()
+        except PruneStudioError:
+            cfg = None
+        self.estimate.setText(estimates.selfgen_text(self.state.loaded, cfg))
 
     # ---- jobs --------------------------------------------------------------------------------
     def generate(self) -> None:
@@ -150,12 +164,14 @@ class CalibPanel(QWidget):
     def _event(self, ev: Any) -> None:
         if isinstance(ev, SampleGenerated):
             self.preview.add(ev)
-            self.progress.setValue(min(self.progress.maximum(), self.preview.model.rowCount()))
+            if self.state.calib_config.protocol == "windows":  # paper: progress counts windows filled
+                self.progress.setValue(min(self.progress.maximum(), self.preview.model.rowCount()))
         elif isinstance(ev, SampleInProgress):
             self.preview.show_writing(ev)
         elif isinstance(ev, FilteringDone):
             self.preview.mark_filtered(ev)
         elif isinstance(ev, PhaseStarted):
+            self.eta.text(ev)
             if ev.total:
                 self.progress.setRange(0, ev.total)
                 self.progress.setValue(0)
@@ -163,8 +179,11 @@ class CalibPanel(QWidget):
         elif isinstance(ev, PhaseProgress):
             self.progress.setRange(0, max(ev.total, 1))
             self.progress.setValue(ev.done)
+            eta = self.eta.text(ev)
             if ev.detail:
-                self.status.set("busy", f"{ev.phase.capitalize()}: {ev.done}/{ev.total} — {ev.detail}")
+                self.status.set("busy", f"{ev.phase.capitalize()}: {ev.done}/{ev.total} — {ev.detail}; {eta}")
+            else:
+                self.status.set("busy", f"{ev.phase.capitalize()}: {ev.done}/{ev.total}; {eta}")
         elif isinstance(ev, PhaseDone):
             self.progress.setValue(self.progress.maximum())
 

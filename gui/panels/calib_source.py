@@ -42,7 +42,16 @@ TIPS = {
     "rep": "Values above 1 discourage the model from repeating itself.",
     "drop": "Share of generated samples with the highest perplexity that are thrown away.",
     "mode": "random: windows from the joined text; document: each window from one document.",
+    "protocol": "How the model writes its samples. Windows: every sample is one full window, the model never "
+                "stops early. Paper (Ji et al., 2025): each sample starts with 2 tokens of a source text and "
+                "may end where the model ends its text; the samples are joined and cut into windows.",
 }
+
+# (key, label) of the self-generation protocols (core/calib/selfgen/settings.py: PROTOCOLS)
+PROTOCOL_LABELS = (
+    ("windows", "Windows: each sample one full window"),
+    ("paper", "Paper: 2-token prefixes, ends at end-of-text, joined"),
+)
 
 
 class CalibSourceForm(QWidget):
@@ -67,6 +76,10 @@ class CalibSourceForm(QWidget):
         self.nsamples = spin(1, 4096, 64, TIPS["nsamples"])
         self.seqlen = spin(8, 32768, 512, TIPS["seqlen"], step=64, suffix=" tokens")
         self.seed = spin(0, 2**31 - 1, 0, TIPS["seed"])
+        self.protocol = QComboBox()
+        for key, label in PROTOCOL_LABELS:
+            self.protocol.addItem(label, key)
+        self.protocol.setToolTip(TIPS["protocol"])
         lab_kind = QLabel("&Source:")
         lab_kind.setBuddy(self.kind)
         form.addRow(lab_kind, self.kind)
@@ -76,6 +89,10 @@ class CalibSourceForm(QWidget):
         self.path_label = QLabel("&File:")
         self.path_label.setBuddy(self.path.edit)
         form.addRow(self.path_label, self.path)
+        self.protocol_label = QLabel("&Protocol:")
+        self.protocol_label.setBuddy(self.protocol)
+        self.protocol_label.setToolTip(TIPS["protocol"])
+        form.addRow(self.protocol_label, self.protocol)
         for text, w in (("&Samples:", self.nsamples), ("Sequence &length:", self.seqlen), ("S&eed:", self.seed)):
             lab = QLabel(text)
             lab.setBuddy(w)
@@ -109,6 +126,7 @@ class CalibSourceForm(QWidget):
             w.valueChanged.connect(self.changed)
         self.preset.currentIndexChanged.connect(self.changed)
         self.mode.currentIndexChanged.connect(self.changed)
+        self.protocol.currentIndexChanged.connect(self.changed)
         self.path.changed.connect(self.changed)
         self._restore()
         self._kind_changed()
@@ -139,7 +157,15 @@ class CalibSourceForm(QWidget):
             seed=self.seed.value(), mode=self.mode.currentText(), prefix_tokens=self.prefix_tokens.value(),
             temperature=self.temperature.value(), top_p=self.top_p.value(), top_k=self.top_k.value(),
             repetition_penalty=self.rep.value(), drop_top=self.drop.value() / 100.0,
+            protocol=self.protocol_key(),
         )
+
+    def protocol_key(self) -> str:
+        """The self-generation protocol: the chosen one when prefixes come from a source, else
+        ``windows`` (zero-data generation has no text to take the paper's prefixes from)."""
+        if self.kind_key() in ("selfgen-preset", "selfgen-file"):
+            return str(self.protocol.currentData())
+        return "windows"
 
     def set_config(self, cfg: CalibConfig) -> None:
         src = cfg.source
@@ -169,6 +195,7 @@ class CalibSourceForm(QWidget):
         self.top_k.setValue(cfg.top_k)
         self.rep.setValue(cfg.repetition_penalty)
         self.drop.setValue(cfg.drop_top * 100.0)
+        self.protocol.setCurrentIndex(max(0, self.protocol.findData(cfg.protocol)))
         self.changed.emit()
 
     def open_saved(self, path: str) -> None:
@@ -195,6 +222,8 @@ class CalibSourceForm(QWidget):
         for w in (self.temperature, self.top_p, self.top_k, self.rep, self.drop):
             w.setEnabled(selfgen)
         self.prefix_tokens.setEnabled(k in ("selfgen-preset", "selfgen-file"))
+        self.protocol.setVisible(k in ("selfgen-preset", "selfgen-file"))
+        self.protocol_label.setVisible(k in ("selfgen-preset", "selfgen-file"))
         self.mode.setEnabled(k in ("preset", "file"))
         self.changed.emit()
 
@@ -209,6 +238,7 @@ class CalibSourceForm(QWidget):
         self.nsamples.setValue(s.get("nsamples", 64))
         self.seqlen.setValue(s.get("seqlen", 512))
         self.seed.setValue(s.get("seed", 0))
+        self.protocol.setCurrentIndex(max(0, self.protocol.findData(s.get("protocol", "windows"))))
 
     def remember(self) -> None:
         s = self.settings
@@ -218,3 +248,4 @@ class CalibSourceForm(QWidget):
         s.set("nsamples", self.nsamples.value())
         s.set("seqlen", self.seqlen.value())
         s.set("seed", self.seed.value())
+        s.set("protocol", str(self.protocol.currentData()))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import re
 from pathlib import Path
 from typing import Any, Callable
@@ -31,13 +33,19 @@ from ...core.calib.textsources import PRESETS
 from ...core.evaluate.zeroshot import TASKS
 from ...core.events import PhaseDone, PhaseProgress, PhaseStarted
 from ...core.run.evaluation import EvalSettings
-from .. import tasks
+from .. import dialogs, estimates, tasks
 from ..jobs import PanelJob
 from ..settings import Settings
 from ..state import AppState, ModelStatus
 from ..widgets import PathEdit, StatusLine, fmt_float, hint_label, spin
+from . import eval_try
 
 WIKITEXT2_TEST = "hf:Salesforce/wikitext:wikitext-2-raw-v1:test"
+DENSE_NOTE = ("Evaluate dense works before and after pruning. After a run it keeps the pruned model: the "
+              "number comes at once from the cache of dense results when these weights were measured on "
+              "this text, window length and windows before (by a run with 'Evaluate the dense model "
+              "first', or here); otherwise a second copy of the original model is loaded in the "
+              "background, which needs its memory again until it is measured.")
 EVAL_FILTERS = "Text (*.txt *.raw *.tokens *.jsonl *.json *.parquet *.gz);;All files (*)"
 
 
@@ -114,13 +122,15 @@ class EvalPanel(QWidget):
             btns.addWidget(b)
         btns.addStretch(1)
         pform.addRow(btns)
+        self.ppl_estimate = hint_label()  # "Each evaluation: about 11 min on this machine."
+        self.ppl_estimate.setAccessibleName("Perplexity time estimate")
+        pform.addRow(self.ppl_estimate)
         self.ppl_table = _table(["Evaluation text", "Window", "Windows read", "Dense", "Pruned", "Change"])
         self.ppl_table.horizontalHeaderItem(1).setToolTip("Tokens per evaluation window.")
         self.ppl_table.horizontalHeaderItem(2).setToolTip(
             "How many windows the perplexity was measured on (the text may hold fewer than the limit).")
         pform.addRow(self.ppl_table)
-        self.ppl_note = hint_label("The dense perplexity can only be measured before pruning: tick "
-                                   "'Evaluate the dense model first' in step 4, or press Evaluate dense now.")
+        self.ppl_note = hint_label(DENSE_NOTE)
         pform.addRow(self.ppl_note)
 
         # ---- zero-shot ---------------------------------------------------------------------
@@ -142,11 +152,19 @@ class EvalPanel(QWidget):
         self.limit.setSpecialValueText("all")
         zform.addRow("Task data:", self.task_dir)
         zform.addRow("Questions per task:", self.limit)
+        self.full_tasks = QCheckBox("Whole task sets (never a subset file)")
+        self.full_tasks.setToolTip("Read the whole task even when the task folder also holds a subset "
+                                   "(HellaSwag: all 10,042 questions, not the 1,000-question subset), as the papers do.")
+        zform.addRow("", self.full_tasks)
         zl.addLayout(zform)
         self.zs_button = QPushButton("Run &zero-shot")
         self.zs_button.setToolTip("Evaluate the model in memory (dense or pruned) on the ticked tasks.")
+        self.zs_estimate = hint_label()  # "2 tasks: about 3 min on this machine."
+        self.zs_estimate.setWordWrap(False)
+        self.zs_estimate.setAccessibleName("Zero-shot time estimate")
         zb = QHBoxLayout()
         zb.addWidget(self.zs_button)
+        zb.addWidget(self.zs_estimate)
         zb.addStretch(1)
         zl.addLayout(zb)
         self.zs_table = _table(["Model", "Task", "acc", "acc_norm", "Questions"])
@@ -162,6 +180,9 @@ class EvalPanel(QWidget):
         self.export_button.setToolTip("Write the pruned model with safetensors; nothing is left half-written on failure.")
         self.open_button = QPushButton("Open &folder")
         self.open_button.setEnabled(False)
+        self.ollama_button = QPushButton("Open in Olla&ma…")
+        self.ollama_button.setEnabled(False)
+        self.ollama_button.setToolTip("Write a Modelfile into the export folder and show the `ollama create` command.")
         self.export_bar = QProgressBar()
         self.export_bar.setRange(0, 4)
         self.export_bar.setValue(0)
@@ -174,7 +195,7 @@ class EvalPanel(QWidget):
         eform.addRow(lab, self.out_dir)
         eform.addRow(self.overwrite)
         eb = QHBoxLayout()
-        for w in (self.export_button, self.open_button):
+        for w in (self.export_button, self.open_button, self.ollama_button):
             eb.addWidget(w)
         eb.addWidget(self.export_bar, 1)
         eform.addRow(eb)
@@ -190,6 +211,8 @@ class EvalPanel(QWidget):
         left.addStretch(1)
         right = QVBoxLayout()
         right.addWidget(zs)
+        self.try_it = eval_try.TryIt(self)  # the "try it" pane: dense and pruned text side by side
+        right.addWidget(self.try_it.box, 1)
         right.addStretch(1)
         cols = QHBoxLayout()
         cols.addLayout(left, 1)
@@ -206,8 +229,13 @@ class EvalPanel(QWidget):
         self.pruned_button.clicked.connect(self.evaluate_pruned)
         self.cancel_button.clicked.connect(self.cancel)
         self.zs_button.clicked.connect(self.run_zeroshot)
+        for cb in self.task_boxes.values():
+            cb.toggled.connect(self._update_estimates)
+        self.limit.valueChanged.connect(self._update_estimates)
+        self.eta = estimates.EtaTracker()  # the running evaluation's elapsed time and ETA
         self.export_button.clicked.connect(self.export)
         self.open_button.clicked.connect(self.open_export)
+        self.ollama_button.clicked.connect(lambda: eval_try.open_in_ollama(self))
         for sig in (state.model_changed, state.run_changed, state.busy_changed, state.config_changed):
             sig.connect(self._refresh)
         state.recipe_applied.connect(self.apply_recipe)
@@ -227,6 +255,14 @@ class EvalPanel(QWidget):
         s.set("source", self.source.text())
         s.set("seqlen", self.seqlen.value())
         s.set("windows", self.windows.value())
+        self._update_estimates()
+
+    def _update_estimates(self, *_a: Any) -> None:
+        """What one perplexity evaluation and the ticked zero-shot tasks take on this machine."""
+        es = self.eval_settings()
+        loaded = self.state.loaded
+        self.ppl_estimate.setText(estimates.ppl_text(loaded, es.source, es.seqlen, es.max_windows) if es else "")
+        self.zs_estimate.setText(estimates.zeroshot_text(loaded, self.chosen_tasks(), self.limit.value() or None))
 
     def _restore(self) -> None:
         s = self.settings
@@ -235,6 +271,17 @@ class EvalPanel(QWidget):
         self.windows.setValue(s.get("windows", 32))
         self.task_dir.setText(s.get("task_dir", ""))
         self.limit.setValue(s.get("limit", 100))
+        self.full_tasks.setChecked(bool(s.get("full_tasks", False)))
+
+    def apply_preset(self, preset: Any) -> None:
+        """A settings preset's zero-shot sizes (``core/config.py`` ``SettingsPreset``) and its
+        window length (the calibration's for the CPU-sized defaults); the papers read every
+        window of the text."""
+        self.seqlen.setValue(preset.eval_seqlen or preset.seqlen)
+        if preset.name == "paper":
+            self.windows.setValue(0)
+        self.limit.setValue(preset.zeroshot_limit or 0)
+        self.full_tasks.setChecked(preset.zeroshot_full)
 
     def apply_recipe(self, recipe: Any) -> None:
         if recipe.eval_ppl:
@@ -250,17 +297,50 @@ class EvalPanel(QWidget):
         if es is None:
             self.status.set("warn", "Choose an evaluation text first.")
             return
-        if self.state.model_status != ModelStatus.DENSE:
-            self.status.set("warn", "The model in memory is pruned; the dense perplexity must be measured "
-                                    "before pruning (tick 'Evaluate the dense model first' in step 4).")
+        st = self.state
+        blocker = st.dense_eval_blocker()
+        if blocker:
+            self.status.set("warn", blocker)
             return
-        cached = self.state.cached_dense(es)
+        cached = st.cached_dense(es)
         if cached is not None:
             self._fill_ppl_table()
-            self.status.set("ok", f"Dense perplexity {cached:.3f} (cached).")
+            self.status.set("ok", f"Dense perplexity {cached:.3f} on {self.measured_on(es)} (measured before).")
             return
-        self._start(tasks.evaluate_dense, self.state.loaded, self.state.model_args, es,
+        if st.model_status == ModelStatus.PRUNED and st.exportable():
+            # keep the pruned model (it can still be evaluated and exported): the dense cache, or a
+            # second copy of the original weights for the length of the evaluation
+            if not self._second_copy_fits():
+                return
+            self._start(tasks.evaluate_dense_baseline, st.loaded, st.model_args, es, st.dense_signature,
+                        name="evaluating the dense model",
+                        busy_text="Evaluating the dense model (a second copy of the original weights)…",
+                        on_done=self._dense_done)
+            return
+        # the dense model in memory, or a partly pruned one that is replaced by a reload first
+        self._start(tasks.evaluate_dense, st.dense_model(), st.model_args, es,
                     name="evaluating the dense model", busy_text="Evaluating the dense model…", on_done=self._dense_done)
+
+    def _second_copy_fits(self) -> bool:
+        """Whether to load a second copy of the original weights: yes when it fits in the memory
+        available, or when the user says so."""
+        from ...core.model.memory import available_memory, format_bytes
+        from ...core.run.evaluation import weights_bytes
+
+        loaded = self.state.loaded
+        if loaded is None:
+            return False
+        need = weights_bytes(loaded)
+        avail = available_memory(str(loaded.device))
+        free = avail.get("device_free") if loaded.device.type == "cuda" else avail.get("host_available")
+        if free is None or need <= free:
+            return True
+        return dialogs.confirm(
+            self, "Not enough memory?",
+            f"Unless these weights were measured before, the dense perplexity needs a second copy of the original "
+            f"model: about {format_bytes(need)}, and {format_bytes(free)} is available.",
+            "Load it anyway? (Otherwise tick 'Evaluate the dense model first' in step 4 before the next run.)",
+            "Load anyway", "Cancel")
 
     def evaluate_pruned(self) -> None:
         es = self.eval_settings()
@@ -270,8 +350,9 @@ class EvalPanel(QWidget):
         if not self.state.exportable():
             self.status.set("warn", "There is no completely pruned model in memory; run step 4 first.")
             return
-        self._start(tasks.evaluate, self.state.loaded, es, "ppl-pruned", name="evaluating the pruned model",
-                    busy_text="Evaluating the pruned model…", on_done=lambda ppl: self._pruned_done(es, ppl))
+        self._start(tasks.evaluate_pruned, self.state.loaded, es, self.state.dense_signature,
+                    name="evaluating the pruned model", busy_text="Evaluating the pruned model…",
+                    on_done=lambda ppl: self._pruned_done(es, ppl))
 
     def measured_on(self, es: EvalSettings) -> str:
         """"wiki.test.raw, 32 windows of 512 tokens": what a perplexity with ``es`` was measured on."""
@@ -281,12 +362,23 @@ class EvalPanel(QWidget):
 
     def _pruned_done(self, es: EvalSettings, ppl: float) -> None:
         self.state.set_pruned_ppl(es, ppl)
-        self.status.set("ok", f"Pruned perplexity {ppl:.3f} on {self.measured_on(es)}.")
+        self.status.set("ok", f"Pruned perplexity {ppl:.3f} on {self.measured_on(es)}" + self._change(es) + ".")
 
     def _dense_done(self, ppl: float) -> None:
         es = self.eval_settings()
-        self.status.set("ok", f"Dense perplexity {ppl:.3f}" + (f" on {self.measured_on(es)}." if es else "."))
+        if es is not None and self.state.run is not None and self.state.pruned_ppl.get(
+                es.cache_key(self.state.model_args)) is not None:
+            # the report and the history of the latest run get the dense number beside the pruned one
+            self.state.set_pruned_ppl(es, self.state.pruned_ppl[es.cache_key(self.state.model_args)])
+        self.status.set("ok", f"Dense perplexity {ppl:.3f}"
+                        + (f" on {self.measured_on(es)}" + self._change(es) + "." if es else "."))
         self._fill_ppl_table()
+
+    def _change(self, es: EvalSettings) -> str:
+        """"; pruned +12.3 % against dense" when both perplexities with ``es`` are known, else ""."""
+        d = self.state.cached_dense(es)
+        p = self.state.pruned_ppl.get(es.cache_key(self.state.model_args))
+        return f"; pruned {(p / d - 1) * 100:+.1f} % against dense" if d and p else ""
 
     def _fill_ppl_table(self) -> None:
         t = self.ppl_table
@@ -318,9 +410,10 @@ class EvalPanel(QWidget):
             return
         self.settings.set("task_dir", self.task_dir.text())
         self.settings.set("limit", self.limit.value())
+        self.settings.set("full_tasks", self.full_tasks.isChecked())
         which = "dense" if self.state.model_status == ModelStatus.DENSE else "pruned"
         self._start(tasks.zeroshot, self.state.loaded, names, self.task_dir.text() or None,
-                    self.limit.value() or None, name="zero-shot evaluation",
+                    self.limit.value() or None, self.full_tasks.isChecked(), name="zero-shot evaluation",
                     busy_text=f"Zero-shot evaluation of the {which} model…",
                     on_done=lambda res: self._zs_done(which, res))
 
@@ -355,7 +448,9 @@ class EvalPanel(QWidget):
         self.out_dir.setText(out)
         self.settings.set("export_parent", str(Path(out).parent))
         self.export_bar.setValue(0)
-        self._start(tasks.export, self.state.run, out, self.overwrite.isChecked(), name="export",
+        export = functools.partial(tasks.export, samples=self.try_it.card_samples())
+        self._start(export, self.state.run, out, self.overwrite.isChecked(),
+                    name="export",
                     busy_text=f"Exporting to {out}…", on_done=self._exported)
 
     def _exported(self, done: tasks.Exported) -> None:
@@ -379,12 +474,13 @@ class EvalPanel(QWidget):
         self._refresh()
 
     def _event(self, ev: Any) -> None:
+        eta = self.eta.text(ev)
         if isinstance(ev, PhaseProgress):
             if ev.phase == "export":
                 self.export_bar.setValue(ev.done)
                 self.status.set("busy", f"Exporting: {ev.detail}")
             else:
-                self.status.set("busy", f"{ev.phase}: {ev.done} / {ev.total}")
+                self.status.set("busy", f"{ev.phase}: {ev.done} / {ev.total}, {eta}")
         elif isinstance(ev, PhaseStarted) and ev.phase.startswith("evaluate:"):
             self.status.set("busy", f"Zero-shot: {ev.phase.split(':', 1)[1]}…")
         elif isinstance(ev, PhaseDone):
@@ -408,12 +504,35 @@ class EvalPanel(QWidget):
         self.partial_note.setVisible(bool(note))
         busy = st.busy
         es = self.eval_settings()
-        self.dense_button.setEnabled(not busy and es is not None and st.model_status == ModelStatus.DENSE)
+        blocker = st.dense_eval_blocker()
+        self.dense_button.setEnabled(not blocker)
+        if blocker:
+            self.dense_button.setToolTip(blocker)
+        elif st.cached_dense(es) is not None:
+            self.dense_button.setToolTip("The dense perplexity with these settings is known; pressing shows it.")
+        elif st.model_status == ModelStatus.PRUNED and st.exportable():
+            self.dense_button.setToolTip(
+                "Perplexity of the model before pruning. The pruned model is kept: the number comes from the "
+                "cache of dense results, or a second copy of the original model is loaded for it (its memory "
+                "again, until it is measured).")
+        elif st.model_status == ModelStatus.INCOMPLETE:
+            self.dense_button.setToolTip("Perplexity of the model before pruning; the partly pruned model in "
+                                         "memory is replaced by the dense one first.")
+        else:
+            self.dense_button.setToolTip("Perplexity of the model before pruning (cached per model and settings).")
         self.pruned_button.setEnabled(not busy and es is not None and st.exportable())
+        self.pruned_button.setToolTip(
+            "Perplexity of the pruned model of the last run." if self.pruned_button.isEnabled()
+            else "Wait for the current job to finish." if busy
+            else "Choose an evaluation text first." if es is None
+            else "There is no completely pruned model in memory: run step 4 first.")
         self.zs_button.setEnabled(not busy and st.loaded is not None
                                   and st.model_status in (ModelStatus.DENSE, ModelStatus.PRUNED))
         self.export_button.setEnabled(not busy and st.exportable())
         self.open_button.setEnabled(st.export_path is not None)
+        self.ollama_button.setEnabled(not busy and st.export_path is not None)
+        self.try_it.refresh()
+        self._update_estimates()
         self.cancel_button.setEnabled(self.job.running)
         if not self.out_dir.text() and st.run is not None:
             self.out_dir.edit.setPlaceholderText(self.suggested_folder())

@@ -1,11 +1,16 @@
 """Step 6: every finished run (core.history) in a table, and perplexity against sparsity.
 
+Above them, the grid bar (:mod:`.history_grid`) runs an experiment grid here or on a Ray cluster;
+its cells join the table and the plot as they finish.
+
 A partial run (some block weights it could not prune stayed dense) says so in its Achieved and
 Coverage cells and in its series' name, so it is never read as a fully pruned model.
 
 The plot has one series per (method, calibration source): a line through its runs sorted by
-sparsity, with symbols, and a legend. Only runs with a pruned perplexity are plotted; a model
-filter keeps different models (and their different perplexity scales) apart.
+sparsity, with symbols, and a legend. Its y axis is the pruned perplexity or the mean relative
+output error of the pruned modules on calibration tokens (``RunRow.output_error``: how much pruning
+changed what the modules compute, measured without an evaluation text); only runs with that number
+are plotted. A model filter keeps different models (and their different perplexity scales) apart.
 """
 
 from __future__ import annotations
@@ -37,9 +42,16 @@ from ...core.run.history import RunRow
 from ..plotting import SERIES_COLORS, plot_widget, set_title, style_plot
 from ..state import AppState
 from ..widgets import fmt_float, fmt_seconds
+from .history_grid import GridBar
 
 COLUMNS = ("#", "When", "Model", "Method", "Structure", "Target", "Achieved", "Coverage", "Calibration",
-           "Samples", "PPL dense", "PPL pruned", "PPL measured on", "Time", "Exported to")
+           "Samples", "Output error", "PPL dense", "PPL pruned", "PPL measured on", "Time", "Exported to")
+ERROR_TIP = ("The mean relative output error \u2016(W\u2212\u0174)X\u2016 / \u2016WX\u2016 of the pruned modules, "
+             "on up to 128 calibration tokens per module input: how much pruning changed what the modules "
+             "compute (0 = nothing). '–': not measured (pruned without calibration data, e.g. magnitude).")
+METRICS = {"ppl": ("Perplexity", "perplexity", "Perplexity after pruning, by method and calibration data"),
+           "error": ("Output error", "mean relative output error",
+                     "Mean relative output error of the pruned modules, by method and calibration data")}
 COVERAGE_TIP = ("The share of the decoder blocks' weights the run pruned. 'partial': some weights a method "
                 "would prune could not be (the fused experts of a mixture-of-experts model) and stayed dense; "
                 "'Achieved' is then the sparsity of the pruned modules only.")
@@ -65,6 +77,15 @@ class _Item(QTableWidgetItem):
         return super().__lt__(other)
 
 
+def _error_tip(r: RunRow) -> str:
+    """The Output error cell's tooltip: the worst module too, when the report names it."""
+    err = r.report.get("output_error") if isinstance(r.report, dict) else None
+    if not isinstance(err, dict) or _num(r.output_error) is None:
+        return ERROR_TIP
+    worst = f" Worst: {err['max_module']} ({err['max']:.3f})." if err.get("max_module") and _num(err.get("max")) else ""
+    return f"Mean over {err.get('modules', '?')} modules: {r.output_error:.3f}.{worst} " + ERROR_TIP
+
+
 def _coverage_text(r: RunRow) -> str:
     if r.coverage is None:
         return "–"
@@ -81,6 +102,11 @@ class HistoryPanel(QWidget):
         self.model_filter = QComboBox()
         self.model_filter.setToolTip("Compare runs of one model (perplexities of different models do not mix).")
         self.model_filter.setMinimumContentsLength(24)
+        self.metric = QComboBox()
+        for key, (label, _axis, _title) in METRICS.items():
+            self.metric.addItem(label, key)
+        self.metric.setToolTip("What the plot compares the runs by: the pruned perplexity (on the evaluation "
+                               "text) or the mean relative output error on calibration tokens.")
         self.log_y = QCheckBox("&Log scale")
         self.log_y.setToolTip("Perplexity grows fast at high sparsity; a log scale keeps the low values readable.")
         self.log_y.setChecked(True)
@@ -89,7 +115,9 @@ class HistoryPanel(QWidget):
         self.delete_button.setToolTip("Remove the selected runs from the history (exports stay on disk).")
         lab = QLabel("&Model:")
         lab.setBuddy(self.model_filter)
-        for w in (lab, self.model_filter, self.log_y, self.refresh_button, self.delete_button):
+        plot_lab = QLabel("&Plot:")
+        plot_lab.setBuddy(self.metric)
+        for w in (lab, self.model_filter, plot_lab, self.metric, self.log_y, self.refresh_button, self.delete_button):
             bar.addWidget(w)
         bar.addStretch(1)
         self.count = QLabel()
@@ -101,6 +129,7 @@ class HistoryPanel(QWidget):
         self.table.horizontalHeaderItem(COLUMNS.index("PPL measured on")).setToolTip(
             "The text the perplexities were measured on, and windows × tokens per window: compare "
             "perplexities measured on the same text with the same windows only.")
+        self.table.horizontalHeaderItem(COLUMNS.index("Output error")).setToolTip(ERROR_TIP)
         self.table.verticalHeader().setVisible(False)
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
@@ -123,13 +152,16 @@ class HistoryPanel(QWidget):
         split.addWidget(self.plot_widget)
         split.setStretchFactor(0, 1)
         split.setStretchFactor(1, 2)
+        self.grid_bar = GridBar(state)
         lay = QVBoxLayout(self)
+        lay.addWidget(self.grid_bar)
         lay.addLayout(bar)
         lay.addWidget(split, 1)
 
         self.refresh_button.clicked.connect(self.refresh)
         self.delete_button.clicked.connect(self.delete_selected)
         self.model_filter.currentIndexChanged.connect(self._redraw)
+        self.metric.currentIndexChanged.connect(self._redraw)
         self.log_y.toggled.connect(self._redraw)
         state.history_changed.connect(self.refresh)
         self.refresh()
@@ -179,6 +211,7 @@ class HistoryPanel(QWidget):
                 (f"{(r.global_sparsity or 0):.2%}" + (" (partial)" if r.partial else ""), r.global_sparsity),
                 (_coverage_text(r), r.coverage), (r.calib_source or "–", None),
                 (f"{r.calib_nsamples or 0} × {r.calib_seqlen or 0}", r.calib_nsamples),
+                (fmt_float(_num(r.output_error), 3), _num(r.output_error)),
                 (fmt_float(_num(r.ppl_dense), 2), _num(r.ppl_dense)),
                 (fmt_float(_num(r.ppl_pruned), 2), _num(r.ppl_pruned)),
                 (r.measured_on() or "–", None),
@@ -191,14 +224,17 @@ class HistoryPanel(QWidget):
                 if r.partial and COLUMNS[c] in ("Achieved", "Coverage"):
                     notes = r.report.get("notes") or []
                     item.setToolTip(notes[0] if notes else COVERAGE_TIP)
+                if COLUMNS[c] == "Output error":
+                    item.setToolTip(_error_tip(r))
                 t.setItem(i, c, item)
         t.setSortingEnabled(True)
 
-    def series(self, rows: list[RunRow]) -> dict[tuple[str, str], list[tuple[float, float]]]:
-        """``{(method, calibration source): [(sparsity, pruned ppl), ...]}`` sorted by sparsity."""
+    def series(self, rows: list[RunRow], metric: str = "ppl") -> dict[tuple[str, str], list[tuple[float, float]]]:
+        """``{(method, calibration source): [(sparsity, y), ...]}`` sorted by sparsity; ``y``: the
+        pruned perplexity (``metric`` "ppl") or the mean relative output error ("error")."""
         out: dict[tuple[str, str], list[tuple[float, float]]] = defaultdict(list)
         for r in rows:
-            ppl = _num(r.ppl_pruned)
+            ppl = _num(r.output_error if metric == "error" else r.ppl_pruned)
             x = _num(r.global_sparsity) if _num(r.global_sparsity) is not None else _num(r.sparsity)
             if ppl is None or x is None:
                 continue
@@ -210,12 +246,17 @@ class HistoryPanel(QWidget):
     def _plot(self, rows: list[RunRow]) -> None:
         self.plot.clear()
         self.legend.clear()
+        metric = self.metric.currentData() or "ppl"
+        _label, axis, title = METRICS[metric]
+        set_title(self.plot, title)
+        self.plot.setLabel("left", axis)
         logy = self.log_y.isChecked()
         self.plot.setLogMode(x=False, y=logy)
-        dense = [_num(r.ppl_dense) for r in rows if _num(r.ppl_dense) is not None]
+        # the dense model's error is 0 by definition: a line only for perplexity
+        dense = [_num(r.ppl_dense) for r in rows if _num(r.ppl_dense) is not None] if metric == "ppl" else []
         all_y: list[float] = list(dense)  # type: ignore[arg-type]
         methods: dict[str, int] = {}
-        for i, ((method, source), pts) in enumerate(self.series(rows).items()):
+        for i, ((method, source), pts) in enumerate(self.series(rows, metric).items()):
             xs = np.array([p[0] for p in pts])
             ys = np.array([p[1] for p in pts])
             all_y.extend(float(v) for v in ys)

@@ -16,6 +16,7 @@ from PySide6.QtWidgets import (
 
 from ...core.config import PruneConfig, Recipe
 from ...core.errors import PruneStudioError
+from ...core.model import threads
 from ...core.prune.methods import registry
 from .. import recipes
 from ..settings import Settings
@@ -40,9 +41,17 @@ TIPS = {
     "damp": "Stabilises SparseGPT's maths; raise it if you see warnings about the Hessian.",
     "skip": "Comma-separated parts of module names that stay dense, e.g. down_proj or o_proj.",
     "batch": "Calibration samples that go through a block at once; smaller saves memory.",
+    "threads": "torch threads for CPU work, in self-generation (step 2) and runs: auto takes the CPUs this "
+               "process may use less those other processes keep busy when a job starts (on a busy machine, "
+               "threads that wait on each other make CPU work many times slower), never more than torch's "
+               "default. The run's report records the number and why. It changes the speed, not the method (sums "
+               "split across threads may round differently in the last bits, as between machines).",
     "offload": "Where the blocks wait while another is pruned. Host memory: only the block being pruned is on "
                "the GPU. Disk: the blocks stay in the model's safetensors files (models larger than RAM; the "
                "model is loaded that way). Compute device: the whole model stays on it (fastest, most memory).",
+    "dsnot_rule": "Reference: keep swapping while the estimated error is above the threshold, as the "
+                  "DSnoT authors' code does. Only decreasing: take a swap only when it lowers the estimated "
+                  "error (Prune Studio's earlier rule).",
     "dsnot_skip": "Modules that keep their initial mask. The DSnoT paper refines attention only "
                   "(its default skips the MLP).",
     "one_pass": "One pass per block: every module is pruned as soon as all calibration batches have "
@@ -52,7 +61,7 @@ TIPS = {
 }
 
 # the settings in the DSnoT and SparseGPT groups (PruneConfig fields)
-DSNOT_FIELDS = frozenset({"dsnot_init", "dsnot_max_cycles", "dsnot_threshold", "dsnot_skip"})
+DSNOT_FIELDS = frozenset({"dsnot_init", "dsnot_max_cycles", "dsnot_threshold", "dsnot_skip", "dsnot_rule"})
 SPARSEGPT_FIELDS = frozenset({"sparsegpt_blocksize", "sparsegpt_damp"})
 
 
@@ -128,6 +137,11 @@ class PrunePanel(QWidget):
             self.dsnot_skip.addItem(text, key)
         self.dsnot_skip.setToolTip(TIPS["dsnot_skip"])
         dform.addRow(self._label("Leave unrefined:", self.dsnot_skip), self.dsnot_skip)
+        self.dsnot_rule = QComboBox()
+        for text, key in (("Reference (as the paper's code)", "reference"), ("Only decreasing", "decrease")):
+            self.dsnot_rule.addItem(text, key)
+        self.dsnot_rule.setToolTip(TIPS["dsnot_rule"])
+        dform.addRow(self._label("Swap rule:", self.dsnot_rule), self.dsnot_rule)
 
         self.sgpt = QGroupBox("SparseGPT")
         gform = QFormLayout(self.sgpt)
@@ -162,6 +176,9 @@ class PrunePanel(QWidget):
             self.one_pass.addItem(text, value)  # the PruneConfig.one_pass value itself
         self.one_pass.setToolTip(TIPS["one_pass"])
         aform.addRow(self._label("Pass order:", self.one_pass), self.one_pass)
+        self.threads = spin(0, 1024, 0, TIPS["threads"])
+        self.threads.setSpecialValueText("auto")
+        aform.addRow(self._label("CPU &threads:", self.threads), self.threads)
         xform.addRow(Collapsible("Advanced", adv))
 
         self.status = StatusLine()
@@ -193,7 +210,7 @@ class PrunePanel(QWidget):
         lay.addLayout(recipe)
         lay.addStretch(1)
 
-        for w in (self.method, self.structure, self.dsnot_init, self.dsnot_skip):
+        for w in (self.method, self.structure, self.dsnot_init, self.dsnot_skip, self.dsnot_rule):
             w.currentIndexChanged.connect(self._changed)
         for w in (self.sparsity, self.owl_m, self.owl_lambda, self.dsnot_threshold, self.damp):
             w.valueChanged.connect(self._changed)
@@ -203,6 +220,9 @@ class PrunePanel(QWidget):
         self.offload.currentIndexChanged.connect(self._changed)
         self.one_pass.currentIndexChanged.connect(self._changed)
         self.skip.textChanged.connect(self._changed)
+        self.threads.setValue(int(self.settings.get("threads", 0) or 0))
+        self._threads_changed(self.threads.value())
+        self.threads.valueChanged.connect(self._threads_changed)
         self.save_button.clicked.connect(self.save_recipe_dialog)
         self.load_button.clicked.connect(self.load_recipe_dialog)
         state.recipe_applied.connect(self.apply_recipe)
@@ -237,7 +257,7 @@ class PrunePanel(QWidget):
             structure=self.structure_text(), owl=self.owl.isChecked(), owl_m=self.owl_m.value(),
             owl_lambda=self.owl_lambda.value(), dsnot_init=self.dsnot_init.currentText(),
             dsnot_max_cycles=self.dsnot_cycles.value(), dsnot_threshold=self.dsnot_threshold.value(),
-            dsnot_skip=str(self.dsnot_skip.currentData()),
+            dsnot_skip=str(self.dsnot_skip.currentData()), dsnot_rule=str(self.dsnot_rule.currentData()),
             sparsegpt_blocksize=self.blocksize.value(), sparsegpt_damp=self.damp.value(),
             skip_modules=skip, batch_size=self.batch.value(), one_pass=self.one_pass.currentData(),
         ).with_offload_mode(str(self.offload.currentData()))
@@ -262,6 +282,7 @@ class PrunePanel(QWidget):
             self.dsnot_cycles.setValue(cfg.dsnot_max_cycles)
             self.dsnot_threshold.setValue(cfg.dsnot_threshold)
             self.dsnot_skip.setCurrentIndex(max(0, self.dsnot_skip.findData(cfg.dsnot_skip)))
+            self.dsnot_rule.setCurrentIndex(max(0, self.dsnot_rule.findData(cfg.dsnot_rule)))
             self.blocksize.setValue(cfg.sparsegpt_blocksize)
             self.damp.setValue(cfg.sparsegpt_damp)
             self.skip.setText(", ".join(cfg.skip_modules))
@@ -314,6 +335,12 @@ class PrunePanel(QWidget):
         else:
             mods = lm.info.get("modules_per_block") or []
             self.module_names.setText("Modules in each block: " + ", ".join(mods))
+
+    def _threads_changed(self, n: int) -> None:
+        """Every later job of this window (generation, runs) asks for ``n`` threads (0: auto); kept
+        in the settings, not in recipes (it belongs to the machine, not to the pruning)."""
+        threads.set_requested(n or None)
+        self.settings.set("threads", n)
 
     def _remember(self, cfg: PruneConfig) -> None:
         import json

@@ -7,6 +7,7 @@ from dataclasses import replace
 from typing import Any
 
 from PySide6.QtCore import Qt, QTimer
+from PySide6.QtGui import QPalette
 from PySide6.QtWidgets import (
     QCheckBox,
     QGridLayout,
@@ -36,11 +37,13 @@ from ...core.events import (
 from ...core.config import Recipe
 from ...core.run.export import measured_on
 from ...core.run.partial import run_coverage
+from ...core.run.report import public_source
 from ...core.run.run import RunOutcome
-from .. import dialogs, tasks
+from .. import dialogs, estimates, tasks
 from ..jobs import BUSY_TEXT, PanelJob
 from ..settings import Settings
 from ..state import AppState, ModelStatus, RunStatus
+from ..views.experts import ExpertsView, has_experts
 from ..views.heatmap import HeatmapView
 from ..views.log import LogView
 from ..views.mask import MaskView
@@ -76,8 +79,16 @@ class RunPanel(QWidget):
         self.eval_pruned.setToolTip("Measure the perplexity right after pruning, on the same evaluation text.")
         self.eval_dense.setChecked(self.settings.get("eval_dense", True))
         self.eval_pruned.setChecked(self.settings.get("eval_pruned", True))
+        self.eval_note = QLabel()  # why the boxes cannot act, when they cannot
+        self.eval_note.setObjectName("hint")
+        self.eval_note.setForegroundRole(QPalette.ColorRole.PlaceholderText)
+        self.estimate = QLabel()  # "Run (pruning and both evaluations): about 4 min on this machine."
+        self.estimate.setObjectName("hint")
+        self.estimate.setForegroundRole(QPalette.ColorRole.PlaceholderText)
+        self.estimate.setAccessibleName("Time estimate")
         top = QHBoxLayout()
-        for w in (self.start_button, self.cancel_button, self.eval_dense, self.eval_pruned):
+        for w in (self.start_button, self.cancel_button, self.estimate, self.eval_dense, self.eval_pruned,
+                  self.eval_note):
             top.addWidget(w)
         top.addStretch(1)
         self.summary = ElidedLabel()
@@ -112,6 +123,9 @@ class RunPanel(QWidget):
         self.tabs = QTabWidget()
         self.tabs.addTab(self.mask, "Module &mask")
         self.tabs.addTab(self.owl.widget, "OWL &allocation")
+        self.experts = ExpertsView()  # a block's experts, from a click on an experts column
+        self.tabs.addTab(self.experts, "E&xperts")
+        self.tabs.setTabEnabled(self.tabs.indexOf(self.experts), False)  # until a run of a model with experts
         self.log = LogView()
         views = QSplitter(Qt.Orientation.Horizontal)
         views.addWidget(self.heatmap)
@@ -140,6 +154,9 @@ class RunPanel(QWidget):
         self.heatmap.cellClicked.connect(self._cell_clicked)
         self.eval_dense.toggled.connect(lambda v: self.settings.set("eval_dense", v))
         self.eval_pruned.toggled.connect(lambda v: self.settings.set("eval_pruned", v))
+        self.eval_dense.toggled.connect(self._update_estimate)
+        self.eval_pruned.toggled.connect(self._update_estimate)
+        self.eta = estimates.EtaTracker()  # the perplexity phases' ETAs
         state.logged.connect(self.log.append_line)
         for sig in (state.model_changed, state.calib_changed, state.config_changed, state.busy_changed):
             sig.connect(self._refresh)
@@ -175,11 +192,8 @@ class RunPanel(QWidget):
             cached = st.cached_dense()
             parts.append(f"evaluation on {es.source}" + (f" (dense {cached:.2f}, cached)" if cached else ""))
         self.summary.setText(" · ".join(parts) if parts else "")
-        has_eval = es is not None
-        self.eval_dense.setEnabled(has_eval)
-        self.eval_pruned.setEnabled(has_eval)
-        if not has_eval:
-            self.eval_dense.setToolTip("Choose an evaluation text in step 5 to measure perplexity in the run.")
+        self._refresh_eval_boxes()
+        self._update_estimate()
         probs = self.problems()
         running = self.job.running
         self.start_button.setEnabled(not probs and not st.busy)
@@ -188,6 +202,56 @@ class RunPanel(QWidget):
             self.status.set("todo", "Before a run: " + "; ".join(probs) + ".")
         elif not running and not probs and self.status.kind == "todo":
             self.status.set("", "")
+
+    def _update_estimate(self, *_a: Any) -> None:
+        """The run's time on this machine with the settings of steps 2, 3 and 5, before it starts."""
+        st = self.state
+        cfg = st.prune_config
+        if st.calib is not None and len(st.calib):
+            n, L = len(st.calib), st.calib.seqlen
+        else:
+            n, L = st.calib_config.nsamples, st.calib_config.seqlen
+        es = st.eval_settings
+        evaluations, tokens = 0, None
+        if es is not None:
+            from ...core.run.estimate import eval_tokens
+
+            tokens = eval_tokens(es.source, es.seqlen, es.max_windows)
+            evaluations = int(self.eval_pruned.isChecked()) + int(
+                self.eval_dense.isChecked() and st.cached_dense(es) is None)
+        self.estimate.setText(estimates.run_text(st.loaded, cfg, n, L, tokens, es.seqlen if es else 0, evaluations))
+
+    def _refresh_eval_boxes(self) -> None:
+        """The two boxes can act when there is an evaluation text and no run is going on; when they
+        cannot, their tooltips and the note beside them say why."""
+        st = self.state
+        es = st.eval_settings
+        running = self.job.running
+        for box in (self.eval_dense, self.eval_pruned):
+            box.setEnabled(es is not None and not running)
+        if es is None:
+            why = "No evaluation text yet: choose one in step 5 (Evaluate) to measure perplexity in the run."
+            self.eval_dense.setToolTip(why)
+            self.eval_pruned.setToolTip(why)
+            self.eval_note.setText("No perplexity in the run: no evaluation text (step 5).")
+            return
+        if running:
+            why = "A run is going on; these settings apply to the next run."
+            self.eval_dense.setToolTip(why)
+            self.eval_pruned.setToolTip(why)
+            self.eval_note.setText("")
+            return
+        cached = st.cached_dense(es)
+        where = public_source(es.source)
+        if cached is not None:
+            self.eval_dense.setToolTip(f"The dense perplexity on {where} with these settings is known "
+                                       f"({cached:.3f}); the run reports it without measuring it again.")
+        else:
+            self.eval_dense.setToolTip(f"Measure the perplexity on {where} before pruning (the number is cached "
+                                       "per weights and settings). Unticked, step 5 can still measure it after "
+                                       "the run, from the cache or a second copy of the original model.")
+        self.eval_pruned.setToolTip(f"Measure the perplexity on {where} right after pruning.")
+        self.eval_note.setText("")
 
     # ---- run ---------------------------------------------------------------------------------
     def start(self) -> bool:
@@ -207,6 +271,9 @@ class RunPanel(QWidget):
         if recipe is None:
             return False
         es = st.eval_settings
+        if es is None and (self.eval_dense.isChecked() or self.eval_pruned.isChecked()):
+            st.log("No perplexity is measured in this run: there is no evaluation text (step 5). Step 5 can "
+                   "measure both models after the run.", "warning")
         req = tasks.RunRequest(
             recipe=recipe, loaded=st.dense_model(), calib=st.calib, eval=es,
             eval_dense=bool(es) and self.eval_dense.isChecked(),
@@ -250,6 +317,7 @@ class RunPanel(QWidget):
         self.pinned = False
         self.mask.clear()
         self.owl.clear()
+        self.experts.clear()
         self.blocks_done = 0
         self.t_prune = None
         self.where.setText("–")
@@ -267,8 +335,9 @@ class RunPanel(QWidget):
         if isinstance(ev, RunStarted):
             self.num_blocks = ev.num_blocks
             self.block_modules = [list(n) for n in ev.block_module_names] or None
-            self.heatmap.reset(ev.num_blocks, ev.module_names, self.block_modules)
+            self.heatmap.reset(ev.num_blocks, ev.module_names, self.block_modules, errors_expected=ev.nsamples > 0)
             self.module_names = list(self.heatmap.names)  # the heatmap's column order
+            self.tabs.setTabEnabled(self.tabs.indexOf(self.experts), has_experts(self.module_names))
             self.block_bar.setRange(0, len(self._modules_of(0)))
             self.block_bar.setValue(0)
             self.overall_bar.setRange(0, ev.num_blocks)
@@ -288,10 +357,13 @@ class RunPanel(QWidget):
             self.block_bar.setValue(0)
             self.where.setText(f"Block {ev.index + 1} of {ev.num_blocks} (target {ev.target_sparsity:.1%})")
         elif isinstance(ev, ModulePruned):
-            self.heatmap.set_value(ev.block, ev.name, ev.sparsity)
+            self.heatmap.set_value(ev.block, ev.name, ev.sparsity, ev.info.get("output_error"))
+            self.experts.record(ev.block, ev.name, ev.info)
             self.previews[(ev.block, ev.name)] = {
                 "sparsity": ev.sparsity, "shape": ev.shape,
                 "mask_image": ev.info.get("mask_image"), "row_sparsity": ev.info.get("row_sparsity"),
+                "output_error": ev.info.get("output_error"), "row_error": ev.info.get("row_error"),
+                "expert": ev.info.get("preview_expert"),  # experts columns: whose mask the preview is
             }
             self.block_bar.setValue(self.block_bar.value() + 1)
             self.where.setText(f"Block {ev.block + 1} of {self.num_blocks}: {ev.name} ({ev.sparsity:.1%} zeros)")
@@ -301,6 +373,7 @@ class RunPanel(QWidget):
             self.blocks_done = ev.index + 1
             self.overall_bar.setValue(self.blocks_done)
         elif isinstance(ev, PhaseStarted):
+            self.eta.text(ev)
             if ev.phase.startswith("ppl"):
                 self.where.setText("Evaluating the " + ("dense" if "dense" in ev.phase else "pruned") + " model…")
             elif ev.phase in ("capture", "owl", "load"):
@@ -309,7 +382,7 @@ class RunPanel(QWidget):
         elif isinstance(ev, PhaseProgress):
             if ev.phase.startswith("ppl"):
                 what = "dense" if "dense" in ev.phase else "pruned"
-                self.where.setText(f"Evaluating the {what} model: {ev.done} / {ev.total}")
+                self.where.setText(f"Evaluating the {what} model: {ev.done} / {ev.total} windows, {self.eta.text(ev)}")
         elif isinstance(ev, RunFinished):
             self.where.setText(f"Pruned: {ev.global_sparsity:.2%} zeros in {fmt_seconds(ev.seconds)}")
         elif isinstance(ev, (PhaseDone, Message)):
@@ -369,14 +442,22 @@ class RunPanel(QWidget):
         self._show_preview(block, self.module_names[module], switch=True)
 
     def _show_preview(self, block: int, name: str, switch: bool = False) -> None:
+        """The mask of module ``name``; for an experts column also that block's experts (the
+        Experts tab, brought forward on a click; the mask is then one expert's)."""
+        experts = self.experts.show_module(block, name)
         p = self.previews.get((block, name))
         if p is None:
             self.mask.clear()
             self.mask.title.setText(f"Block {block}, {name}: not pruned yet.")
+            if switch and experts:
+                self.tabs.setCurrentWidget(self.experts)
             return
         j = self.module_names.index(name) if name in self.module_names else -1
         if j >= 0:
             self.heatmap.select(block, j)
-        self.mask.show_module(block, name, p["sparsity"], p["shape"], p["mask_image"], p["row_sparsity"])
+        shown, sparsity = self.experts.preview_of(block, name, p.get("expert"), p["sparsity"])
+        error = p.get("output_error") if shown == name else self.experts.error_of(block, name, p.get("expert"))
+        self.mask.show_module(block, shown, sparsity, p["shape"], p["mask_image"], p["row_sparsity"],
+                              p.get("row_error"), error)  # an expert's preview: that expert's own error
         if switch:
-            self.tabs.setCurrentWidget(self.mask)
+            self.tabs.setCurrentWidget(self.experts if experts else self.mask)

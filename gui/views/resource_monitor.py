@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 
 from PySide6.QtCore import QTimer
 from PySide6.QtWidgets import QLabel, QWidget
@@ -16,6 +17,7 @@ class ResourceMonitor(QLabel):
         self.setToolTip("Memory and CPU used by Prune Studio, updated every second.")
         self._proc = None
         self._ncpu = os.cpu_count() or 1
+        self._cpu, self._cpu_at = 0.0, time.monotonic()
         try:
             import psutil
 
@@ -40,7 +42,11 @@ class ResourceMonitor(QLabel):
         if self._proc is not None:
             try:
                 rss = self._proc.memory_info().rss
-                cpu = self._proc.cpu_percent(None) / self._ncpu
+                now = time.monotonic()
+                if now - self._cpu_at >= 0.5:  # psutil's ratio over a few ms is noise (1500 % seen)
+                    self._cpu = min(self._proc.cpu_percent(None) / self._ncpu, 100.0)
+                    self._cpu_at = now
+                cpu = self._cpu
                 avail = self._psutil.virtual_memory().available
                 parts.append(f"RAM {format_bytes(rss)} used, {format_bytes(avail)} free")
                 parts.append(f"CPU {cpu:.0f} % of {self._ncpu} cores")

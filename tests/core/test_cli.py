@@ -352,3 +352,16 @@ def test_a_broken_subcommand_module_is_an_error_not_a_missing_command(monkeypatc
     monkeypatch.setattr(calib, "register", broken)
     with pytest.raises(ImportError, match="calib subcommand"):
         build_parser()
+
+
+def test_calib_generate_with_the_paper_protocol(capsys, model, text, tmp_path):
+    out = tmp_path / "paper.jsonl"
+    code, stdout, err = run(capsys, "calib", "generate", "--model", model, "--protocol", "paper", "--prefix-source",
+                            text, "--n", "2", "--seqlen", "16", "--device", "cpu", "--out", out, "--threads", "1")
+    assert code == 0, err
+    cs = CalibrationSet.load(out)
+    assert cs.settings["protocol"] == "paper" and len(cs) == 2 and cs.seqlen == 16
+    assert "windows cut from" in err
+    code, _, err = run(capsys, "calib", "generate", "--model", model, "--protocol", "paper", "--n", "2",
+                       "--seqlen", "16", "--out", tmp_path / "none.jsonl")
+    assert code == EXIT_ERROR and err.count("\n") == 1 and "--prefix-source" in err

@@ -41,3 +41,26 @@ def test_available_memory_and_format():
     a = available_memory("cpu")
     assert a["host_available"] and a["host_total"] >= a["host_available"]
     assert format_bytes(1536) == "1.5 KiB" and format_bytes(None) == "unknown"
+
+
+def test_moe_estimate_counts_experts_and_their_forward():
+    """Per-expert statistics (a SparseGPT Hessian per expert and input) and the experts' own forward
+    over tokens x top-k rows (measured in bench/moe_prune.py) are in the estimate."""
+    from test_coverage import moe_model
+
+    from prunestudio.core.model.loading import describe
+    from prunestudio.core.prune.memory import module_shapes
+
+    model = moe_model("qwen3_moe")
+    info = {**describe(model), "module_shapes": module_shapes(model)}
+    assert info["expert_counts"] == {f"mlp.experts[*].{k}": 4 for k in ("gate_proj", "up_proj", "down_proj")}
+    wanda = estimate_run_memory(info, 16, 256, "wanda", 4, batch_size=8, one_pass=False)
+    sgpt = estimate_run_memory(info, 16, 256, "sparsegpt", 4, batch_size=8, one_pass=False)
+    H, I = 64, 32  # noqa: E741 - the experts' input and intermediate widths
+    attn = 64 * 64 + 64 * 64  # q/k/v share one input, o_proj another
+    # 4 experts x (input, activation) + the experts' input over all tokens
+    assert sgpt["statistics"] - wanda["statistics"] == 4 * (attn + 4 * (H * H + I * I) + H * H)
+    tokens, k = 8 * 256, 2
+    assert wanda["block"] >= tokens * k * max(4 * H, H + 4 * I) * 4
+    top8 = estimate_run_memory({**info, "experts_per_token": 8}, 16, 256, "wanda", 4, batch_size=8, one_pass=False)
+    assert top8["block"] - wanda["block"] == tokens * (8 - k) * max(4 * H, H + 4 * I) * 4

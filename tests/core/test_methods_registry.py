@@ -190,7 +190,7 @@ def test_the_toy_method_from_the_gui_panel_through_the_worker(toy, qtbot, tmp_pa
 def test_dsnot_refines_a_registered_method_s_mask(toy, make_model, tokenizer):
     """A refinement takes any registered method's mask: the MLP it skips keeps the toy's mask."""
     cfg = PruneConfig(method="dsnot", dsnot_init=TOY, sparsity=0.25, dsnot_skip="mlp")
-    assert registry.stats_needs(cfg) == StatsNeeds(sq_norm=True, moments=True)
+    assert registry.stats_needs(cfg) == StatsNeeds(sq_norm=True, moments=True, batch_var=True)
     assert cfg.passes_once is False and not registry.builds_hessian(cfg)
     model = make_model("llama")
     dense = _weights(model)
@@ -205,9 +205,9 @@ GATHERED = {  # what the pipeline must gather, written out (not derived from the
     "magnitude": None,
     "wanda": StatsNeeds(sq_norm=True),
     "sparsegpt": StatsNeeds(sq_norm=True, hessian=True),
-    "dsnot[magnitude]": StatsNeeds(sq_norm=True, moments=True),
-    "dsnot[wanda]": StatsNeeds(sq_norm=True, moments=True),
-    "dsnot[sparsegpt]": StatsNeeds(sq_norm=True, moments=True, hessian=True),
+    "dsnot[magnitude]": StatsNeeds(sq_norm=True, moments=True, batch_var=True),
+    "dsnot[wanda]": StatsNeeds(sq_norm=True, moments=True, batch_var=True),
+    "dsnot[sparsegpt]": StatsNeeds(sq_norm=True, moments=True, hessian=True, batch_var=True),
 }
 
 
@@ -242,8 +242,8 @@ def test_the_memory_estimate_counts_dsnot_s_hessian_on_sparsegpt_s_mask(make_mod
     on_wanda = estimate_run_memory(info, 8, 32, PruneConfig(method="dsnot", dsnot_init="wanda"), 4, 8)
     on_sgpt = estimate_run_memory(info, 8, 32, PruneConfig(method="dsnot", dsnot_init="sparsegpt"), 4, 8)
     # q/k/v share one input, gate/up another: 4 distinct inputs, 3 of width 64 and 1 of 128;
-    # norms, mean and variance are 3 vectors each, the Hessian in*in
-    assert on_wanda["statistics"] == 4 * 3 * (3 * 64 + 128)
+    # norms, sum, sum of squares and the per-sequence variances are 4 vectors each, the Hessian in*in
+    assert on_wanda["statistics"] == 4 * 4 * (3 * 64 + 128)
     assert on_sgpt["statistics"] == on_wanda["statistics"] + 4 * (3 * 64 * 64 + 128 * 128)
     assert on_sgpt["block"] - on_wanda["block"] == 3 * 128 * 128 * 4  # damped copy, factor, inverse
     assert estimate_run_memory(info, 8, 32, "dsnot", 4, 8) == on_wanda  # a name: its default settings

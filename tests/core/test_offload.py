@@ -145,3 +145,42 @@ def test_disk_offload_refuses_gguf_and_missing_weights(tmp_path, tokenizer):
     save_file(sd, str(d / "model.safetensors"), metadata={"format": "pt"})
     with pytest.raises(ModelLoadError, match="down_proj"):
         load_model_lazy(d)
+
+
+def test_disk_offload_prunes_experts_exactly_like_memory(tmp_path, tokenizer):
+    """Fused experts pruned from disk (GPT-OSS checkpoints keep them fused): the same weights as
+    in memory."""
+    from test_coverage import moe_model
+
+    family = "gpt_oss"
+    folder = tmp_path / family
+    moe_model(family).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    ids = _ids(300, n=4, seqlen=16)
+    ref = load_model(str(folder), "cpu", "fp32")
+    lazy = load_model(str(folder), "cpu", "fp32", offload="disk", offload_dir=str(tmp_path / "work"))
+    store = store_of(lazy.model)
+    cfg = PruneConfig(method="wanda", sparsity=0.5, batch_size=4)
+    r_ref = run_to_completion(iter_prune(ref.model, ids, cfg))
+    r_lazy = run_to_completion(iter_prune(lazy.model, ids, cfg.with_offload_mode("disk")))
+    assert r_lazy.layers == r_ref.layers and r_lazy.module_info == r_ref.module_info
+    ref_sd = ref.model.state_dict()
+    experts = 0
+    for name, t in store.block_state_items():
+        assert torch.equal(t, ref_sd[name]), name
+        experts += name.endswith(("experts.gate_up_proj", "experts.down_proj"))
+    assert experts == 4  # two blocks, two fused tensors each
+
+
+def test_disk_offload_refuses_experts_stored_one_by_one(tmp_path, tokenizer):
+    """Qwen3-MoE checkpoints store each expert's matrices apart and transformers fuses them while
+    loading; disk offload reads tensors by their model names, so it refuses in one sentence."""
+    from test_coverage import moe_model
+
+    from prunestudio.core.errors import ModelLoadError
+
+    folder = tmp_path / "qwen3_moe"
+    moe_model("qwen3_moe").save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    with pytest.raises(ModelLoadError, match=r"no tensor named model\.layers\.0\.mlp\.experts\.gate_up_proj.*use offload cpu"):
+        load_model(str(folder), "cpu", "fp32", offload="disk", offload_dir=str(tmp_path / "work"))

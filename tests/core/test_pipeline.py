@@ -40,22 +40,46 @@ def _module_inputs(model, block, names, ids):
     return seen, list(dict.fromkeys(order))
 
 
-def _brute_force_wanda(model, ids, sparsity, n=0, m=0, sequential=False):
-    """Independent Wanda: for block i, run the whole (partly pruned) model and hook module inputs.
+_LLAMA_LINEARS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+                  "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
+
+
+def _blocks_and_linears(model, arch):
+    """The decoder blocks and the linear layers inside each, by each architecture's own attribute
+    names (transformers' modeling files), and whether the weight is stored transposed (GPT-2's
+    ``Conv1D`` keeps (in, out))."""
+    if arch == "gpt2":
+        return model.transformer.h, ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"), True
+    if arch == "opt":
+        return model.model.decoder.layers, ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
+                                            "self_attn.out_proj", "fc1", "fc2"), False
+    if arch == "phi3":
+        return model.model.layers, ("self_attn.qkv_proj", "self_attn.o_proj", "mlp.gate_up_proj",
+                                    "mlp.down_proj"), False
+    return model.model.layers, _LLAMA_LINEARS, False
+
+
+def _brute_force_wanda(model, arch, ids, sparsity, n=0, m=0, sequential=False):
+    """Wanda from the paper, written here with plain torch: for block i, run the whole (partly
+    pruned) model and hook the linear layers' inputs; score S_ij = |W_ij| * ||X_j||_2 (the norm of
+    input feature j over every calibration token); in each output row remove the lowest scores
+    (``sparsity`` of the row, or N in each group of M consecutive inputs).
 
     ``sequential``: the one-pass order; each module's inputs are taken with the modules that run
     before it in the block already pruned (one whole-model forward per module).
     """
-    lay = architecture.layout(model)
-    for block in lay.blocks:
-        seen, firing = _module_inputs(model, block, lay.module_names, ids)
+    blocks, linears, transposed = _blocks_and_linears(model, arch)
+    for block in blocks:
+        seen, firing = _module_inputs(model, block, linears, ids)
+        assert sorted(firing) == sorted(linears)
         for name in firing:
             if sequential:
                 seen, _ = _module_inputs(model, block, [name], ids)
-            mod = block.get_submodule(name)
+            weight = block.get_submodule(name).weight
             x = torch.cat([t.reshape(-1, t.shape[-1]) for t in seen[name]]).double()
             norm = torch.sqrt((x * x).sum(0))
-            w = architecture.get_weight_2d(mod).detach().double()
+            w = (weight.t() if transposed else weight).detach().double()  # (out, in)
+            assert w.shape[1] == norm.numel()
             score = w.abs() * norm[None, :]
             mask = torch.zeros_like(w, dtype=torch.bool)
             for r in range(w.shape[0]):
@@ -66,7 +90,8 @@ def _brute_force_wanda(model, ids, sparsity, n=0, m=0, sequential=False):
                 else:
                     order = torch.argsort(score[r])
                     mask[r, order[: int(w.shape[1] * sparsity)]] = True
-            architecture.apply_mask(mod, mask)
+            with torch.no_grad():
+                weight[mask.t() if transposed else mask] = 0
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -79,15 +104,19 @@ def test_wanda_equals_brute_force(make_model, tokenizer, arch, structure, one_pa
     cfg = PruneConfig(method="wanda", sparsity=0.5, structure=structure, batch_size=4, one_pass=one_pass)
     res = run_to_completion(iter_prune(model, ids, cfg))
     n, m = cfg.nm
-    _brute_force_wanda(ref, ids, 0.5, n, m, sequential=one_pass)
-    lay, lay_ref = architecture.layout(model), architecture.layout(ref)
-    for b, b_ref in zip(lay.blocks, lay_ref.blocks):
-        for name in lay.module_names:
-            w = architecture.get_weight_2d(b.get_submodule(name))
-            w_ref = architecture.get_weight_2d(b_ref.get_submodule(name))
-            agree = ((w == 0) == (w_ref == 0)).float().mean().item()
-            assert agree > 0.999, f"{arch} {name}: masks agree on {agree:.4%}"
-            torch.testing.assert_close(w, w_ref)
+    _brute_force_wanda(ref, arch, ids, 0.5, n, m, sequential=one_pass)
+    # every parameter of the model, pruned or not, against the reference
+    got, want = model.state_dict(), ref.state_dict()
+    assert list(got) == list(want)
+    pruned = 0
+    for key, w_ref in want.items():
+        w = got[key]
+        agree = ((w == 0) == (w_ref == 0)).float().mean().item()
+        assert agree > 0.999, f"{arch} {key}: masks agree on {agree:.4%}"
+        torch.testing.assert_close(w, w_ref, msg=lambda s, key=key: f"{arch} {key}: {s}")
+        pruned += int((w_ref == 0).sum())
+    blocks, linears, _ = _blocks_and_linears(ref, arch)
+    assert pruned >= 0.5 * sum(b.get_submodule(x).weight.numel() for b in blocks for x in linears)
     assert res.global_sparsity == pytest.approx(0.5)
     assert not is_incomplete(model)
 
@@ -108,16 +137,30 @@ def test_wanda_rows_have_exact_zero_count(make_model, tokenizer, arch, sparsity)
 @pytest.mark.parametrize("method", ["magnitude", "wanda"])
 @pytest.mark.parametrize("nm", [(2, 4), (4, 8), (1, 4), (3, 8)])
 def test_nm_groups(make_model, tokenizer, method, nm):
+    """Exactly N zeros in every group of M consecutive inputs of a row (not "at least N": zeroing
+    everything would pass that), the kept weights untouched, and magnitude's zeros the N smallest
+    |w| of their group. Read through the model's own attributes (a Llama), not the code under test."""
     n, m = nm
     model = make_model("llama")
+    linears = lambda mdl: {f"{i}.{part}.{name}": getattr(getattr(layer, part), name).weight.detach()  # noqa: E731
+                           for i, layer in enumerate(mdl.model.layers)
+                           for part, names in (("self_attn", ("q_proj", "k_proj", "v_proj", "o_proj")),
+                                               ("mlp", ("gate_proj", "up_proj", "down_proj")))
+                           for name in names}
+    dense = {k: w.clone() for k, w in linears(model).items()}
+    assert all(torch.all(w != 0) for w in dense.values())  # every zero below is the method's
     run_to_completion(iter_prune(model, _ids(len(tokenizer)),
                                  PruneConfig(method=method, sparsity=n / m, structure=f"{n}:{m}")))
-    lay = architecture.layout(model)
-    for block in lay.blocks:
-        for name in lay.module_names:
-            w = architecture.get_weight_2d(block.get_submodule(name))
-            groups = (w == 0).reshape(w.shape[0], -1, m).sum(-1)
-            assert torch.all(groups >= n), name
+    for key, w in linears(model).items():
+        zero = (w == 0).reshape(w.shape[0], -1, m)
+        assert torch.all(zero.sum(-1) == n), key
+        kept = w != 0
+        assert torch.equal(w[kept], dense[key][kept]), key
+        if method == "magnitude":
+            mag = dense[key].abs().reshape(w.shape[0], -1, m)
+            removed_max = torch.where(zero, mag, torch.zeros_like(mag)).amax(-1)
+            kept_min = torch.where(zero, torch.full_like(mag, float("inf")), mag).amin(-1)
+            assert torch.all(removed_max <= kept_min), key
 
 
 def test_magnitude_hits_target_per_matrix_and_needs_no_data(make_model):

@@ -158,10 +158,66 @@ def test_cli_eval_missing_task_file_is_a_clear_error(tmp_path, tokenizer, make_m
     assert "ARC-Easy-Test.jsonl" in err
 
 
-@pytest.mark.skipif(not (SHARED / "c4").is_dir(), reason="shared/data is not present")
+@pytest.mark.shared_data("c4")  # skipped with its reason without it, failed in CI (tests/conftest.py)
 def test_shared_data_suites():
     docs, where = suite_documents("c4", SHARED)
     assert len(docs) == 1100 and where.endswith("c4-en-validation-subset-2k.jsonl.gz")
     assert docs[0].startswith("We offer valet parking")
     wt = ppl_suite_text("wikitext2", SHARED)
     assert wt.startswith("\n\n = Robert Boulter = \n")
+
+
+# ---- perplexity against a mean negative log-likelihood computed here from the logits ----------
+
+
+def _reference_ppl(model, tokenizer, text: str, seqlen: int, max_windows: int | None = None) -> float:
+    """exp(mean NLL of every next token) over the non-overlapping ``seqlen`` windows of ``text``,
+    computed here with plain torch: each window alone through the model, log-softmax in float64,
+    the log-probability of each actual next token (position t predicts token t + 1) picked out."""
+    ids = tokenizer(text)["input_ids"]
+    n = len(ids) // seqlen
+    if max_windows:
+        n = min(n, max_windows)
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for k in range(n):
+            window = torch.tensor(ids[k * seqlen:(k + 1) * seqlen])
+            logp = torch.log_softmax(model(input_ids=window[None]).logits[0].double(), dim=-1)
+            total -= logp[torch.arange(seqlen - 1), window[1:]].sum().item()
+            count += seqlen - 1
+    assert count == n * (seqlen - 1)
+    return float(torch.exp(torch.tensor(total / count, dtype=torch.float64)))
+
+
+@pytest.mark.parametrize("seqlen, max_windows, batch_size", [(32, None, 4), (24, 5, 2), (50, 3, 4)])
+def test_perplexity_is_exp_mean_nll_of_the_logits(tmp_path, tokenizer, make_model, seqlen, max_windows, batch_size):
+    """core's perplexity (file reading, windows, batches) equals the reference computed from the
+    model's logits on the string the papers tokenize (WikiText-style rows joined by blank lines)."""
+    from conftest import CORPUS
+
+    lines = [" = Heading = \n", " \n"] + [CORPUS[i:i + 90] + "\n" for i in range(0, len(CORPUS), 90)] * 3
+    path = tmp_path / "eval.txt"
+    path.write_text("".join(lines), encoding="utf-8")
+    text = "\n\n".join("" if not ln.strip() else ln for ln in lines)
+    model = make_model("llama")
+    assert len(tokenizer(text)["input_ids"]) % seqlen  # a partial last window is dropped
+    got = perplexity(model, tokenizer, str(path), seqlen=seqlen, batch_size=batch_size, max_windows=max_windows)
+    want = _reference_ppl(model, tokenizer, text, seqlen, max_windows)
+    assert got == pytest.approx(want, rel=1e-5)
+    # not a number any model would give: a different model gives a different perplexity
+    assert want != pytest.approx(_reference_ppl(make_model("llama", seed=1), tokenizer, text, seqlen, max_windows),
+                                 rel=1e-3)
+
+
+@pytest.mark.slow
+def test_default_model_perplexity_is_exp_mean_nll_of_the_logits(demo_loaded, tmp_path):
+    from conftest import CORPUS
+
+    path = tmp_path / "eval.txt"
+    path.write_text((CORPUS + "\n") * 12, encoding="utf-8")
+    text = "\n\n".join([CORPUS + "\n"] * 12)
+    model, tok = demo_loaded.model, demo_loaded.tokenizer
+    got = perplexity(model, tok, str(path), seqlen=128, batch_size=2, max_windows=3)
+    want = _reference_ppl(model, tok, text, 128, 3)
+    assert 1 < want < 1000
+    assert got == pytest.approx(want, rel=1e-4)

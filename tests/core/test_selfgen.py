@@ -416,3 +416,166 @@ def test_text_being_written_grows_into_the_finished_sample(llama, monkeypatch):
     # it arrives before the batch's finished samples, never after
     first_done = next(i for i, e in enumerate(events) if isinstance(e, sg.SampleGenerated))
     assert all(events.index(e) < first_done for e in live[: steps - 1])
+
+
+# ------------------------------------------------------------------------------------------------
+# the paper's protocol (Ji et al., ICLR 2025): 2-token prefixes of real text, samples that may end
+# at end-of-text, the highest-perplexity 20% dropped, the rest joined and cut into windows
+# ------------------------------------------------------------------------------------------------
+def _paper(**kw):
+    base = dict(n=4, seqlen=16, batch_size=4, seed=0, protocol="paper")
+    base.update(kw)
+    return sg.GenerationSettings(**base)
+
+
+class _FavourEos:
+    """A forward hook on the LM head that adds ``bonus`` to the end-of-text logit, so that the
+    tiny random models end their texts early (as real models do at the end of a document)."""
+
+    def __init__(self, model, eos: int, bonus: float) -> None:
+        self.handle = model.get_output_embeddings().register_forward_hook(self)
+        self.eos, self.bonus = eos, bonus
+
+    def __call__(self, module, inputs, out):
+        out = out.clone()
+        out[..., self.eos] += self.bonus
+        return out
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.handle.remove()
+
+
+def _text_heads(tok, k: int = 2) -> set[tuple[int, ...]]:
+    """The first k tokens of each usable text as the tokenizer encodes it (special tokens too)."""
+    heads = set()
+    for t in TEXTS:
+        ids = tok(t)["input_ids"] if t.strip() else []
+        if len(ids) >= k:
+            heads.add(tuple(ids[:k]))
+    return heads
+
+
+@pytest.mark.parametrize("fixture", ["llama", "gpt2"])
+def test_paper_protocol_prefixes_from_the_text_and_windows_cut_from_the_joined_samples(fixture, request):
+    model, tok = request.getfixturevalue(fixture)
+    eos = tok.eos_token_id
+    with _FavourEos(model, eos, 4.0):
+        cs = sg.generate_calibration_set(model, tok, _paper(), prefixes=iter(TEXTS), source_name="mine.txt")
+    assert cs.settings["protocol"] == "paper" and cs.source == "selfgen:mine.txt"
+    assert len(cs) == 4 and cs.input_ids().shape == (4, 16)
+    docs = cs.settings["documents"]
+    heads = _text_heads(tok)
+    assert all(tuple(d["prefix"]) in heads for d in docs)
+    # samples vary in length: some ended at end-of-text, before 16 tokens
+    ended = [d for d in docs if d["ended_at_eos"]]
+    assert ended and any(d["tokens"] < 16 for d in ended) and all(d["tokens"] <= 16 for d in docs)
+    # floor(k * 20%) of the k samples used are dropped
+    assert sum(d["dropped"] for d in docs) == math.floor(len(docs) * 0.2 + 1e-9) == cs.settings["drop_count"]
+    # the windows are the kept samples joined in order and cut: each kept sample starts with its
+    # prefix at its place in the joined stream, and an ended one ends with end-of-text there
+    stream = [t for s in cs.samples for t in s.input_ids]
+    pos = 0
+    for d in (d for d in docs if not d["dropped"]):
+        if pos + 2 <= len(stream):
+            assert stream[pos: pos + 2] == d["prefix"]
+        end = pos + d["tokens"]
+        if d["ended_at_eos"] and end <= len(stream):
+            assert stream[end - 1] == eos
+        pos = end
+    assert pos >= len(stream)  # the kept samples fill the windows (some tokens may be left over)
+    # unlike the windows protocol, the windows do not all start with the same tokens
+    assert len({tuple(s.input_ids[:2]) for s in cs.samples}) > 1
+
+
+def test_paper_dropped_samples_have_the_highest_perplexity(llama):
+    model, tok = llama
+    with _FavourEos(model, tok.eos_token_id, 3.0):
+        cs = sg.generate_calibration_set(model, tok, _paper(n=6, drop_top=0.3), prefixes=TEXTS)
+    docs = cs.settings["documents"]
+    dropped = [d["perplexity"] for d in docs if d["dropped"]]
+    kept = [d["perplexity"] for d in docs if not d["dropped"]]
+    assert len(dropped) == math.floor(len(docs) * 0.3 + 1e-9) >= 1
+    assert min(dropped) >= max(kept) == pytest.approx(cs.settings["perplexity_threshold"])
+    # k is the smallest number of samples whose kept ones fill the windows
+    assert sum(d["tokens"] for d in docs if not d["dropped"]) >= 6 * 16
+    fewer = docs[:-1]
+    k = len(fewer)
+    worst = sorted(range(k), key=lambda i: (-fewer[i]["perplexity"], i))[: math.floor(k * 0.3 + 1e-9)]
+    assert sum(d["tokens"] for i, d in enumerate(fewer) if i not in worst) < 6 * 16
+
+
+def test_paper_protocol_is_reproducible_per_sample(llama):
+    model, tok = llama
+    with _FavourEos(model, tok.eos_token_id, 3.0):
+        a = sg.generate_calibration_set(model, tok, _paper(seed=5), prefixes=TEXTS)
+        b = sg.generate_calibration_set(model, tok, _paper(seed=5, batch_size=1), prefixes=TEXTS)
+        c = sg.generate_calibration_set(model, tok, _paper(seed=6), prefixes=TEXTS)
+        a2 = sg.generate_calibration_set(model, tok, _paper(seed=5), prefixes=TEXTS)
+    assert _ids(a2) == _ids(a) and a2.settings == a.settings  # same seed, same set, exactly
+    assert _ids(a) == _ids(b)  # the same samples, whatever the batch (perplexities up to float rounding)
+    same = [{k: v for k, v in d.items() if k != "perplexity"} for d in a.settings["documents"]]
+    assert same == [{k: v for k, v in d.items() if k != "perplexity"} for d in b.settings["documents"]]
+    assert [d["perplexity"] for d in a.settings["documents"]] == pytest.approx(
+        [d["perplexity"] for d in b.settings["documents"]], rel=1e-4)
+    assert _ids(a) != _ids(c)
+
+
+def test_a_sample_that_ends_at_eos_is_scored_without_it(llama):
+    """The sampler's perplexity of a sample that ended is the text's: a plain forward pass over
+    its tokens without the end-of-text token gives the same number."""
+    model, tok = llama
+    eos = tok.eos_token_id
+    st = _paper(temperature=1.5, top_k=0, top_p=1.0)
+    prompts = [tok("the quick")["input_ids"][:2]] * 6
+    with _FavourEos(model, eos, 4.0):
+        toks, ppl = sg.sample_tokens(model, prompts, 16, st, list(range(6)), stop_ids=[eos])
+        ended = [(t, p) for t, p in zip(toks, ppl) if t[-1] == eos]
+        assert ended, "the bonus makes some sample end"
+        for t, p in ended:
+            assert eos not in t[:-1] and len(t) <= 16
+            assert p == pytest.approx(generate.sample_perplexities(model, torch.tensor([t[:-1]]))[0], rel=1e-4)
+
+
+def test_paper_protocol_needs_prefix_texts_and_windows_protocol_is_recorded(gpt2):
+    model, tok = gpt2
+    with pytest.raises(ConfigError, match="prefix source"):
+        sg.generate_calibration_set(model, tok, _paper())
+    with pytest.raises(ConfigError):
+        sg.GenerationSettings(protocol="other")
+    cs = sg.generate_calibration_set(model, tok, _settings(n=2, seqlen=12))
+    assert cs.settings["protocol"] == "windows"
+
+
+def test_paper_set_keeps_its_provenance_when_saved(gpt2, tmp_path):
+    model, tok = gpt2
+    cs = sg.generate_calibration_set(model, tok, _paper(n=2), prefixes=TEXTS, source_name="mine.txt")
+    again = CalibrationSet.load(cs.save(tmp_path / "set.jsonl"), tokenizer=tok)
+    assert again.settings["protocol"] == "paper" and again.provenance()["settings"]["protocol"] == "paper"
+    assert again.settings["documents"] == cs.settings["documents"] and _ids(again) == _ids(cs)
+
+
+def test_paper_protocol_refuses_a_model_that_never_writes_enough(gpt2, monkeypatch):
+    from prunestudio.core.calib.selfgen import paper
+
+    model, tok = gpt2
+    monkeypatch.setattr(paper, "MAX_SAMPLES_PER_WINDOW", 1)
+    with _FavourEos(model, tok.eos_token_id, 50.0), pytest.raises(CalibrationError, match="ends its texts"):
+        sg.generate_calibration_set(model, tok, _paper(n=2), prefixes=TEXTS)
+
+
+def test_end_of_text_includes_the_document_separator():
+    """An instruct tokenizer's EOS ends a chat turn; a plain text ends at <|endoftext|>: both end a
+    paper-protocol sample."""
+    from prunestudio.core.calib.selfgen.prompts import end_of_text_ids
+
+    tok = make_tokenizer("gpt2")
+    tok.add_special_tokens({"additional_special_tokens": ["<|im_end|>"]})
+    tok.eos_token = "<|im_end|>"
+    model = make_model("gpt2", tok, seed=1)
+    ids = end_of_text_ids(model, tok)
+    assert tok.convert_tokens_to_ids("<|im_end|>") in ids and tok.convert_tokens_to_ids("<|endoftext|>") in ids
+    llama_tok = make_tokenizer("llama")
+    assert end_of_text_ids(make_model("llama", llama_tok), llama_tok) == [llama_tok.eos_token_id]

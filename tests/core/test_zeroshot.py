@@ -31,7 +31,8 @@ try:
 except ImportError:
     from _zeroshot_helpers import DATA_EVAL, BigramLM, brute_loglik, make_llama, make_tokenizer
 
-needs_data = pytest.mark.skipif(not DATA_EVAL.is_dir(), reason="shared/data/eval is not present")
+# skipped with its reason without ../shared/data/eval, failed in CI (tests/conftest.py)
+needs_data = pytest.mark.shared_data("eval")
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -489,12 +490,68 @@ def test_missing_file_fails_before_any_compute(tmp_path, tok, llama):
         next(gen)
 
 
-@pytest.mark.skipif(not lm_eval_available(), reason="lm-evaluation-harness is not installed")
-def test_agrees_with_lm_eval(tok, llama):
-    try:
-        ours = evaluate_zeroshot(llama, tok, ["arc_easy"], limit=20, batch_size=8)
-        theirs = evaluate_with_lm_eval(llama, tok, ["arc_easy"], limit=20, batch_size=8)
-    except EvaluationError as exc:  # the hub is unreachable
-        pytest.skip(str(exc))
+def _lm_eval_local_arc_easy(folder, rows):
+    """lm-eval's own ``arc_easy`` task (its prompt, target and choices, taken by ``include`` from
+    the installed harness), reading ``rows`` in the hub's schema from a local JSONL file instead
+    of the hub."""
+    import os
+
+    import lm_eval
+
+    data = folder / "arc_easy_test.jsonl"
+    with data.open("w", encoding="utf-8") as f:
+        for row in rows:
+            q = row["question"]
+            f.write(json.dumps({"id": row["id"], "question": q["stem"], "answerKey": row["answerKey"],
+                                "choices": {"text": [c["text"] for c in q["choices"]],
+                                            "label": [c["label"] for c in q["choices"]]}}) + "\n")
+    builtin = os.path.join(os.path.dirname(lm_eval.__file__), "tasks", "arc", "arc_easy.yaml")
+    (folder / "arc_easy_local.yaml").write_text(
+        f"include: {json.dumps(builtin)}\n"
+        "task: arc_easy\n"
+        "dataset_path: json\n"
+        "dataset_name: null\n"
+        f"dataset_kwargs:\n  data_files:\n    test: {json.dumps(str(data))}\n"
+        "training_split: null\n"
+        "validation_split: null\n"
+        "test_split: test\n", encoding="utf-8")
+
+
+@needs_data
+def test_agrees_with_lm_eval(tok, llama, tmp_path, monkeypatch):
+    """The same 20 ARC-Easy questions scored by our evaluator and by lm-evaluation-harness itself
+    (its own task definition and HFLM scoring, run offline on the local file): the same
+    log-likelihood for every choice, the same accuracies. Also runs ``evaluate_with_lm_eval``."""
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    assert lm_eval_available()  # the dev extra installs it (pyproject.toml)
+    limit = 20
+    rows = [json.loads(line) for line in (DATA_EVAL / "arc" / "ARC-Easy-Test.jsonl").open(encoding="utf-8")][:limit]
+    _lm_eval_local_arc_easy(tmp_path, rows)
+    manager = TaskManager(include_path=str(tmp_path), include_defaults=False)
+    original = lm_eval.simple_evaluate
+    runs = []
+
+    def offline(*args, **kwargs):  # the harness with the local task and its per-item results
+        out = original(*args, task_manager=manager, log_samples=True, **kwargs)
+        runs.append(out)
+        return out
+
+    monkeypatch.setattr(lm_eval, "simple_evaluate", offline)
+    theirs = evaluate_with_lm_eval(llama, tok, ["arc_easy"], limit=limit, batch_size=8)
+    assert len(runs) == 1
+    ours = evaluate_zeroshot(llama, tok, ["arc_easy"], data_dir=DATA_EVAL, limit=limit, batch_size=8)
+    assert ours["arc_easy"].n == theirs["arc_easy"].n == limit
+
+    # per item and choice, the log-likelihoods agree
+    items = load_task("arc_easy", DATA_EVAL, limit=limit)
+    samples = sorted(runs[0]["samples"]["arc_easy"], key=lambda s: s["doc_id"])
+    assert [s["doc_id"] for s in samples] == list(range(limit))
+    for item, sample in zip(items, samples, strict=True):
+        assert sample["target"] == item.gold
+        their_ll = [float(r[0][0]) for r in sample["resps"]]
+        mine = loglikelihoods(llama, tok, list(zip(item.contexts, item.continuations)), batch_size=8)
+        assert mine == pytest.approx(their_ll, rel=1e-5, abs=1e-4)  # fp32, other batch shapes
     assert ours["arc_easy"].acc == pytest.approx(theirs["arc_easy"].acc)
     assert ours["arc_easy"].acc_norm == pytest.approx(theirs["arc_easy"].acc_norm)

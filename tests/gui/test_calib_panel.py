@@ -73,3 +73,41 @@ def test_calibration_preview_follows_the_text_being_written(window, qtbot, monke
         pass
     assert preview.table.currentIndex().row() == 0
     assert preview.text.toPlainText().endswith(window.state.calib.samples[0].text)
+
+
+def test_paper_protocol_is_chosen_in_the_form_and_previewed_live(window, qtbot, monkeypatch, tiny_model_dir,
+                                                                 corpus_file):
+    """The protocol control shows for prefix sources only; the paper protocol's samples (of their
+    own lengths) fill the preview while they are written, and the set's windows replace them."""
+    from prunestudio.core.calib.selfgen import paper
+
+    monkeypatch.setattr(paper, "_STEP_PROGRESS_SECONDS", 0.0)
+    load_folder(qtbot, window, monkeypatch, tiny_model_dir)
+    window.show_step(1)
+    panel = window.calib_panel
+    form = panel.form
+    form.kind.setCurrentIndex(form.kind.findData("selfgen"))
+    assert form.protocol.isHidden() and form.config().protocol == "windows"
+    form.kind.setCurrentIndex(form.kind.findData("selfgen-file"))
+    form.path.setText(str(corpus_file))
+    assert not form.protocol.isHidden()
+    form.protocol.setCurrentIndex(form.protocol.findData("paper"))
+    form.nsamples.setValue(3)
+    form.seqlen.setValue(16)
+    assert window.state.calib_config.protocol == "paper"
+    assert window.state.recipe().calibration.protocol == "paper"
+    events: list = []
+    rows_seen: list[int] = []
+    click(qtbot, panel.go)
+    panel.job.worker.yielded.connect(events.append)
+    panel.job.worker.yielded.connect(lambda ev: rows_seen.append(panel.preview.model.rowCount()))
+    with qtbot.waitSignal(panel.job.worker.finished, timeout=LONG):
+        pass
+    cs = window.state.calib
+    assert cs is not None and cs.settings["protocol"] == "paper" and len(cs) == 3
+    written = [e for e in events if isinstance(e, selfgen.SampleGenerated)]
+    assert [e.index for e in written] == list(range(cs.settings["samples_used"]))
+    assert [e.num_tokens for e in written] == [d["tokens"] for d in cs.settings["documents"]]
+    assert any(isinstance(e, selfgen.SampleInProgress) for e in events)
+    assert max(rows_seen) == len(written)  # each sample appeared in the preview as it was written
+    assert panel.preview.model.rowCount() == 3  # then the windows of the set

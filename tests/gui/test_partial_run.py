@@ -1,4 +1,6 @@
-"""A mixture-of-experts model whose fused experts cannot be pruned: the run panel asks before a
+"""A mixture-of-experts model whose fused experts cannot be pruned (Llama 4 keeps them in a layout of
+its own, not transformers' experts protocol that Mixtral, Qwen3-MoE and the others share and Prune
+Studio prunes expert by expert): the run panel asks before a
 partial run (no answer, no run), and a run the user accepts is marked partial in the run panel,
 the evaluate / export step and the history."""
 
@@ -13,15 +15,15 @@ from prunestudio.gui.state import RunStatus
 
 @pytest.fixture
 def moe_dir(tmp_path, tokenizer):
-    """A tiny random Mixtral (two blocks, four fused experts each) and its tokenizer."""
+    """A tiny random Llama 4 text model (two blocks, four fused experts each) and its tokenizer."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     torch.manual_seed(0)
-    cfg = AutoConfig.for_model("mixtral", vocab_size=len(tokenizer), hidden_size=64, intermediate_size=64,
-                               num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                               num_local_experts=4, num_experts_per_tok=2, max_position_embeddings=512,
-                               sliding_window=None, bos_token_id=1, eos_token_id=2, pad_token_id=0)
-    d = tmp_path / "models" / "tiny-mixtral"
+    cfg = AutoConfig.for_model("llama4_text", vocab_size=len(tokenizer), hidden_size=64, intermediate_size=32,
+                               intermediate_size_mlp=128, num_hidden_layers=2, num_attention_heads=4,
+                               num_key_value_heads=2, head_dim=16, num_local_experts=4, num_experts_per_tok=1,
+                               max_position_embeddings=512, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    d = tmp_path / "models" / "tiny-llama4"
     AutoModelForCausalLM.from_config(cfg).save_pretrained(d)
     tokenizer.save_pretrained(d)
     return d
@@ -43,7 +45,7 @@ def test_partial_run_is_confirmed_and_marked(window, qtbot, monkeypatch, moe_dir
 
     answers.append(False)  # the user cancels: nothing starts
     assert run.start() is False
-    assert len(asked) == 1 and "MixtralForCausalLM: the experts (mlp.experts.gate_up_proj, mlp.experts.down_proj" in asked[0]
+    assert len(asked) == 1 and "Llama4ForCausalLM: the experts (feed_forward.experts.gate_up_proj, feed_forward.experts.down_proj" in asked[0]
     assert run.job.worker is None and not window.state.busy
     assert window.state.run_status == RunStatus.NONE and window.state.run is None
     assert "Not started" in run.status.text.text()

@@ -21,3 +21,18 @@ def test_nm_structure_controls(window, structure):
     if structure == "custom":
         assert window.state.prune_config is None and "0 < N < M" in window.state.prune_error
         assert window.steps.kinds()["pruning"] == "warn"
+
+
+def test_dsnot_rule_control_reaches_the_setting(window):
+    """The swap rule is offered with DSnoT's settings (enabled only when DSnoT is chosen), starts at
+    the reference rule and reaches PruneConfig.dsnot_rule."""
+    p = window.prune_panel
+    p.method.setCurrentIndex(p.method.findData("wanda"))
+    assert not p.dsnot_rule.isEnabled()
+    p.method.setCurrentIndex(p.method.findData("dsnot"))
+    assert p.dsnot_rule.isEnabled()
+    assert window.state.prune_config.dsnot_rule == "reference"
+    p.dsnot_rule.setCurrentIndex(p.dsnot_rule.findData("decrease"))
+    assert window.state.prune_config.dsnot_rule == "decrease"
+    p.dsnot_rule.setCurrentIndex(p.dsnot_rule.findData("reference"))
+    assert window.state.prune_config.dsnot_rule == "reference"

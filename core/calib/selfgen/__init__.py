@@ -1,6 +1,14 @@
 """Self-generated calibration data (Ji et al., ICLR 2025, "Beware of Calibration Data for Pruning LLMs").
 
-The model writes its own calibration text. Each sample starts with the model's document start
+Two protocols (``GenerationSettings.protocol``), chosen by the user:
+
+* ``windows`` (the default; :mod:`.generate`), described below: every sample is one calibration
+  window, zero-data or from prefixes;
+* ``paper`` (:mod:`.paper`): Ji et al.'s own protocol: 2-token prefixes of real text, samples that
+  may end at end-of-text, the 20% with the highest perplexity dropped, the rest joined and cut
+  into windows.
+
+In the ``windows`` protocol the model writes its own calibration text. Each sample starts with the model's document start
 (:func:`document_start`) followed by a short prefix (the first ``prefix_tokens`` tokens of a
 source text; in zero-data mode, the product's default, no prefix at all), the model continues it
 by sampling (temperature 0.6, top-p 0.95, top-k 50, repetition penalty 1.2) up to exactly
@@ -28,24 +36,20 @@ Design notes
   :func:`sample_perplexities` (a plain full forward) up to float rounding.
 
 Modules: :mod:`.settings` (what determines a set), :mod:`.prompts` (document start, suppressed
-tokens, prefixes), :mod:`.sampler` (the decoding loop), :mod:`.generate` (the whole job: generate,
-score, filter, and the calibration set).
+tokens, prefixes), :mod:`.sampler` (the decoding loop), :mod:`.generate` (the ``windows`` job:
+generate, score, filter, and the calibration set), :mod:`.paper` (the ``paper`` job), :mod:`.job`
+(:func:`iter_generate`: either, by the settings' protocol).
 """
 
-from .generate import (
-                       FilteringDone,
-                       SampleGenerated,
-                       SampleInProgress,
-                       generate_calibration_set,
-                       iter_generate,
-                       sample_perplexities,
-)
+from .generate import FilteringDone, SampleGenerated, SampleInProgress, sample_perplexities
+from .job import generate_calibration_set, iter_generate
 from .prompts import document_start, prefixes_from_texts, start_token, suppressed_token_ids
 from .sampler import iter_sample_tokens, sample_tokens
-from .settings import GenerationSettings
+from .settings import PROTOCOLS, GenerationSettings
 
 __all__ = [
     "GenerationSettings",
+    "PROTOCOLS",
     "SampleGenerated",
     "SampleInProgress",
     "FilteringDone",

@@ -15,7 +15,8 @@ import torch
 import torch.nn.functional as F
 
 from ...errors import CalibrationError, Cancelled, ConfigError
-from ...events import Event, PhaseDone, PhaseProgress, PhaseStarted, run_to_completion
+from ...events import Event, Message, PhaseDone, PhaseProgress, PhaseStarted
+from ...model import threads
 from ...model.devices import logits_micro_batch, model_device
 from ..calibset import CalibrationSet, CalibSample, tokenizer_fingerprint
 from .prompts import _suppress_mask, document_start, prefixes_from_texts, suppressed_token_ids
@@ -23,7 +24,7 @@ from .sampler import _STEP_PROGRESS_SECONDS, _sample_seed, fitting_batch, iter_s
 from .settings import GenerationSettings
 
 __all__ = ["GenerationSettings", "SampleGenerated", "SampleInProgress", "FilteringDone", "iter_generate",
-           "generate_calibration_set", "sample_perplexities"]
+           "sample_perplexities"]
 
 
 @dataclass(frozen=True)
@@ -109,6 +110,25 @@ def _decode(tokenizer: Any, ids: list[int]) -> str:
 
 
 def iter_generate(
+    model: Any,
+    tokenizer: Any,
+    settings: GenerationSettings,
+    prefixes: Iterable[str] | None = None,
+    should_stop: Callable[[], bool] = lambda: False,
+    source_name: str | None = None,
+) -> Generator[Event, None, CalibrationSet]:
+    """:func:`_iter_generate` with the torch threads that fit the machine now
+    (:func:`~prunestudio.core.model.threads.job_threads`: asked for, or the free CPUs), said in a
+    :class:`Message` first (unless a job around it, such as a run, chose them already); the previous
+    thread count is restored afterwards."""
+    outer = threads.active() is None
+    with threads.job_threads() as choice:
+        if outer:
+            yield Message(f"Threads: {choice.reason}")
+        return (yield from _iter_generate(model, tokenizer, settings, prefixes, should_stop, source_name))
+
+
+def _iter_generate(
     model: Any,
     tokenizer: Any,
     settings: GenerationSettings,
@@ -203,6 +223,7 @@ def iter_generate(
                 yield PhaseProgress(
                     "generate", done=len(samples), total=st.n,
                     detail=f"batch {b0 // batch + 1}/{nbatches}: token {step.done}/{step.total}, {rate:.0f} tokens/s",
+                    fraction=(b0 + len(idx) * step.done / max(step.total, 1)) / st.n,
                 )
                 head = list(batch_prompts[0]) + step.generated[0, : st.seqlen - len(batch_prompts[0])].tolist()
                 yield SampleInProgress(index=b0, text=_decode(tokenizer, head), num_tokens=len(head),
@@ -271,14 +292,3 @@ def iter_generate(
         tokenizer_fingerprint=tokenizer_fingerprint(tokenizer),
     )
 
-
-def generate_calibration_set(
-    model: Any,
-    tokenizer: Any,
-    settings: GenerationSettings,
-    prefixes: Iterable[str] | None = None,
-    should_stop: Callable[[], bool] = lambda: False,
-    source_name: str | None = None,
-) -> CalibrationSet:
-    """:func:`iter_generate` without the events."""
-    return run_to_completion(iter_generate(model, tokenizer, settings, prefixes, should_stop, source_name))

@@ -14,7 +14,7 @@ import torch
 from ...errors import CalibrationError
 
 __all__ = ["start_token", "document_start", "suppressed_token_ids", "prefixes_from_texts", "LEAD_IN_TEXT",
-           "PREFIX_POOL_FACTOR"]
+           "PREFIX_POOL_FACTOR", "end_of_text_ids", "paper_prefix_pool"]
 
 # How many eligible source texts (per requested sample) are read to choose prefixes from. The
 # source may be a huge or streamed corpus: only the first ``PREFIX_POOL_FACTOR * n`` texts long
@@ -196,3 +196,56 @@ def prefixes_from_texts(tokenizer: Any, texts: Iterable[str], k: int, n: int, se
         rng.shuffle(perm)
         order = [perm[i % len(perm)] for i in range(n)]
     return [list(pool[i]) for i in order]
+
+
+def end_of_text_ids(model: Any, tokenizer: Any) -> list[int]:
+    """The tokens that end a document: the tokenizer's EOS, the EOS ids of the model's generation
+    and model configs (instruct models often list several), and ``<|endoftext|>`` when the
+    vocabulary has it (the document separator of GPT-2-style pre-training; an instruct model's
+    EOS is its chat turn's end, such as SmolLM2's ``<|im_end|>``, not the end of a plain text).
+    The paper's protocol lets the model sample them, and a sample ends there, as
+    ``model.generate`` does at its EOS."""
+    ids: set[int] = set(_as_id_list(getattr(tokenizer, "eos_token_id", None)))
+    for cfg in (getattr(model, "generation_config", None), getattr(model, "config", None)):
+        if cfg is not None:
+            ids.update(_as_id_list(getattr(cfg, "eos_token_id", None)))
+    try:
+        eot = tokenizer.get_vocab().get("<|endoftext|>")
+    except Exception:  # noqa: BLE001
+        eot = None
+    if isinstance(eot, int):
+        ids.add(eot)
+    return sorted(i for i in ids if i >= 0)
+
+
+def paper_prefix_pool(tokenizer: Any, texts: Iterable[str], k: int, size: int, seed: int) -> list[list[int]]:
+    """The prefixes of the paper's protocol, in the order samples use them: sample ``i`` starts
+    with ``pool[i % len(pool)]``.
+
+    A prefix is the first ``k`` tokens of a text *as the tokenizer encodes it*, special tokens
+    included, as in the reference code (``tokenizer(text)["input_ids"][:2]``): for a tokenizer
+    that puts BOS in front (Llama), BOS is the first of the ``k``. Texts with fewer tokens are
+    skipped; the first ``size`` usable texts are read and shuffled with ``random.Random(seed)``.
+    Which prefix a sample gets depends only on the texts, ``size``, the seed and the sample's
+    index, never on how many samples are generated in the end.
+    """
+    pool: list[list[int]] = []
+    for text in texts:
+        if not isinstance(text, str) or not text.strip():
+            continue
+        head = text[: 64 * k + 256]
+        ids = tokenizer(head, add_special_tokens=True)["input_ids"]
+        if len(ids) <= k and len(head) < len(text):
+            ids = tokenizer(text, add_special_tokens=True)["input_ids"]
+        if len(ids) < k:
+            continue
+        pool.append([int(t) for t in ids[:k]])
+        if len(pool) >= size:
+            break
+    if not pool:
+        raise CalibrationError(
+            f"No source text is at least {k} tokens long, so no prefixes could be taken from it.",
+            hint="Pick another prefix source.",
+        )
+    random.Random(seed).shuffle(pool)
+    return pool

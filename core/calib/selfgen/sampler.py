@@ -103,6 +103,25 @@ def _inverse_cdf(idx: torch.Tensor, probs: torch.Tensor, u: torch.Tensor) -> tor
     return idx.gather(1, j).squeeze(1)
 
 
+def _stop_mask(stop_ids: Iterable[int], vocab: int, device: torch.device) -> torch.Tensor | None:
+    """``[vocab]`` bool mask of the tokens that end a sample, or None when there are none."""
+    ids = [int(i) for i in stop_ids if 0 <= int(i) < vocab]
+    if not ids:
+        return None
+    mask = torch.zeros(vocab, dtype=torch.bool, device=device)
+    mask[torch.tensor(ids, dtype=torch.long, device=device)] = True
+    return mask
+
+
+def _cut_at_stop(tokens: list[int], start: int, stop_set: set[int]) -> list[int]:
+    """``tokens`` up to and including the first stop token at or after ``start`` (the prompt is
+    never cut); all of them when there is none."""
+    for j in range(start, len(tokens)):
+        if tokens[j] in stop_set:
+            return tokens[: j + 1]
+    return tokens
+
+
 def _cache_kwarg(model: Any) -> str:
     """The forward() argument that takes the KV cache: ``cache`` (transformers >= 5.2x) or the
     older ``past_key_values`` (still accepted, with a deprecation warning, until 5.40)."""
@@ -155,6 +174,7 @@ def iter_sample_tokens(
     suppress: torch.Tensor | Iterable[int] = (),
     pad_id: int = 0,
     should_stop: Callable[[], bool] = lambda: False,
+    stop_ids: Iterable[int] = (),
 ) -> Generator[DecodeStep, None, tuple[list[list[int]], list[float]]]:
     """Continue each prompt by sampling until it is ``length`` tokens long; one batched pass.
 
@@ -166,6 +186,11 @@ def iter_sample_tokens(
     from ``sample_seeds[b]`` only. Returns the token lists (prompt included, exactly ``length``
     tokens) and each row's perplexity under the model's raw distribution (exp of the mean NLL of
     tokens 1..length-1). Raises :class:`Cancelled` between decoding steps when ``should_stop()``.
+
+    ``stop_ids`` (end-of-text tokens; the paper's protocol): a row that samples one of them ends
+    there. Its token list ends with that stop token (so it is shorter than ``length``), its
+    perplexity leaves the stop token out (the text's perplexity), and decoding ends as soon as
+    every row has ended. Without stop ids every row is exactly ``length`` tokens long.
     """
     bsz = len(prompts)
     if bsz == 0:
@@ -224,6 +249,9 @@ def iter_sample_tokens(
 
         gen = torch.empty((bsz, steps), dtype=torch.long, device=device)
         rows = torch.arange(bsz, device=device)
+        stops = _stop_mask(stop_ids, vocab, device)
+        ended = torch.zeros(bsz, dtype=torch.bool, device=device)
+        last = steps - 1
         for s in range(steps):
             if should_stop():
                 raise Cancelled()
@@ -233,12 +261,20 @@ def iter_sample_tokens(
             )
             tok = _inverse_cdf(cand, probs, uniforms[:, s])
             active = s < need
+            if stops is not None:  # a row that ended writes nothing more; the stop token not scored
+                active = active & ~ended
+                stopping = active & stops[tok]
+                ended |= stopping
+                active = active & ~stopping
             lp = torch.log_softmax(next_logits, dim=-1)[rows, tok]
             nll -= torch.where(active, lp, 0.0).to(wide)
             count += active.long()
             gen[:, s] = tok
             seen[rows, tok] = True
             if s == steps - 1:
+                break
+            if stops is not None and bool((ended | (need <= s + 1)).all()):
+                last = s
                 break
             yield DecodeStep(s + 1, steps, gen[:, : s + 1])
             mask = torch.cat([mask, mask.new_ones((bsz, 1))], dim=-1)
@@ -251,7 +287,10 @@ def iter_sample_tokens(
             next_logits = out.logits[:, -1].float()
         del past
 
-    gen_list = gen.tolist()
+    gen_list = gen[:, : last + 1].tolist()
     tokens = [list(map(int, p)) + gen_list[b][: length - len(p)] for b, p in enumerate(prompts)]
+    if stops is not None:
+        stop_set = {int(i) for i in torch.nonzero(stops).flatten().tolist()}
+        tokens = [_cut_at_stop(t, len(p), stop_set) for t, p in zip(tokens, prompts)]
     ppl = torch.exp(nll / count.clamp(min=1).to(wide)).tolist()
     return tokens, [float(x) for x in ppl]

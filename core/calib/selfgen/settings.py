@@ -8,7 +8,17 @@ from typing import Any
 
 from ...errors import ConfigError
 
-__all__ = ["GenerationSettings"]
+__all__ = ["GenerationSettings", "PROTOCOLS"]
+
+# How a self-generated set is made (:attr:`GenerationSettings.protocol`):
+# * ``windows`` (Prune Studio's default): every sample is one calibration window of exactly
+#   ``seqlen`` tokens, started from the model's document start (zero-data mode) or from a source
+#   text's first tokens, end-of-text never sampled; the ``drop_top`` highest-perplexity ones dropped.
+# * ``paper`` (Ji et al., ICLR 2025, as their reference code does it): every sample starts with
+#   the first ``prefix_tokens`` tokens of a real text, may end early at end-of-text (so samples
+#   vary in length, at most ``seqlen`` tokens), the ``drop_top`` highest-perplexity ones are
+#   dropped, and the rest are joined into one token stream and cut into ``n`` windows of ``seqlen``.
+PROTOCOLS = ("windows", "paper")
 
 
 @dataclass(frozen=True)
@@ -28,6 +38,9 @@ class GenerationSettings:
     # 32 (``bench/selfgen_throughput.py``). Lowered at run time when the KV cache would not fit.
     batch_size: int = 32
     seed: int = 0
+    protocol: str = "windows"
+    """``windows`` (``n`` samples, each one window) or ``paper`` (``n`` windows cut from the
+    joined samples of varying length); see :data:`PROTOCOLS`."""
 
     def __post_init__(self) -> None:
         def bad(msg: str) -> None:
@@ -62,10 +75,16 @@ class GenerationSettings:
             bad(f"The batch size must be a positive whole number (got {self.batch_size!r}).")
         if not is_int(self.seed):
             bad(f"The seed must be a whole number (got {self.seed!r}).")
+        if self.protocol not in PROTOCOLS:
+            bad(f"The self-generation protocol must be {' or '.join(PROTOCOLS)} (got {self.protocol!r}).")
+        if self.protocol == "paper" and self.prefix_tokens < 1:
+            bad("The paper's protocol starts every sample with tokens of a real text: the prefix length "
+                "must be at least 1 token.")
 
     @property
     def num_dropped(self) -> int:
-        """How many samples filtering drops: ``floor(n * drop_top)``.
+        """How many samples filtering drops: ``floor(n * drop_top)`` (``windows`` protocol; the
+        ``paper`` protocol drops ``floor(k * drop_top)`` of the ``k`` samples it ends up using).
 
         Floor, not round: the user asked to drop *at most* that fraction, and with small ``n`` a
         round-up would drop more than asked (n=3, 20% -> 1 of 3 would be 33%). The small epsilon

@@ -50,31 +50,72 @@ def prune_sparsegpt(weight: torch.Tensor, stats: InputStats | None, sparsity: fl
     return ModuleOutcome(res.weight, res.mask, info, ok=res.ok)
 
 
-def refine_dsnot(weight: torch.Tensor, stats: InputStats | None, sparsity: float, n: int, m: int,
-                 ctx: ModuleContext) -> ModuleOutcome:
+def _dsnot_start(weight: torch.Tensor, stats: InputStats, sparsity: float, n: int, m: int,
+                 ctx: ModuleContext) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """DSnoT's initial mask and the score ranking an N:M group's kept weights, as the reference
+    builds them for its initial method: Wanda's mask and ``|W| * ||x||``; magnitude's ``|W|``
+    compared per row (the magnitude method compares per matrix), or per N:M group; SparseGPT's own
+    mask and its saliency ``W^2 / U_jj^2`` (``U`` the upper Cholesky factor of the damped inverse
+    Hessian, 0 for dead inputs). Any other initial method: its mask, ranked with Wanda's score."""
     import torch
 
+    from .basic import wanda_scores
+    from .masks import mask_for
+    from .sparsegpt import hessian_factor
+
+    init, cfg = ctx.initial, ctx.settings
+    assert init is not None
+    w = weight.detach().to(torch.float32)
+    if cfg.dsnot_init == "magnitude":
+        scores = w.abs()
+        return mask_for(scores, sparsity, n, m), scores
+    if cfg.dsnot_init == "sparsegpt" and stats.hessian is not None:
+        hessian = stats.hessian
+
+        def make():
+            return hessian_factor(hessian, cfg.sparsegpt_damp, True, device=weight.device)
+
+        # the key prune_sparsegpt used for this input, so the factor just computed is reused
+        factor = (ctx.shared.get(stats, ("sparsegpt", cfg.sparsegpt_damp, True), make)
+                  if ctx.shared is not None else make())
+        diag = torch.diagonal(factor.upper).to(torch.float32)
+        return init.mask, (w.masked_fill(factor.dead, 0.0) ** 2) / diag.pow(2)
+    return init.mask, wanda_scores(w, stats)
+
+
+def refine_dsnot(weight: torch.Tensor, stats: InputStats | None, sparsity: float, n: int, m: int,
+                 ctx: ModuleContext) -> ModuleOutcome:
+    """DSnoT on the initial method's mask (see :func:`_dsnot_start`).
+
+    DSnoT works on the dense weights and returns them under its refined mask, whatever method gave
+    the initial mask: with SparseGPT, a refined module does not keep SparseGPT's weight updates
+    (the reference uses SparseGPT only to rank weights and never updates them). Keeping the updated
+    values for the kept weights while revived weights came back dense would mix two
+    reconstructions, and the error DSnoT minimises, computed with the dense weights, would not be
+    the error of the weights returned. A module left unrefined (``dsnot_skip``) keeps its starting
+    outcome unchanged (SparseGPT's updated weights included).
+    """
     from ...model.architecture import module_role
     from .dsnot import dsnot_refine
 
     init, cfg = ctx.initial, ctx.settings
     assert init is not None and stats is not None
+    start_mask, scores = _dsnot_start(weight, stats, sparsity, n, m, ctx)
     if cfg.dsnot_skip != "none" and module_role(ctx.name) == cfg.dsnot_skip:
         # the reference's default (skip_layer="mlp") leaves the MLP with its initial mask; by role,
         # not by the word "mlp", so OPT's fc1/fc2 count as MLP too
-        return ModuleOutcome(init.weight, init.mask, {**init.info, "swaps": 0, "cycles": 0, "dsnot_skipped": True})
-    res = dsnot_refine(weight, init.mask, stats, sparsity, n=n, m=m,
+        info = {**init.info, "swaps": 0, "cycles": 0, "dsnot_skipped": True}
+        if start_mask is init.mask:
+            return ModuleOutcome(init.weight, init.mask, info)
+        return ModuleOutcome(None, start_mask, info)
+    res = dsnot_refine(weight, start_mask, stats, sparsity, n=n, m=m,
                        max_cycles=cfg.dsnot_max_cycles,
                        update_threshold=cfg.dsnot_threshold / max(ctx.seqlen, 1),
-                       skip_layer="no_skip", module_name=ctx.name)
-    # DSnoT changes only the mask. Weights kept by the initial mask keep the initial method's values
-    # (SparseGPT's compensated ones); weights DSnoT revives come back with their dense values.
-    info = dict(init.info)
+                       skip_layer="no_skip", module_name=ctx.name, rule=cfg.dsnot_rule,
+                       partner_scores=scores)
+    info = {k: v for k, v in init.info.items() if init.weight is None or k != "error"}
     info.update({"swaps": res.swaps, "cycles": res.cycles})
-    if init.weight is None:
-        return ModuleOutcome(None, res.mask, info)
-    base = torch.where(init.mask, weight, init.weight)
-    return ModuleOutcome(base.masked_fill(res.mask, 0), res.mask, info)
+    return ModuleOutcome(None, res.mask, info)
 
 
 MAGNITUDE = register(Method(
@@ -94,5 +135,5 @@ SPARSEGPT = register(Method(
 DSNOT = register(Method(
     "dsnot", "DSnoT",
     "Starts from another method's mask and swaps pruned and kept weights to reduce the error, without training.",
-    prune=refine_dsnot, needs=StatsNeeds(sq_norm=True, moments=True), one_pass=None, refines="dsnot_init",
-    settings=("dsnot_max_cycles", "dsnot_threshold", "dsnot_skip")))
+    prune=refine_dsnot, needs=StatsNeeds(sq_norm=True, moments=True, batch_var=True), one_pass=None,
+    refines="dsnot_init", settings=("dsnot_max_cycles", "dsnot_threshold", "dsnot_skip", "dsnot_rule")))

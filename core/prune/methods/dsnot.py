@@ -15,9 +15,20 @@ group) never changes:
   ``r`` towards 0), the largest ``sign(r) * W*E[x] / Var(x)^pow_of_var_regrowing`` — a large
   expected contribution with little variance;
 * prune, unstructured: among the initially kept weights with ``sign(r) * W*E[x] < 0`` (removing
-  them also moves ``r`` towards 0), the lowest Wanda score ``|W| * ||x||``;
-* prune, N:M: the initially kept weight of lowest Wanda score in the grown weight's group (the
-  swap stays inside the group), as in the reference.
+  them also moves ``r`` towards 0), the lowest Wanda score ``|W| * ||x||`` (whatever method gave
+  the initial mask, as in the reference);
+* prune, N:M: the initially kept weight of lowest *initial-method score* in the grown weight's
+  group (the swap stays inside the group), as in the reference: ``partner_scores``, the score
+  that chose the initial mask (Wanda's ``|W| * ||x||``, magnitude's ``|W|``, SparseGPT's
+  ``W^2 / U_jj^2``); Wanda's when not given.
+
+Two swap rules (``rule``):
+
+* ``"reference"`` (default), the reference's: a row applies one pair every cycle while ``|r|``
+  exceeds the threshold, whether or not the pair lowers ``|r|``; unstructured rows may overshoot
+  and oscillate around 0, N:M rows may see ``|r|`` grow when the group's partner is a poor match.
+* ``"decrease"``, Prune Studio's earlier rule: a pair that would not reduce ``|r|`` is not applied;
+  its grow candidate is dropped and the row goes on with the next one.
 
 A row stops for good when ``|r| <= update_threshold``, when it has no candidate left, or (with
 ``keep_sign``) when the swap would flip the sign of ``r``; everything stops after ``max_cycles``.
@@ -26,23 +37,25 @@ As in the reference, each weight moves at most once (candidate lists are fixed a
 ``--without_same_sign``) and on for N:M. With the default ``skip_layer="mlp"`` the reference
 leaves MLP projections untouched; :func:`dsnot_skips` reproduces that by module name, and the
 pipeline does the same by role (``PruneConfig.dsnot_skip``, default ``"mlp"``). Measured on the
-default model (32 x 256 C4, 40 evaluation windows): refining the MLP as well made DSnoT worse than
-its Wanda mask (60%: 279 against Wanda's 255), refining attention only less so (264).
+default model with the ``"decrease"`` rule and the variance over all tokens (32 x 256 C4, 40
+evaluation windows): refining the MLP as well made DSnoT worse than its Wanda mask (60%: 279
+against Wanda's 255), refining attention only less so (264).
 
-One deliberate difference, ``require_decrease=True`` (default): a pair that would not reduce
-``|r|`` is not applied; its grow candidate is dropped and the row goes on with the next one. The
-reference applies every pair while ``|r|`` is above the threshold, so unstructured rows overshoot
-and oscillate around 0 (each useless swap adds variance error) and N:M rows can grow ``|r|`` when
-the group's lowest-Wanda partner has the wrong sign. ``require_decrease=False`` restores the
-reference's rule exactly. The reference's edge cases where a row runs out of candidates (it then
-indexes kept weights) end the row here instead.
+Where the reference's behaviour is undefined it is not copied: when a row runs out of grow (or,
+unstructured, prune) candidates of the needed sign the reference goes on indexing kept weights
+(its sorted list continues into them), which changes the row's sparsity; here the row ends. In
+N:M, when every kept weight of the grown weight's group has already moved, the reference's
+``topk`` over all-infinite scores picks an arbitrary weight; here that grow candidate is dropped
+and the row goes on with the next one.
 
 Units: the reference accumulates ``sum_tokens(x) / n_sequences`` (the mean times the sequence
 length) and compares it with ``--update_threshold 0.1``; here ``r`` uses the per-token mean
 (:attr:`InputStats.mean`), so the reference's threshold corresponds to
-``update_threshold = 0.1 / seqlen``. ``Var`` is the variance over all calibration tokens (the
-reference averages per-batch variances). ``pow_of_var_pruning`` exists in the reference's CLI but
-is never used there; it is accepted here for parity and likewise has no effect.
+``update_threshold = 0.1 / seqlen``. ``Var`` is the reference's: the mean over calibration
+sequences of each sequence's variance (:attr:`InputStats.batch_var`, gathered when the method's
+needs ask for ``batch_var``), not the variance over all tokens. ``pow_of_var_pruning`` exists in
+the reference's CLI but is never used there; it is accepted here for parity and likewise has no
+effect.
 """
 
 from __future__ import annotations
@@ -55,7 +68,9 @@ from ...errors import ConfigError, PruneStudioError
 from ..stats import InputStats
 from .masks import check_nm, mask_for
 
-__all__ = ["DSnoTResult", "dsnot_refine", "dsnot_skips", "expected_error"]
+__all__ = ["RULES", "DSnoTResult", "dsnot_refine", "dsnot_skips", "expected_error"]
+
+RULES = ("reference", "decrease")  # the swap rules; see the module docstring
 
 _EARLY_EXIT_EVERY = 8  # cycles between the (host-syncing) "any row still active?" checks
 
@@ -115,16 +130,20 @@ def dsnot_refine(
     skip_sub_layer: str = "no_skip",
     module_name: str = "",
     keep_sign: bool | None = None,
-    require_decrease: bool = True,
+    rule: str = "reference",
+    partner_scores: torch.Tensor | None = None,
 ) -> DSnoTResult:
     """Refine a pruning mask of ``weight`` (out x in, dense values) with DSnoT swaps.
 
     ``mask`` (True = removed) is the initial mask; ``None`` builds the Wanda mask for ``sparsity``
-    (or N:M). ``stats`` must hold ``sq_norm`` and the moments. ``keep_sign=None`` means the
-    reference's choice (off unstructured, on N:M). ``module_name`` is matched against
-    ``skip_layer`` / ``skip_sub_layer`` (:func:`dsnot_skips`); a skipped module gets its mask back
-    unchanged. Returns a :class:`DSnoTResult`; the input mask is not modified. See the module
-    docstring for the criteria, ``require_decrease`` and the threshold's units.
+    (or N:M). ``stats`` must hold ``sq_norm``, the moments and ``batch_var``. ``keep_sign=None``
+    means the reference's choice (off unstructured, on N:M). ``rule``: ``"reference"`` or
+    ``"decrease"`` (:data:`RULES`). ``partner_scores`` (shaped like the weight): the score that
+    ranks an N:M group's kept weights for the swap, lowest first (the initial method's; default
+    Wanda's). ``module_name`` is matched against ``skip_layer`` / ``skip_sub_layer``
+    (:func:`dsnot_skips`); a skipped module gets its mask back unchanged. Returns a
+    :class:`DSnoTResult`; the input mask is not modified. See the module docstring for the
+    criteria, the rules and the threshold's units.
     """
     del pow_of_var_pruning  # unused in the reference implementation as well
     if weight.dim() != 2:
@@ -135,15 +154,20 @@ def dsnot_refine(
         check_nm(n, m, cols, module_name)
     if max_cycles < 0 or update_threshold < 0:
         raise ConfigError("DSnoT needs max_cycles >= 0 and update_threshold >= 0.")
-    if stats.sq_norm is None or not stats.needs.moments:
+    if rule not in RULES:
+        raise ConfigError(f"DSnoT's swap rule must be one of {', '.join(RULES)}, got '{rule}'.")
+    if stats.sq_norm is None or not stats.needs.moments or not stats.needs.batch_var:
         raise PruneStudioError(
-            "DSnoT needs the input norms, means and variances of every module; they were not "
-            "collected during calibration."
+            "DSnoT needs the input norms, means and per-sequence variances of every module; they "
+            "were not collected during calibration."
         )
+    if partner_scores is not None and partner_scores.shape != weight.shape:
+        raise ConfigError("DSnoT: the N:M partner scores must be shaped like the weight.")
+    require_decrease = rule == "decrease"
     device = weight.device
     w = weight.detach().to(torch.float32)
     mean = stats.mean.to(device=device, dtype=torch.float32)
-    var = stats.var.to(device=device, dtype=torch.float32)
+    var = stats.batch_var.to(device=device, dtype=torch.float32)
     wanda = w.abs() * stats.col_norm.to(device=device, dtype=torch.float32)
 
     if mask is None:
@@ -177,6 +201,7 @@ def dsnot_refine(
         p_pos = torch.zeros(rows, dtype=torch.long, device=device)
         p_neg = torch.zeros_like(p_pos)
     else:
+        partner = wanda if partner_scores is None else partner_scores.to(device=device, dtype=torch.float32)
         offsets = torch.arange(m, device=device)
         inf = torch.tensor(float("inf"), device=device)
 
@@ -202,7 +227,7 @@ def dsnot_refine(
             start = g_idx - g_idx % m
             group = start.unsqueeze(1) + offsets
             prunable = (~cur & ~mask0).gather(1, group)
-            local = torch.where(prunable, wanda.gather(1, group), inf).argmin(dim=1)
+            local = torch.where(prunable, partner.gather(1, group), inf).argmin(dim=1)
             found = prunable.gather(1, local.unsqueeze(1)).squeeze(1)
             p_idx = start + local
 

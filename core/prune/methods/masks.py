@@ -68,7 +68,3 @@ def mask_for(scores: torch.Tensor, sparsity: float, n: int = 0, m: int = 0) -> t
         return nm_mask(scores, n, m)
     return per_row_mask(scores, sparsity)
 
-
-def nm_for_sparsity(sparsity: float, m: int) -> int:
-    """The N of an N:M pattern closest to ``sparsity`` (used by OWL with N:M)."""
-    return max(1, min(m - 1, int(round(sparsity * m))))

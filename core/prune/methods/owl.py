@@ -9,6 +9,20 @@ luuyin/OWL ``lib/prune_all.py`` (``check_outlier_mean`` and the allocation in
 * the ratios are min-max normalised to ``[0, 2 * lam]``, centred, and subtracted from the target:
   ``s_l = target - (x_l - mean(x))``, so more outliers give a lower sparsity and the mean is
   exactly the target (the reference computes densities ``1 - s_l`` the same way).
+
+With an N:M structure (the reference's ``prune_wanda_outlier_structure``) the same formula runs in
+units of N around the structure's N, so ``--sparsity`` plays no part:
+
+* ``lam`` is mapped to N units as ``lam_n = lam * M`` (one step of N is ``1 / M`` of sparsity);
+  the ratios are normalised to ``[0, 2 * lam_n]``, centred, and ``c_l = -(x_l - mean(x))`` is
+  the real-valued change of block ``l``'s N. The reference's ``--Lamda`` for N:M is this span
+  ``2 * lam_n``: its ``--Lamda 2`` with 5:8 is ``lam = 2 / (2 * 8) = 0.125`` here;
+* each block's N is ``N + d_l`` with integers ``d_l`` in ``[-floor(lam_n), floor(lam_n)]``
+  (the paper's ``[S - lam, S + lam]`` in N units) and ``N + d_l`` in ``[1, M - 1]``, summing to 0,
+  so the mean N over blocks is exactly the structure's N, and closest to ``c`` (least squares).
+  The reference rounds each ``c_l`` alone, so its mean N can drift and an extreme block can leave
+  the range by one step; otherwise the two agree. ``lam_n < 1`` (``lam < 1 / M``; the default
+  0.08 with 2:4 or 4:8) leaves every block at N.
 """
 
 from __future__ import annotations
@@ -19,7 +33,6 @@ from typing import Sequence
 import torch
 
 from ...errors import ConfigError
-from .masks import nm_for_sparsity
 
 __all__ = ["outlier_ratio", "owl_allocation", "owl_nm_allocation"]
 
@@ -95,8 +108,38 @@ def owl_allocation(ratios: Sequence[float], target: float, lam: float = 0.08) ->
     return _shift_into_bounds(base, target)
 
 
-def owl_nm_allocation(sparsities: Sequence[float], m: int) -> list[int]:
-    """The N of an N:M pattern for each block's sparsity (closest, within ``1..m-1``)."""
-    if m < 2:
-        raise ConfigError(f"N:M structure needs M >= 2, got M = {m}.")
-    return [nm_for_sparsity(float(s), m) for s in sparsities]
+def owl_nm_allocation(ratios: Sequence[float], n: int, m: int, lam: float = 0.08) -> list[int]:
+    """Per-block N of an N:M structure from outlier ratios; the mean N is exactly ``n``.
+
+    ``lam`` is in units of sparsity, as for :func:`owl_allocation`; in N units it is
+    ``lam * m``. See the module docstring for the formula and how it relates to the reference.
+    """
+    if m < 2 or not 0 < n < m:
+        raise ConfigError(f"N:M structure needs 0 < N < M, got {n}:{m}.")
+    if not lam >= 0.0 or not math.isfinite(lam):
+        raise ConfigError(f"OWL lambda must be a finite number >= 0, got {lam}.")
+    values = [float(r) for r in ratios]
+    if not values:
+        raise ConfigError("OWL needs at least one block.")
+    if not all(math.isfinite(v) for v in values):
+        raise ConfigError("OWL outlier ratios must be finite numbers.")
+    lam_n = lam * m
+    reach = math.floor(lam_n + 1e-9)  # 0.25 * 4 must give 1, not 0
+    lo, hi = max(-reach, 1 - n), min(reach, m - 1 - n)
+    low, high = min(values), max(values)
+    if high - low <= 0.0 or lo == hi:
+        return [n] * len(values)
+    scaled = [(v - low) / (high - low) * 2.0 * lam_n for v in values]
+    centre = math.fsum(scaled) / len(scaled)
+    want = [centre - x for x in scaled]  # more outliers: fewer weights removed
+    # Closest integers in [lo, hi] summing to 0: start from each one rounded into the bounds, then
+    # move one step at a time the block whose move costs least (separable convex: this is optimal).
+    steps = [min(hi, max(lo, round(c))) for c in want]
+    total = sum(steps)
+    while total != 0:
+        up = total < 0
+        movable = [i for i, d in enumerate(steps) if (d < hi if up else d > lo)]
+        i = max(movable, key=lambda j: (want[j] - steps[j]) if up else (steps[j] - want[j]))
+        steps[i] += 1 if up else -1
+        total += 1 if up else -1
+    return [n + d for d in steps]

@@ -1,0 +1,244 @@
+"""How long the long jobs will take on this machine, said before they start, and ETAs while they run.
+
+Each estimate is a count of floating-point operations divided by this machine's measured rate
+(:func:`prunestudio.core.model.speed.machine_speed`: a quarter-second probe of matrix products in
+the model's dtype on its device, cached) and by an efficiency: the share of the probe's rate each
+kind of work reaches, measured on the demo model:
+
+* **self-generation**: every generated token is one forward pass with the KV cache
+  (:meth:`ModelFacts.forward_flops_per_token`, the context half the sample on average; the
+  filter's perplexities come from the same passes); a decoding step multiplies thin matrices, so
+  its rate grows with the batch (:func:`decode_efficiency`);
+* **pruning**: the block forward passes over the calibration tokens (two per block for the
+  two-pass order, one for one pass, one more for OWL's pre-pass) plus the method's own work per
+  module: SparseGPT-like methods (``Method.hessian``) accumulate ``2 tokens in²`` for the
+  Hessian, factorise it (about ``in³``: the Cholesky, the inverse and its Cholesky) and update
+  the weights (``out in²``); Wanda's and magnitude's scores are negligible;
+* **perplexity**: a forward pass over every evaluated token, the output head included (the
+  number of tokens of a whole text is a guess for the named suites and files: see
+  :func:`eval_tokens`);
+* **zero-shot**: a forward pass over each question's every choice (context and choice).
+
+Calibration (the efficiencies), ``python bench/estimate_check.py`` on this project's machine: 2
+cores (``lscpu``: Model name "AMD EPYC"; ``/proc/cpuinfo`` does not say which generation), 24 GiB,
+shared with other engineers' test runs (load average 3 to 8 during the measurements), one torch
+thread (what the jobs choose on a busy 2-core machine), the demo model (SmolLM2-135M-Instruct,
+float32). Measured / estimated, with the probe taken in the same process just before:
+
+* self-generation, 8 samples x 64 tokens: 21.1 s / 20.9 s (1.01x; probe 22.5 GFLOP/s);
+  32 x 128, one batch of 32: 93.0 s / 79.6 s (1.17x);
+* perplexity, 8 WikiText-2 windows of 512 tokens: 63.8 s / 60.7 s (1.05x; probe 35.2 GFLOP/s);
+* zero-shot, the first 50 PIQA questions: 101.6 s / 84.1 s (1.21x);
+* pruning, 16 x 512 random-token windows: Wanda two passes 308.5 s / 306.2 s (1.01x); SparseGPT
+  one pass 302.0 s, estimated 377.6 s with a solve efficiency of 0.3, which was then set to 0.45
+  from this run (so 1.0x now, by construction).
+
+The long jobs were not rerun here (they take an hour under this load); set beside the figures
+measured earlier on this kind of machine in other conditions: the default self-generated set (79 x
+512 tokens) took about 8 minutes in the issue's user trial; the estimate says 9.6 min with the probe
+at 35 GFLOP/s and 15 min at 22.5 (the probe's range today), so 1.2-1.9x high. A whole WikiText-2
+evaluation at 512 (304,986 tokens with the demo's tokenizer) was reported at about 11 minutes; the
+estimate says 75-118 min at today's probe, and 15 min at the 180 GFLOP/s the notes' idle Zen 4
+probe gave with 2 threads (1.3x high). Against ``bench/results/NOTES.md``'s idle-machine
+figures (2 threads) the estimates are 1.6x high for pruning (Wanda 16 x 512: 38 s measured on the
+Zen 4) and 2x low for self-generation (184 tokens/s at batch 32 on the Zen 4): decoding gains less
+from a second idle thread than the probe's products do. So: close on a busy machine at one thread,
+within about 2x either way otherwise; the GUI says "about" and rounds to the minute. Estimates for a
+mixture-of-experts model count every expert's weights in each forward pass, so they are high by
+about the number of experts over the number each token is routed to.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..config import CalibConfig, PruneConfig
+from ..model.speed import MachineSpeed, ModelFacts
+from ..prune.methods import registry as methods
+
+# the share of the probe's FLOP/s each kind of work reaches (see the module docstring)
+DECODE_EFFICIENCY = 1.0  # generating, at a large batch (sampling included): see decode_efficiency
+DECODE_HALF_BATCH = 20  # the batch at which decoding reaches half of that
+FORWARD_EFFICIENCY = 0.55  # perplexity, the filter, zero-shot: whole windows at once
+PRUNE_FORWARD_EFFICIENCY = 0.35  # a block's forward with the statistics hooks, batch 8
+SOLVE_EFFICIENCY = 0.45  # SparseGPT's Hessians, factorisations and column updates (counted per module)
+
+# tokens of the named evaluation texts (GPT-2-like tokenizers; others differ by 10-20 %)
+WIKITEXT2_TEST_TOKENS = 300_000  # the demo model's tokenizer: 304,986
+BYTES_PER_TOKEN = 4.3  # a text file of English: bytes per token, roughly
+# (questions, choices, tokens per choice with its context) of each zero-shot task's evaluated split
+ZEROSHOT_SIZES: dict[str, tuple[int, int, int]] = {
+    "arc_easy": (2376, 4, 45),
+    "arc_challenge": (1172, 4, 50),
+    "piqa": (1838, 2, 60),
+    "hellaswag": (10042, 4, 110),
+    "winogrande": (1267, 2, 30),
+    "boolq": (3270, 2, 160),
+    "openbookqa": (500, 4, 30),
+}
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """Seconds a job is expected to take, and what the figure rests on."""
+
+    seconds: float
+    flops: float
+
+
+def about(seconds: float) -> str:
+    """A rough duration in words: "under a minute", "about 8 min", "about 2.5 h" + "on this machine"."""
+    if not math.isfinite(seconds) or seconds < 0:
+        return "time unknown"
+    if seconds < 60:
+        return "under a minute on this machine"
+    minutes = seconds / 60
+    if minutes < 90:
+        return f"about {max(1, round(minutes))} min on this machine"
+    return f"about {minutes / 60:.1f} h on this machine"
+
+
+def _seconds(flops: float, speed: MachineSpeed, efficiency: float) -> float:
+    return flops / max(speed.flops * efficiency, 1.0)
+
+
+def selfgen_samples(cal: CalibConfig) -> int:
+    """Samples self-generation writes for ``cal``: enough that ``nsamples`` remain after the filter
+    (windows protocol), or ``nsamples`` (the paper's windows are cut from the joined samples)."""
+    from .calibration import _n_before_filter
+
+    if cal.drop_top == 0 or cal.protocol == "paper":
+        return cal.nsamples
+    return _n_before_filter(cal.nsamples, cal.drop_top)
+
+
+def decode_efficiency(batch: int) -> float:
+    """The share of the probe's rate a decoding step of ``batch`` sequences reaches: a step reads
+    every weight once whatever the batch, so the rate grows with the batch and levels off
+    (``bench/results/NOTES.md``: 83, 136, 184, 240 tokens/s at batch 8, 16, 32, 64)."""
+    return DECODE_EFFICIENCY * batch / (batch + DECODE_HALF_BATCH)
+
+
+def selfgen(facts: ModelFacts, speed: MachineSpeed, cal: CalibConfig, batch_size: int = 32) -> Estimate:
+    """Generating ``cal``'s self-generated set: every token decoded, in batches of ``batch_size``
+    (the perplexity that filters the samples comes from the same forward passes)."""
+    n = selfgen_samples(cal)
+    per_token = facts.forward_flops_per_token(cal.seqlen // 2)
+    new_tokens = max(cal.seqlen - cal.prefix_tokens, 1)
+    seconds = flops = 0.0
+    for b0 in range(0, n, batch_size):
+        b = min(batch_size, n - b0)
+        f = b * new_tokens * per_token
+        flops += f
+        seconds += _seconds(f, speed, decode_efficiency(b))
+    return Estimate(seconds, flops)
+
+
+def block_passes(cfg: PruneConfig) -> int:
+    """Forward passes per block over the calibration tokens: 2 (statistics, then the pruned
+    outputs), 1 in one pass, plus 1 for OWL's pre-pass; 0 for a method without statistics."""
+    if not cfg.needs_calibration:
+        return 0
+    passes = 0 if methods.stats_needs(cfg) is None else (1 if cfg.passes_once else 2)
+    return passes + (1 if cfg.owl else 0)
+
+
+def pruning(facts: ModelFacts, speed: MachineSpeed, cfg: PruneConfig, nsamples: int, seqlen: int) -> Estimate:
+    """A pruning run on ``nsamples`` x ``seqlen`` calibration tokens (evaluations not included)."""
+    tokens = nsamples * seqlen if cfg.needs_calibration else 0
+    fwd = block_passes(cfg) * tokens * (facts.forward_flops_per_token(seqlen // 2, head=False))
+    solve = 0.0
+    if methods.builds_hessian(cfg):
+        per_block = sum(2.0 * tokens * i * i + i ** 3 + o * i * i for o, i in facts.block_linears)
+        solve = facts.num_blocks * per_block
+    seconds = _seconds(fwd, speed, PRUNE_FORWARD_EFFICIENCY) + _seconds(solve, speed, SOLVE_EFFICIENCY)
+    return Estimate(seconds, fwd + solve)
+
+
+def eval_tokens(source: str, seqlen: int, max_windows: int | None) -> int | None:
+    """Tokens a perplexity evaluation reads: ``max_windows`` windows, or a guess at the whole text
+    (WikiText-2's test split, C4's 256 windows, a local file by its size); None when unknown."""
+    if max_windows:
+        return max_windows * seqlen
+    s = source.lower()
+    if s == "c4":
+        return 256 * seqlen
+    if s == "wikitext2" or "wikitext-2" in s or "wiki.test" in s:
+        if not Path(source).is_file():
+            return WIKITEXT2_TEST_TOKENS
+    path = Path(source)
+    try:
+        if path.is_file():
+            size = path.stat().st_size
+            if path.suffix == ".gz":
+                size *= 3  # compressed text: about a third of its size
+            return int(size / BYTES_PER_TOKEN)
+    except OSError:
+        return None
+    return None
+
+
+def perplexity(facts: ModelFacts, speed: MachineSpeed, tokens: int, seqlen: int) -> Estimate:
+    """A perplexity evaluation over ``tokens`` tokens in ``seqlen`` windows."""
+    flops = tokens * facts.forward_flops_per_token(seqlen // 2)
+    return Estimate(_seconds(flops, speed, FORWARD_EFFICIENCY), flops)
+
+
+def zeroshot(facts: ModelFacts, speed: MachineSpeed, tasks: list[str] | tuple[str, ...],
+             limit: int | None) -> Estimate:
+    """Zero-shot accuracy on ``tasks``, at most ``limit`` questions each: every choice of every
+    question is one forward pass over its context and choice."""
+    flops = 0.0
+    for name in tasks:
+        items, choices, length = ZEROSHOT_SIZES.get(name, (1000, 4, 60))
+        if limit:
+            items = min(items, limit)
+        flops += items * choices * length * facts.forward_flops_per_token(length // 2)
+    return Estimate(_seconds(flops, speed, FORWARD_EFFICIENCY), flops)
+
+
+def fmt_duration(seconds: float) -> str:
+    """"42 s", "3:05 min", "1:02:03 h"."""
+    s = max(0.0, seconds) if math.isfinite(seconds) else 0.0
+    if s < 60:
+        return f"{s:.0f} s"
+    m, sec = divmod(int(round(s)), 60)
+    if m < 60:
+        return f"{m}:{sec:02d} min"
+    h, m = divmod(m, 60)
+    return f"{h}:{m:02d}:{sec:02d} h"
+
+
+def eta_seconds(done: float, total: float, elapsed: float) -> float | None:
+    """Seconds left at the rate measured so far (None before any progress or once done)."""
+    if total <= 0 or done <= 0 or done >= total or elapsed <= 0:
+        return None
+    return elapsed / done * (total - done)
+
+
+def progress_text(done: float, total: float, elapsed: float) -> str:
+    """"elapsed 1:02 min, about 3:10 min left": a running phase's time, from its measured rate."""
+    text = f"elapsed {fmt_duration(elapsed)}"
+    left = eta_seconds(done, total, elapsed)
+    if left is not None:
+        text += f", about {fmt_duration(left)} left"
+    return text
+
+
+class PhaseClock:
+    """Each phase's start time, and its elapsed time and ETA when it reports progress. Times are
+    passed in (``now``: :func:`time.perf_counter` in use), so that the arithmetic is testable."""
+
+    def __init__(self) -> None:
+        self._started: dict[str, float] = {}
+
+    def start(self, phase: str, now: float) -> None:
+        self._started[phase] = now
+
+    def text(self, phase: str, share: float, now: float) -> str:
+        """The phase's elapsed time and ETA, ``share`` (0..1) of it being done; a phase not
+        started before counts from now."""
+        t0 = self._started.setdefault(phase, now)
+        return progress_text(share, 1.0, now - t0)

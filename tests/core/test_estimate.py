@@ -1,0 +1,197 @@
+"""Time estimates before long work (core/run/estimate.py) and the machine probe (core/model/speed.py).
+
+No test here compares a time with a fixed number of seconds: the estimates are checked for
+moving the right way with each setting, for their arithmetic against hand-computed FLOP counts,
+and (once) against a measured short run within a wide factor.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+
+import pytest
+
+from prunestudio.core.config import CalibConfig, PruneConfig
+from prunestudio.core.events import PhaseProgress
+from prunestudio.core.model.speed import MachineSpeed, ModelFacts, machine_speed, model_facts
+from prunestudio.core.run import estimate
+
+# a model the size of the demo (30 blocks, hidden 576, MLP 1536, vocabulary 49152)
+H, I, V, B = 576, 1536, 49152, 30
+FACTS = ModelFacts(params=134_515_008, head_params=V * H, hidden=H, num_blocks=B, vocab=V,
+                   block_linears=((H, H), (192, H), (192, H), (H, H), (I, H), (I, H), (H, I)),
+                   dtype="float32", device="cpu")
+SPEED = MachineSpeed(50e9, "test", probed=False)
+
+
+def test_forward_flops_count_weights_attention_and_head():
+    per_block = H * H * 2 + 192 * H * 2 + I * H * 3
+    assert FACTS.block_params == B * per_block
+    assert FACTS.forward_flops_per_token(0, head=False) == 2 * B * per_block
+    assert FACTS.forward_flops_per_token(100) == 2 * B * per_block + 4 * B * H * 100 + 2 * V * H
+
+
+def test_selfgen_grows_with_samples_and_length_and_batches_help():
+    base = CalibConfig(source="selfgen", nsamples=64, seqlen=512)
+    t = estimate.selfgen(FACTS, SPEED, base).seconds
+    # twice the samples: 160 in 5 full batches of 32 instead of 32 + 32 + 16 (a part batch is slower per token)
+    double = estimate.selfgen(FACTS, SPEED, CalibConfig(source="selfgen", nsamples=128, seqlen=512)).seconds
+    assert 1.6 * t < double < 2 * t
+    assert estimate.selfgen(FACTS, SPEED, CalibConfig(source="selfgen", nsamples=64, seqlen=1024)).seconds > 2 * t
+    # the filter drops 20 %: 79 samples are generated for 64 kept (79 - floor(15.8)); without it, 64
+    assert estimate.selfgen_samples(base) == 79
+    assert estimate.selfgen(FACTS, SPEED, CalibConfig(source="selfgen", nsamples=64, seqlen=512,
+                                                      drop_top=0.0)).seconds < t
+    # decoding 32 at a time is faster per token than one at a time
+    assert estimate.selfgen(FACTS, SPEED, base, batch_size=1).seconds > 5 * t
+    # twice the machine speed, half the time
+    assert estimate.selfgen(FACTS, MachineSpeed(100e9, "x", False), base).seconds == pytest.approx(t / 2)
+
+
+def test_pruning_passes_and_methods():
+    def secs(**kw):
+        return estimate.pruning(FACTS, SPEED, PruneConfig(**kw), 64, 512).seconds
+
+    wanda2 = secs(method="wanda", one_pass=False)
+    wanda1 = secs(method="wanda", one_pass=True)
+    assert wanda2 == pytest.approx(2 * wanda1)  # Wanda: the forward passes are all its cost
+    assert secs(method="wanda", owl=True, one_pass=False) == pytest.approx(1.5 * wanda2)  # OWL's pre-pass
+    assert secs(method="sparsegpt", one_pass=True) > wanda1  # the Hessians and their solves
+    assert secs(method="magnitude") == 0.0  # no calibration, no passes, no solve (nothing of note)
+    assert estimate.block_passes(PruneConfig(method="magnitude", owl=True)) == 1
+    more = estimate.pruning(FACTS, SPEED, PruneConfig(method="sparsegpt"), 128, 512).seconds
+    assert more > secs(method="sparsegpt")
+
+
+def test_perplexity_and_zeroshot_grow_with_their_sizes():
+    short = estimate.perplexity(FACTS, SPEED, 32 * 512, 512).seconds
+    assert estimate.perplexity(FACTS, SPEED, 64 * 512, 512).seconds == pytest.approx(2 * short)
+    assert estimate.eval_tokens("wikitext2", 512, 32) == 32 * 512
+    whole = estimate.eval_tokens("wikitext2", 512, None)
+    assert whole == estimate.WIKITEXT2_TEST_TOKENS
+    assert estimate.eval_tokens("c4", 1024, None) == 256 * 1024
+    assert estimate.eval_tokens("hf:someone/unknown", 512, None) is None
+    z1 = estimate.zeroshot(FACTS, SPEED, ["piqa"], 100).seconds
+    assert estimate.zeroshot(FACTS, SPEED, ["piqa"], 200).seconds == pytest.approx(2 * z1)
+    assert estimate.zeroshot(FACTS, SPEED, ["piqa", "arc_easy"], 100).seconds > z1
+    assert estimate.zeroshot(FACTS, SPEED, ["piqa"], None).seconds > z1  # all 1,838 questions
+
+
+def test_eval_tokens_of_a_file_by_its_size(tmp_path):
+    f = tmp_path / "text.txt"
+    f.write_text("word " * 10_000)
+    n = estimate.eval_tokens(str(f), 512, None)
+    assert 5_000 < n < 20_000  # 50,000 bytes at about 4 bytes a token
+
+
+def test_words():
+    assert estimate.about(30) == "under a minute on this machine"
+    assert estimate.about(8 * 60 + 10) == "about 8 min on this machine"
+    assert estimate.about(3 * 3600) == "about 3.0 h on this machine"
+    assert estimate.about(math.nan) == "time unknown"
+    assert estimate.progress_text(1, 4, 60) == "elapsed 1:00 min, about 3:00 min left"
+    assert estimate.progress_text(0, 4, 5) == "elapsed 5 s"  # no rate yet: no ETA
+    assert estimate.eta_seconds(4, 4, 60) is None
+
+
+def test_phase_clock_uses_the_fraction_when_given():
+    clock = estimate.PhaseClock()
+    clock.start("generate", 100.0)
+    # 2 of 80 samples done, but a quarter of the tokens: the ETA follows the tokens
+    ev = PhaseProgress("generate", 2, 80, fraction=0.25)
+    assert ev.share == 0.25
+    assert clock.text("generate", ev.share, 130.0) == "elapsed 30 s, about 1:30 min left"
+    assert PhaseProgress("ppl", 3, 12).share == 0.25
+
+
+def test_model_facts_of_a_tiny_model(make_model):
+    model = make_model("llama")
+    f = model_facts(model)
+    cfg = model.config
+    assert f.num_blocks == cfg.num_hidden_layers
+    assert f.hidden == cfg.hidden_size and f.vocab == cfg.vocab_size
+    assert f.params == sum(p.numel() for p in model.parameters())
+    h, i = cfg.hidden_size, cfg.intermediate_size
+    kv = cfg.num_key_value_heads * (h // cfg.num_attention_heads)
+    assert sorted(f.block_linears) == sorted([(h, h), (kv, h), (kv, h), (h, h), (i, h), (i, h), (h, i)])
+    assert f.dtype == "float32" and f.device == "cpu"
+
+
+def test_machine_speed_is_cached_per_key(tmp_path, monkeypatch):
+    from prunestudio.core.model import speed as sp
+
+    cache = tmp_path / "speed.json"
+    monkeypatch.setenv("PRUNESTUDIO_SPEED_CACHE", str(cache))
+    monkeypatch.setattr(sp, "_MEMO", {})
+    assert sp.known_speed("cpu", "float32", threads=1) is None  # never probed: unknown, and no probe now
+    first = machine_speed("cpu", "float32", threads=1)
+    assert first.probed and first.flops > 0
+    assert json.loads(cache.read_text())[first.key] == first.flops
+    monkeypatch.setattr(sp, "_MEMO", {})  # a new process: read from the file, no probe
+    again = machine_speed("cpu", "float32", threads=1)
+    assert not again.probed and again.flops == first.flops
+    assert sp.known_speed("cpu", "float32", threads=1) == again
+    assert "float32" in first.key and sp.cpu_model() in first.key and first.key.endswith("|1")
+
+
+def test_perplexity_estimate_within_a_factor_of_a_short_run():
+    """A measured perplexity pass on a small model lands within 10x of its estimate (a wide band:
+    the machine is shared; this checks the scale, not the precision)."""
+    import torch
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    from prunestudio.core.evaluate.perplexity import iter_perplexity
+    from prunestudio.core.events import run_to_completion
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(LlamaConfig(
+        vocab_size=2048, hidden_size=256, intermediate_size=704, num_hidden_layers=4, num_attention_heads=4,
+        num_key_value_heads=4, max_position_embeddings=512)).eval()
+    ids = torch.randint(0, 2048, (8 * 256,))
+    facts = model_facts(model)
+    speed = machine_speed("cpu", "float32")
+    run_to_completion(iter_perplexity(model, ids, 256, max_windows=2))  # warm up
+    t0 = time.perf_counter()
+    run_to_completion(iter_perplexity(model, ids, 256, max_windows=8))
+    measured = time.perf_counter() - t0
+    est = estimate.perplexity(facts, speed, 8 * 256, 256).seconds
+    assert est / 10 < measured < est * 10, (measured, est)
+
+
+class _Tty:
+    """A stream that says it is a terminal, keeping what is written."""
+
+    def __init__(self) -> None:
+        self.text = ""
+
+    def isatty(self) -> bool:
+        return True
+
+    def write(self, s: str) -> None:
+        self.text += s
+
+    def flush(self) -> None:
+        pass
+
+
+def test_the_terminal_progress_lines_carry_elapsed_time_and_eta(monkeypatch):
+    from prunestudio.core.cli import calib as cli_calib
+    from prunestudio.core.cli import progress as cli_progress
+    from prunestudio.core.events import PhaseStarted
+
+    clock = iter([100.0, 140.0])  # the phase starts at 100 s; the progress comes 40 s later
+    monkeypatch.setattr(time, "perf_counter", lambda: next(clock))
+    out = _Tty()
+    p = cli_calib._Progress(stream=out)
+    p(PhaseStarted("generate", total=80))
+    p(PhaseProgress("generate", 16, 80, "120 tokens/s", fraction=0.25))
+    assert "generate: 16/80 120 tokens/s | elapsed 40 s, about 2:00 min left" in out.text
+
+    clock = iter([10.0, 40.0])
+    out = _Tty()
+    printer = cli_progress.ProgressPrinter(stream=out)
+    printer(PhaseStarted("ppl-dense", total=8))
+    printer(PhaseProgress("ppl-dense", 2, 8))
+    assert "2/8 | 30s elapsed, ~1m30s left" in out.text
