@@ -1,5 +1,6 @@
 """The results of an experiment grid: metrics per cell, mean and sample standard deviation over
-seeds, and the files a run writes (summary.md, summary.csv, cells.csv, grid.resolved.json)."""
+seeds, paired comparisons of the calibration sources across seeds, and the files a run writes
+(summary.md, summary.csv, cells.csv, paired.csv, grid.resolved.json)."""
 
 from __future__ import annotations
 
@@ -76,6 +77,130 @@ def summarize(spec: GridSpec, finished: list[tuple[Cell, dict[str, Any]]]) -> li
     sorder = {s: i for i, s in enumerate([DENSE] + [s.label for s in spec.sources])}
     rows.sort(key=lambda r: (morder.get(r.method, 99), order.get(r.setting, 99), sorder.get(r.source, 99)))
     return rows
+
+
+# Two-sided 95% critical values of Student's t by degrees of freedom (any statistics table); from
+# 30 on the normal value is close enough.
+_T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262,
+         10: 2.228, 11: 2.201, 12: 2.179, 13: 2.160, 14: 2.145, 15: 2.131, 16: 2.120, 17: 2.110,
+         18: 2.101, 19: 2.093, 20: 2.086, 25: 2.060, 30: 2.042}
+
+
+def t_critical(df: int) -> float:
+    """The two-sided 95% critical value of Student's t with ``df`` degrees of freedom."""
+    if df < 1:
+        raise ValueError("a paired t needs at least two pairs")
+    if df in _T975:
+        return _T975[df]
+    below = max(k for k in _T975 if k <= df)
+    return _T975[below] if df < 30 else 1.96
+
+
+@dataclass
+class PairedRow:
+    """Source ``a`` against source ``b`` for one method, setting and metric, paired by seed.
+
+    ``ratios``: a / b per seed both have (for perplexity below 1 means ``a`` is better; for
+    accuracy above 1); ``mean_pct`` and ``std_pct``: their mean and sample std as a percentage change;
+    ``wins``: seeds where ``a`` was better; ``t``: the paired t statistic of the log ratios
+    (the seeds draw the calibration samples, the evaluation is the same for both, so each seed is
+    one pair); ``beyond_noise``: |t| above the two-sided 95% critical value (needs 2+ pairs)."""
+
+    method: str
+    setting: str
+    metric: str
+    a: str
+    b: str
+    seeds: list[int | None]
+    ratios: list[float]
+    mean_pct: float
+    std_pct: float
+    wins: int
+    t: float | None
+    beyond_noise: bool | None
+
+
+def _is_selfgen(src: Any) -> bool:
+    return src.source == "selfgen" or src.source.startswith("selfgen:")
+
+
+def source_pairs(spec: GridSpec) -> list[tuple[str, str]]:
+    """The pairs of calibration sources the paired comparison reports: every self-generated source
+    against every other source (the question of Ji et al.), or, in a grid without self-generation,
+    every pair in grid order."""
+    srcs = list(spec.sources)
+    gen = [s for s in srcs if _is_selfgen(s)]
+    if not gen:
+        return [(a.label, b.label) for i, a in enumerate(srcs) for b in srcs[i + 1:]]
+    out: list[tuple[str, str]] = []
+    for g in gen:
+        for o in srcs:
+            if o.label != g.label and (o.label, g.label) not in out:
+                out.append((g.label, o.label))
+    return out
+
+
+def paired(spec: GridSpec, finished: list[tuple[Cell, dict[str, Any]]]) -> list[PairedRow]:
+    """Paired comparisons across seeds of :func:`source_pairs` for every method, setting and metric
+    with at least one seed where both sources finished."""
+    by: dict[tuple[str, str, str], dict[int | None, dict[str, float | None]]] = {}
+    for cell, report in finished:
+        if cell.kind == DENSE:
+            continue
+        by.setdefault((cell.method, cell.setting, cell.source_label), {})[cell.seed] = cell_metrics(report, spec.eval)
+    names = [f"ppl:{s}" for s in spec.eval.ppl] + (["zeroshot"] if spec.eval.tasks else [])
+    settings = [setting_label(st, sp) for st, sp in spec.settings()]
+    rows: list[PairedRow] = []
+    for method in spec.methods:
+        for setting in settings:
+            for a, b in source_pairs(spec):
+                ma, mb = by.get((method, setting, a), {}), by.get((method, setting, b), {})
+                for name in names:
+                    seeds = [sd for sd in ma if sd in mb and ma[sd].get(name) and mb[sd].get(name)]
+                    if not seeds:
+                        continue
+                    ratios = [float(ma[sd][name]) / float(mb[sd][name]) for sd in seeds]  # type: ignore[arg-type]
+                    logs = [math.log(r) for r in ratios]
+                    lower_better = name.startswith("ppl:")
+                    wins = sum(1 for r in ratios if (r < 1 if lower_better else r > 1))
+                    mean_pct, std_pct = mean_std([100 * (r - 1) for r in ratios])
+                    t = beyond = None
+                    if len(logs) > 1:
+                        sd_log = statistics.stdev(logs)
+                        mean_log = statistics.fmean(logs)
+                        t = math.inf if sd_log == 0 and mean_log != 0 else (
+                            0.0 if sd_log == 0 else mean_log / (sd_log / math.sqrt(len(logs))))
+                        beyond = abs(t) > t_critical(len(logs) - 1)
+                    rows.append(PairedRow(method, setting, name, a, b, list(seeds), ratios,
+                                          float(mean_pct or 0.0), float(std_pct or 0.0), wins, t, beyond))
+    return rows
+
+
+def paired_markdown(spec: GridSpec, rows: list[PairedRow]) -> str:
+    """The paired comparisons as a table: change of ``a`` against ``b`` (mean ± std over seeds)."""
+    if not rows:
+        return ""
+    lines = ["| method | setting | metric | source a | against b | seeds | a vs b (mean ± std) | a better | t | beyond seed noise |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        t = "–" if r.t is None else ("inf" if math.isinf(r.t) else f"{r.t:.2f}")
+        verdict = "–" if r.beyond_noise is None else ("**yes**" if r.beyond_noise else "no")
+        spread = f" ± {r.std_pct:.1f}%" if len(r.seeds) > 1 else ""
+        lines.append(f"| {r.method} | {r.setting} | {_metric_label(r.metric, spec.eval)} | {r.a} | {r.b} | "
+                     f"{len(r.seeds)} | {r.mean_pct:+.1f}%{spread} | {r.wins}/{len(r.seeds)} | {t} | {verdict} |")
+    return "\n".join(lines) + "\n"
+
+
+def paired_csv(spec: GridSpec, rows: list[PairedRow]) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["method", "setting", "metric", "a", "b", "n_seeds", "seeds", "ratios", "mean_pct", "std_pct",
+                "a_better", "t", "beyond_seed_noise"])
+    for r in rows:
+        w.writerow([r.method, r.setting, r.metric, r.a, r.b, len(r.seeds), " ".join(str(s) for s in r.seeds),
+                    " ".join(f"{x:.6g}" for x in r.ratios), _num(r.mean_pct), _num(r.std_pct), r.wins,
+                    _num(r.t), "" if r.beyond_noise is None else str(r.beyond_noise).lower()])
+    return buf.getvalue()
 
 
 def _metric_label(name: str, ev: EvalSpec) -> str:
@@ -163,12 +288,21 @@ def write_summary(spec: GridSpec, hist: Any, out_dir: str | Path) -> dict[str, P
           + (f"; zero-shot: {spec.eval.limit if spec.eval.limit else 'all'} items per task "
              f"({', '.join(spec.eval.tasks)})" if spec.eval.tasks else "") + ".\n\n"
           + summary_markdown(spec, rows))
+    pairs = paired(spec, finished)
+    if pairs:
+        md += ("\n## Paired comparisons across seeds\n\nEach seed draws one calibration set per source and "
+               "every pruned model is evaluated on the same windows, so a seed pairs the sources. `a vs b`: "
+               "the change of the metric with `a`'s calibration against `b`'s (mean ± sample std of the "
+               "per-seed ratios, in percent); `a better`: seeds where it was better; `t`: the paired t "
+               "statistic of the log ratios; `beyond seed noise`: |t| above the two-sided 95% critical "
+               "value for that many seeds.\n\n" + paired_markdown(spec, pairs))
     files = {"summary.md": out / "summary.md", "summary.csv": out / "summary.csv", "cells.csv": out / "cells.csv",
-             "grid.resolved.json": out / "grid.resolved.json"}
+             "paired.csv": out / "paired.csv", "grid.resolved.json": out / "grid.resolved.json"}
     atomic_write_text(files["grid.resolved.json"], json.dumps(_spec_dict(spec), indent=2, default=str) + "\n")
     atomic_write_text(files["summary.md"], md)
     atomic_write_text(files["summary.csv"], summary_csv(spec, rows))
     atomic_write_text(files["cells.csv"], cells_csv(spec, finished))
+    atomic_write_text(files["paired.csv"], paired_csv(spec, pairs))
     return files
 
 

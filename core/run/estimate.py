@@ -121,15 +121,21 @@ def decode_efficiency(batch: int) -> float:
     return DECODE_EFFICIENCY * batch / (batch + DECODE_HALF_BATCH)
 
 
-def selfgen(facts: ModelFacts, speed: MachineSpeed, cal: CalibConfig, batch_size: int = 32) -> Estimate:
-    """Generating ``cal``'s self-generated set: every token decoded, in batches of ``batch_size``
-    (the perplexity that filters the samples comes from the same forward passes)."""
+def selfgen(facts: ModelFacts, speed: MachineSpeed, cal: CalibConfig, batch_size: int | None = None) -> Estimate:
+    """Generating ``cal``'s self-generated set: every token decoded, in batches of at most
+    ``batch_size`` (None: the generator's default) split as the generator splits them (as few as
+    possible, sizes within one of each other); the perplexity that filters the samples comes
+    from the same forward passes."""
+    from ..calib.selfgen.settings import GenerationSettings
+
     n = selfgen_samples(cal)
     per_token = facts.forward_flops_per_token(cal.seqlen // 2)
     new_tokens = max(cal.seqlen - cal.prefix_tokens, 1)
+    batch_size = batch_size or GenerationSettings.batch_size
+    nbatches = max(1, -(-n // batch_size))
+    bounds = [n * k // nbatches for k in range(nbatches + 1)]
     seconds = flops = 0.0
-    for b0 in range(0, n, batch_size):
-        b = min(batch_size, n - b0)
+    for b in (bounds[k + 1] - bounds[k] for k in range(nbatches)):
         f = b * new_tokens * per_token
         flops += f
         seconds += _seconds(f, speed, decode_efficiency(b))

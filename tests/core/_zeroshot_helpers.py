@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 
 DATA_EVAL = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "eval"
@@ -88,3 +89,18 @@ def brute_loglik(model, tokenizer, context: str, continuation: str) -> float:
     logits = out if isinstance(out, torch.Tensor) else out.logits
     logp = torch.log_softmax(logits[0].double(), dim=-1)
     return float(sum(logp[t - 1, whole[t]] for t in range(len(ctx_ids), len(whole))))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models run fastest on one thread, and two threads thrash on a busy 2-core box (a test
+    module uses it by importing it)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return make_tokenizer()

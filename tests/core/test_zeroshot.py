@@ -27,26 +27,16 @@ from prunestudio.core.evaluate.zeroshot import (
 from prunestudio.core.events import Message, PhaseDone, PhaseProgress, PhaseStarted
 
 try:
-    from ._zeroshot_helpers import DATA_EVAL, BigramLM, brute_loglik, make_llama, make_tokenizer
+    from ._zeroshot_helpers import DATA_EVAL, BigramLM, brute_loglik, make_llama
+    from ._zeroshot_helpers import one_thread, tok  # noqa: F401 - module fixtures
 except ImportError:
-    from _zeroshot_helpers import DATA_EVAL, BigramLM, brute_loglik, make_llama, make_tokenizer
+    from _zeroshot_helpers import DATA_EVAL, BigramLM, brute_loglik, make_llama
+    from _zeroshot_helpers import one_thread, tok  # noqa: F401 - module fixtures
 
 # skipped with its reason without ../shared/data/eval, failed in CI (tests/conftest.py)
 needs_data = pytest.mark.shared_data("eval")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, and two threads thrash on a busy 2-core box."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return make_tokenizer()
 
 
 @pytest.fixture(scope="module")
@@ -255,14 +245,15 @@ def test_mcitem_validation():
 
 def test_events_and_result(tok, llama):
     # 30 requests but 9 distinct model inputs: repeats, and " no"/" yes" after one context,
-    # share a row -> 3 batches of 3.
+    # share a row. The three questions with several rows (3, 3 and 2 rows) run on their shared
+    # prefix, a batch each (3 + 3 > 3 rows); the one-row question takes the plain path -> 4.
     items = HAND_ITEMS * 3
     events, result = drain(iter_evaluate_items(llama, tok, "hand", items, batch_size=3))
     assert isinstance(events[0], PhaseStarted) and events[0].phase == "evaluate:hand"
-    assert events[0].total == 3
+    assert events[0].total == 4
     progress = [e for e in events if isinstance(e, PhaseProgress)]
-    assert [p.done for p in progress] == [1, 2, 3] and all(p.total == 3 for p in progress)
-    assert isinstance(events[-1], PhaseDone) and len(events) == 5
+    assert [p.done for p in progress] == [1, 2, 3, 4] and all(p.total == 4 for p in progress)
+    assert isinstance(events[-1], PhaseDone) and len(events) == 6
     assert result.n == len(items)
 
 

@@ -199,11 +199,16 @@ def _iter_generate(
     if batch < min(st.batch_size, st.n):
         yield PhaseProgress("generate", done=0, total=st.n,
                             detail=f"{batch} samples at a time (batch size {st.batch_size} would not fit in memory)")
+    # As few batches as the batch size allows, of sizes that differ by one at most (79 samples at
+    # batch 32: 26 + 26 + 27, not 32 + 32 + 15, whose last batch decodes as many steps for half the
+    # tokens). A sample does not depend on the batch it is decoded in.
     nbatches = -(-st.n // batch)
-    for b0 in range(0, st.n, batch):
+    bounds = [st.n * k // nbatches for k in range(nbatches + 1)]
+    for bi in range(nbatches):
+        b0 = bounds[bi]
         if should_stop():
             raise Cancelled()
-        idx = list(range(b0, min(st.n, b0 + batch)))
+        idx = list(range(b0, bounds[bi + 1]))
         batch_prompts = [prompts[i] for i in idx]
         steps = iter_sample_tokens(
             model, batch_prompts, st.seqlen, st, [_sample_seed(st.seed, i) for i in idx],
@@ -222,7 +227,7 @@ def _iter_generate(
                 rate = (generated_tokens + step.done * len(idx)) / max(now - t0, 1e-9)
                 yield PhaseProgress(
                     "generate", done=len(samples), total=st.n,
-                    detail=f"batch {b0 // batch + 1}/{nbatches}: token {step.done}/{step.total}, {rate:.0f} tokens/s",
+                    detail=f"batch {bi + 1}/{nbatches}: token {step.done}/{step.total}, {rate:.0f} tokens/s",
                     fraction=(b0 + len(idx) * step.done / max(step.total, 1)) / st.n,
                 )
                 head = list(batch_prompts[0]) + step.generated[0, : st.seqlen - len(batch_prompts[0])].tolist()

@@ -2,11 +2,20 @@
 processing, per-sample random streams (inverse-CDF sampling), and each sample's perplexity
 accumulated while it is written.
 
+What a decoding step costs besides the model's forward (``bench/selfgen_throughput.py``): the KV
+cache is written in place into buffers sized for the whole sample (:func:`_preallocate`; a growing
+cache copies itself every step), the repetition penalty and the suppressed tokens touch only the
+seen and suppressed entries of the vocabulary (:func:`_candidates_from_history`, bit-identical to
+the whole-vocabulary :func:`_candidates`), and the NLL of the drawn token is its logit less the
+log-sum-exp of the row. The tokens drawn for a seed are those of the loop before these changes
+(``tests/core/test_selfgen_decoding.py`` keeps that loop as its reference).
+
 Part of :mod:`prunestudio.core.calib.selfgen` (Ji et al., ICLR 2025); see its package docstring.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from typing import Any, Callable, Generator, Iterable, NamedTuple, Sequence
 
@@ -69,6 +78,9 @@ def _candidates(
     top-k, top-p (a token is kept while the probability mass of the tokens ranked above it is
     below ``top_p``; the most likely token is always kept). Top-k keeps exactly ``k`` candidates
     (HF also keeps exact ties with the k-th logit; with float logits that has measure zero).
+
+    The definition, on whole-vocabulary masks; the decoding loop computes the same numbers with
+    :func:`_candidates_from_history`, which touches the vocabulary fewer times.
     """
     if repetition_penalty != 1.0:
         penalized = torch.where(logits < 0, logits * repetition_penalty, logits / repetition_penalty)
@@ -76,6 +88,12 @@ def _candidates(
     logits = logits.masked_fill(suppress, float("-inf"))
     if temperature != 1.0:
         logits = logits / temperature
+    return _top_k_top_p(logits, top_k, top_p)
+
+
+def _top_k_top_p(logits: torch.Tensor, top_k: int, top_p: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k, softmax and top-p of already penalized, suppressed and tempered logits (see
+    :func:`_candidates`)."""
     vocab = logits.shape[-1]
     if 0 < top_k < vocab:
         vals, idx = torch.topk(logits, top_k, dim=-1)  # sorted, descending
@@ -89,6 +107,34 @@ def _candidates(
         probs = probs * keep
         probs = probs / probs.sum(-1, keepdim=True)
     return idx, probs
+
+
+def _candidates_from_history(
+    logits: torch.Tensor,
+    history: torch.Tensor,
+    suppress_ids: torch.Tensor,
+    temperature: float,
+    top_k: int,
+    top_p: float,
+    repetition_penalty: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`_candidates` bit for bit, with the seen tokens as ``history`` [B, T] (token ids,
+    repeats allowed) and the suppressed ones as ``suppress_ids`` [S] (ids); changes ``logits`` in
+    place.
+
+    The repetition penalty is applied to the (at most T) seen logits by gather and scatter instead
+    of two passes over the vocabulary, and suppression writes S entries; every value comes out of
+    the same float operation as in :func:`_candidates` (``x * p`` or ``x / p``, ``-inf``, ``x / t``),
+    so top-k sees the same bits and picks the same candidates in the same order.
+    """
+    if repetition_penalty != 1.0 and history.shape[-1]:
+        v = logits.gather(1, history)
+        logits.scatter_(1, history, torch.where(v < 0, v * repetition_penalty, v / repetition_penalty))
+    if suppress_ids.numel():
+        logits.index_fill_(1, suppress_ids, float("-inf"))
+    if temperature != 1.0:
+        logits.div_(temperature)
+    return _top_k_top_p(logits, top_k, top_p)
 
 
 def _inverse_cdf(idx: torch.Tensor, probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
@@ -138,6 +184,64 @@ def _output_cache(out: Any) -> Any:
     if isinstance(out, dict) and out.get("cache") is not None:  # ModelOutput is a dict
         return out["cache"]
     return getattr(out, "past_key_values", None)
+
+
+@functools.lru_cache(maxsize=1)
+def _in_place_layer_class() -> type | None:
+    """A transformers ``DynamicLayer`` that keeps its keys and values in buffers allocated once for
+    the whole sample instead of concatenating every step (``torch.cat`` copies the whole cache of
+    every block at every step: at 512 tokens, more memory traffic than the weights). None when
+    this transformers has no ``DynamicLayer``."""
+    try:
+        from transformers.cache_utils import DynamicLayer
+    except ImportError:
+        return None
+
+    class _InPlaceLayer(DynamicLayer):  # type: ignore[misc, valid-type]
+        """Keys and values of ``[batch, heads, capacity, dim]`` buffers; ``keys``/``values`` are
+        views of the filled part, so everything that reads a ``DynamicLayer`` reads the same thing."""
+
+        def __init__(self, layer: Any, capacity: int) -> None:
+            super().__init__()
+            n = layer.keys.shape[-2]
+            self.device = layer.keys.device
+            self._kbuf = layer.keys.new_empty((*layer.keys.shape[:-2], capacity, layer.keys.shape[-1]))
+            self._vbuf = layer.values.new_empty((*layer.values.shape[:-2], capacity, layer.values.shape[-1]))
+            self._kbuf[..., :n, :].copy_(layer.keys)
+            self._vbuf[..., :n, :].copy_(layer.values)
+            self._filled = n
+            self.keys, self.values = self._kbuf[..., :n, :], self._vbuf[..., :n, :]
+            self.is_initialized = True
+
+        def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any,
+                   **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+            n, end = self._filled, self._filled + key_states.shape[-2]
+            if end > self._kbuf.shape[-2]:  # past the capacity (never in the decoding loop): grow
+                return super().update(key_states, value_states, *args, **kwargs)
+            self._kbuf[..., n:end, :].copy_(key_states)
+            self._vbuf[..., n:end, :].copy_(value_states)
+            self._filled = end
+            self.keys, self.values = self._kbuf[..., :end, :], self._vbuf[..., :end, :]
+            return self.keys, self.values
+
+    return _InPlaceLayer
+
+
+def _preallocate(past: Any, capacity: int) -> Any:
+    """``past`` with each of its plain growing layers (full attention; not sliding-window, quantized
+    or linear-attention ones) swapped for one whose buffers hold ``capacity`` tokens; the others,
+    and caches of another kind, are left as they are. The keys and values read are the same."""
+    layers = getattr(past, "layers", None)
+    cls = _in_place_layer_class()
+    if cls is None or not isinstance(layers, list):
+        return past
+    base = cls.__mro__[1]
+    for i, layer in enumerate(layers):
+        keys = getattr(layer, "keys", None)
+        if type(layer) is base and getattr(layer, "is_initialized", False) and isinstance(keys, torch.Tensor) \
+                and keys.dim() == 4 and keys.shape[-2] < capacity:
+            layers[i] = cls(layer, capacity)
+    return past
 
 
 def fitting_batch(model: Any, requested: int, seqlen: int, vocab: int) -> int:
@@ -229,10 +333,13 @@ def iter_sample_tokens(
         if sup.numel() != vocab:
             raise CalibrationError(f"Suppressed-token mask has {sup.numel()} entries, the model {vocab}.")
 
-        # Repetition penalty applies to every real prompt token (as HF does), never to padding.
-        seen = torch.zeros((bsz, vocab), dtype=torch.float32, device=device)
-        seen.scatter_add_(1, ids, mask.float())
-        seen = seen > 0
+        # Repetition penalty applies to every real prompt token (as HF does), never to padding:
+        # each row's history is its prompt tokens (padding replaced by the row's last prompt token,
+        # a repeat changes nothing) and then every token drawn for it, the ones drawn after the
+        # row is complete included, as the whole-vocabulary mask of :func:`_candidates` had them.
+        history = torch.empty((bsz, plen + steps), dtype=torch.long, device=device)
+        history[:, :plen] = torch.where(mask.bool(), ids, ids[:, -1:])
+        sup_ids = torch.nonzero(sup.flatten()).flatten()
 
         # NLL of prompt tokens 1.. (predicted from the prompt's earlier tokens).
         nll = torch.zeros(bsz, dtype=wide, device=device)
@@ -245,43 +352,44 @@ def iter_sample_tokens(
         next_logits = logits[:, -1]
         del logits
         cache_kw = _cache_kwarg(model)
-        past = _output_cache(out)
+        past = _preallocate(_output_cache(out), plen + steps)
+        full_mask = torch.cat([mask, mask.new_ones((bsz, steps))], dim=-1)
+        positions = position_ids[:, -1:] + torch.arange(1, steps + 1, device=device)  # [B, steps]
 
-        gen = torch.empty((bsz, steps), dtype=torch.long, device=device)
-        rows = torch.arange(bsz, device=device)
+        gen = history[:, plen:]  # the drawn tokens, written in place
         stops = _stop_mask(stop_ids, vocab, device)
         ended = torch.zeros(bsz, dtype=torch.bool, device=device)
+        active_steps = (torch.arange(steps, device=device)[None, :] < need[:, None])  # [B, steps]
         last = steps - 1
         for s in range(steps):
             if should_stop():
                 raise Cancelled()
-            cand, probs = _candidates(
-                next_logits, seen, sup,
+            # log p(token) = logit - logsumexp(logits), from the raw logits before they are processed
+            lse = torch.logsumexp(next_logits, dim=-1)
+            cand, probs = _candidates_from_history(
+                next_logits.clone(), history[:, : plen + s], sup_ids,
                 settings.temperature, settings.top_k, settings.top_p, settings.repetition_penalty,
             )
             tok = _inverse_cdf(cand, probs, uniforms[:, s])
-            active = s < need
+            active = active_steps[:, s]
             if stops is not None:  # a row that ended writes nothing more; the stop token not scored
                 active = active & ~ended
                 stopping = active & stops[tok]
                 ended |= stopping
                 active = active & ~stopping
-            lp = torch.log_softmax(next_logits, dim=-1)[rows, tok]
+            lp = next_logits.gather(1, tok[:, None]).squeeze(1) - lse
             nll -= torch.where(active, lp, 0.0).to(wide)
             count += active.long()
             gen[:, s] = tok
-            seen[rows, tok] = True
             if s == steps - 1:
                 break
             if stops is not None and bool((ended | (need <= s + 1)).all()):
                 last = s
                 break
             yield DecodeStep(s + 1, steps, gen[:, : s + 1])
-            mask = torch.cat([mask, mask.new_ones((bsz, 1))], dim=-1)
-            position_ids = position_ids[:, -1:] + 1
             out = model(
-                input_ids=tok[:, None], attention_mask=mask, position_ids=position_ids,
-                use_cache=True, **{cache_kw: past},
+                input_ids=tok[:, None], attention_mask=full_mask[:, : plen + s + 1],
+                position_ids=positions[:, s : s + 1], use_cache=True, **{cache_kw: past},
             )
             past = _output_cache(out)
             next_logits = out.logits[:, -1].float()

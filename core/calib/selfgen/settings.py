@@ -34,9 +34,11 @@ class GenerationSettings:
     repetition_penalty: float = 1.2  # 1.0 disables it
     drop_top: float = 0.2  # fraction of samples with the highest perplexity that is dropped
     # Sequences decoded together. Decoding reads every weight once per step whatever the batch, so
-    # larger batches give more tokens per weight read: on the 2-core CPU, 83 tokens/s at 8, 184 at
-    # 32 (``bench/selfgen_throughput.py``). Lowered at run time when the KV cache would not fit.
-    batch_size: int = 32
+    # larger batches give more tokens per weight read and larger, faster matrix products: on the
+    # 2-core Zen 4, fp32, 128 tokens, 223 tokens/s at 32 and 326 at 64 (``bench/selfgen_throughput.py``,
+    # ``bench/results/NOTES.md``). Batches are balanced (79 samples: 40 + 39). Lowered at run time
+    # when the KV cache would not fit.
+    batch_size: int = 64
     seed: int = 0
     protocol: str = "windows"
     """``windows`` (``n`` samples, each one window) or ``paper`` (``n`` windows cut from the
