@@ -277,10 +277,10 @@ def read_hellaswag_txt(path: Path) -> Iterator[MCItem]:
             start = index * 6 + 1
             if len(block) < 6:
                 raise _BadRow(f"line {start}", "the file ends inside an item (6 lines per item)")
-            try:
-                gold = int(block[1].strip())
-            except ValueError:
-                raise _BadRow(f"line {start + 1}", f"expected the gold label 0-3, got {block[1]!r}") from None
+            label = block[1].strip()
+            if not label.isdecimal():
+                raise _BadRow(f"line {start + 1}", f"expected the gold label 0-3, got {block[1]!r}")
+            gold = int(label)
             choices = [hellaswag_preprocess(e) for e in block[2:]]
             try:
                 yield _same_context(hellaswag_preprocess(block[0]), choices, gold)

@@ -62,10 +62,9 @@ def parse_threads(value: Any) -> int | None:
         v = value.strip().lower()
         if v in ("", "auto", "0"):
             return None
-        try:
-            value = int(v)
-        except ValueError:
-            raise ConfigError(f"Threads must be 'auto' or a whole number of at least 1, got {value!r}.") from None
+        if not v.isdecimal():
+            raise ConfigError(f"Threads must be 'auto' or a whole number of at least 1, got {value!r}.")
+        value = int(v)
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ConfigError(f"Threads must be 'auto' or a whole number of at least 1, got {value!r}.")
     return value or None
