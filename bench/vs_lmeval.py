@@ -22,6 +22,9 @@ so no separate environment is built):
 4. Ours: ``iter_evaluate_items`` on the same items, timed the same way (tokenising and scoring).
 5. Per task: acc and acc_norm of both and their difference in points, and the largest difference
    between the two tools' log-likelihoods of any choice (from lm-eval's logged samples).
+6. The work each side asks of the model, counted at its forward (``WorkCounter``: tokens through
+   the blocks, padding included, and positions given to the output head, in FLOPs): ``work_ratio``
+   beside ``time_ratio`` says whether a side is faster by doing less or by running faster.
 
 ``--probe-batch-sizes`` first times lm-eval's scoring on a few items per task at each batch size
 given and then uses the fastest for the real run (report says which). The last line printed is
@@ -170,10 +173,12 @@ def run_lmeval(folder: Path, tasks: list[str], limit: int, batch_size: int) -> d
             scoring[0] += time.perf_counter() - t
 
     lm.loglikelihood = timed
+    counter = WorkCounter(lm.model)
     t0 = time.perf_counter()
     out = lm_eval.simple_evaluate(model=lm, tasks=tasks, limit=limit, num_fewshot=0, task_manager=manager,
                                   log_samples=True, bootstrap_iters=0)
     wall = time.perf_counter() - t0
+    work = counter.close()
     res = {}
     for task in tasks:
         r = out["results"][task]
@@ -182,7 +187,46 @@ def run_lmeval(folder: Path, tasks: list[str], limit: int, batch_size: int) -> d
                      "n": len(samples),
                      "lls": [[float(x[0][0]) for x in s["resps"]] for s in samples],
                      "gold": [int(s["target"]) if not isinstance(s["target"], str) else s["target"] for s in samples]}
-    return {"tasks": res, "wall_s": wall, "scoring_s": scoring[0], "batch_size": batch_size}
+    return {"tasks": res, "wall_s": wall, "scoring_s": scoring[0], "batch_size": batch_size, "work": work}
+
+
+class WorkCounter:
+    """The work a side asks of the model, counted at the model's forward (a pre-hook): tokens through
+    the blocks (padding included) and positions given to the output head (``logits_to_keep`` when
+    the call passes it, else every position), turned into FLOPs with the model's sizes
+    (:class:`prunestudio.core.model.speed.ModelFacts`: 2 per block weight per token, the attention
+    over the row's width, 2 x vocab x hidden per head position)."""
+
+    def __init__(self, model) -> None:
+        from prunestudio.core.model.speed import model_facts
+
+        self.facts = model_facts(model)
+        self.trunk_tokens = self.head_positions = 0
+        self.attention_flops = 0.0
+        self.calls = 0
+        self._handle = model.register_forward_pre_hook(self._hook, with_kwargs=True)
+
+    def _hook(self, module, args, kwargs) -> None:
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        if ids is None:
+            return
+        rows, width = ids.shape
+        past = kwargs.get("past_key_values")
+        before = past.get_seq_length() if past is not None and hasattr(past, "get_seq_length") else 0
+        keep = kwargs.get("logits_to_keep", 0)
+        self.calls += 1
+        self.trunk_tokens += rows * width
+        self.head_positions += rows * (keep if isinstance(keep, int) and keep > 0 else width)
+        # each token attends to the cache and to the tokens before it in its row
+        self.attention_flops += 4.0 * self.facts.num_blocks * self.facts.hidden * rows * (
+            width * before + width * (width - 1) / 2)
+
+    def close(self) -> dict:
+        self._handle.remove()
+        f = self.facts
+        flops = 2.0 * f.block_params * self.trunk_tokens + self.attention_flops + 2.0 * f.head_params * self.head_positions
+        return {"forward_calls": self.calls, "trunk_tokens": self.trunk_tokens, "head_positions": self.head_positions,
+                "tflop": flops / 1e12}
 
 
 def warm_up(model) -> None:
@@ -199,6 +243,7 @@ def run_ours(model, tokenizer, tasks: list[str], limit: int, batch_size: int) ->
     from prunestudio.core.events import run_to_completion
 
     warm_up(model)
+    counter = WorkCounter(model)
     res = {}
     scoring = 0.0
     t0 = time.perf_counter()
@@ -225,7 +270,8 @@ def run_ours(model, tokenizer, tasks: list[str], limit: int, batch_size: int) ->
             lls.append(flat[k : k + item.num_choices])
             k += item.num_choices
         res[task] = {"acc": r.acc, "acc_norm": r.acc_norm, "n": r.n, "lls": lls, "gold": [it.gold for it in items]}
-    return {"tasks": res, "wall_s": time.perf_counter() - t0, "scoring_s": scoring, "batch_size": batch_size}
+    return {"tasks": res, "wall_s": time.perf_counter() - t0, "scoring_s": scoring, "batch_size": batch_size,
+            "work": counter.close()}
 
 
 def probe_lmeval(folder: Path, tasks: list[str], sizes: list[int], limit: int) -> dict[int, float]:
@@ -320,6 +366,10 @@ def main() -> None:
         "time_ratio": mean_of("ours", "scoring_s") / mean_of("lmeval", "scoring_s"),
         "time_ratio_end_to_end": mean_of("ours", "wall_s") / mean_of("lmeval", "wall_s"),
         "worst_diff_points": worst, "within_half_point": worst <= 0.5,
+        # the work each side asked of the model (the same on every run of a side): if the time ratio
+        # is near the work ratio, both run at the same FLOP rate and only less work can go faster
+        "ours_work": ours["work"], "lmeval_work": theirs["work"],
+        "work_ratio": ours["work"]["tflop"] / theirs["work"]["tflop"],
         "order": a.order, "runs": runs, "load_at_end": os.getloadavg(),
     }
     line = json.dumps(result)

@@ -136,6 +136,23 @@ def one_cpu_thread(device: torch.device | str) -> Iterator[None]:
         torch.set_num_threads(n)
 
 
+LARGE_MATRIX = 1 << 23
+"""Elements from which a matrix's own work (scores, top-k, masks, the output error) keeps every
+CPU thread: its kernels are long enough that a busy core's barrier costs little beside them. A
+25,600 x 5,120 matrix (a 32B-parameter model's MLP) pruned by Wanda took 0.58x the time with 2
+threads as with one, same mask (``bench/large_matrix.py``, ``bench/results/NOTES.md``)."""
+
+
+@contextmanager
+def threads_for_matrix(t: torch.Tensor) -> Iterator[None]:
+    """:func:`one_cpu_thread` for a matrix under :data:`LARGE_MATRIX` elements, all threads above."""
+    if t.numel() >= LARGE_MATRIX:
+        yield
+        return
+    with one_cpu_thread(t.device):
+        yield
+
+
 _ALLOCATOR_TUNED: bool | None = None
 
 

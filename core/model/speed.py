@@ -185,31 +185,36 @@ def known_speed(device: str = "cpu", dtype: str = "float32", threads: int | None
 
 def machine_speed(device: str = "cpu", dtype: str = "float32", threads: int | None = None) -> MachineSpeed:
     """This machine's FLOP/s for ``dtype`` on ``device`` with ``threads`` torch threads (now: the
-    current setting): from this process's memo, the cache file, or a probe written to both. The
-    probe sets torch's thread count for its quarter second: call it when no job computes."""
+    current setting): probed once per process (a quarter second) and combined with the cache file,
+    which keeps the **highest** rate any probe has seen. Other processes can only slow a probe, so
+    one taken while the machine was busy never lowers the figure (a probe cached on a busy machine
+    once made a later estimate 7x too long: ``bench/results/NOTES.md``, bigger than memory), and a
+    quiet moment raises it. The probe sets torch's thread count for its quarter second: call it when
+    no job computes (:func:`known_speed` never probes)."""
     import torch
 
     if threads is None:
         threads = torch.get_num_threads()
-    known = known_speed(device, dtype, threads)
-    if known is not None:
-        return known
     key = speed_key(device, dtype, threads)
+    if key in _MEMO and _MEMO[key].probed:
+        return _MEMO[key]
     old = torch.get_num_threads()
     try:
         torch.set_num_threads(threads)
         flops = probe_flops(device, dtype)
     finally:
         torch.set_num_threads(old)
-    speed = MachineSpeed(flops, key, probed=True)
     path = _cache_file()
-    if path is not None:
-        data = _read_cache(path)
-        data[key] = flops
+    data = _read_cache(path)
+    cached = data.get(key)
+    best = max(flops, float(cached)) if isinstance(cached, (int, float)) and cached > 0 else flops
+    if path is not None and best != cached:
+        data[key] = best
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_text(path, json.dumps(data, indent=1, sort_keys=True))
         except OSError:
             pass
+    speed = MachineSpeed(best, key, probed=True)
     _MEMO[key] = speed
     return speed

@@ -21,7 +21,7 @@ from ..events import (
 )
 from ..model import architecture
 from ..model import experts as fused
-from ..model.devices import one_cpu_thread
+from ..model.devices import threads_for_matrix
 from . import output_error
 from .capture import BlockInputs, run_block
 from .experts import ExpertStats, prune_experts
@@ -197,7 +197,7 @@ def _prune_one(mod: nn.Module, st: InputStats | None, s: float, cfg: PruneConfig
                seqlen: int, name: str, sync: bool, shared: SharedInputCache | None = None) -> Any:
     """Prune one module in place (new weights written back, exact zeros applied); returns the outcome."""
     w = architecture.get_weight_2d(mod).detach().to(torch.float32)
-    with one_cpu_thread(w.device):  # small kernels: see devices.one_cpu_thread
+    with threads_for_matrix(w):  # one thread for a small matrix's kernels: see devices.one_cpu_thread
         dense = output_error.dense_outputs(st, w)  # before anything is written back
         if n_blk and m:
             outcome = prune_module(w, st, n_blk / m, cfg, n_blk, m, seqlen, name, sync=sync, shared=shared)
@@ -270,7 +270,7 @@ def _finish_module(p: _Pending, bi: int, block_sparsity: dict[str, float], modul
                    notes: list[str], previews: bool) -> ModulePruned:
     outcome = p.outcome
     if p._z is None:  # synchronous path (CPU)
-        with one_cpu_thread(outcome.mask.device):
+        with threads_for_matrix(outcome.mask):
             p.zeros = int(outcome.mask.sum().item())
             if previews:
                 p._preview_host = _preview(outcome.mask)

@@ -127,6 +127,8 @@ def iter_prune(
     where: dict[str, torch.device] = {}
     store = offload.store_of(model)  # blocks memory-mapped from disk (offload "disk"), or None
     block_home = [next(b.parameters()).device for b in lay.blocks]
+    if store is not None:
+        store.check_space(sum(targets) / max(len(targets), 1))
     if cfg.offload_mode == "disk" and store is None:
         notes.append("Disk offload needs the model loaded with it (load_model(..., offload='disk')); "
                      "this model is already in memory, so blocks were offloaded to host memory.")

@@ -69,6 +69,10 @@ def test_disk_offload_prunes_exactly_like_memory(saved, tmp_path, tokenizer, arc
         assert torch.equal(t, ref_sd[name]), name
         n += 1
     assert n == sum(1 for k in ref_sd if k.startswith(lay.path + "."))
+    # the pruned blocks are stored compactly: kept values and a bit mask, not the dense matrices
+    dense_bytes = sum(t.numel() * t.element_size() for k, t in ref_sd.items() if k.startswith(lay.path + "."))
+    on_disk = sum(p.stat().st_size for p in store.pruned.values())
+    assert on_disk < 0.7 * dense_bytes
 
     # forward passes through the disk-backed model read each block when it runs
     with torch.no_grad():
@@ -184,3 +188,39 @@ def test_disk_offload_refuses_experts_stored_one_by_one(tmp_path, tokenizer):
     tokenizer.save_pretrained(folder)
     with pytest.raises(ModelLoadError, match=r"no tensor named model\.layers\.0\.mlp\.experts\.gate_up_proj.*use offload cpu"):
         load_model(str(folder), "cpu", "fp32", offload="disk", offload_dir=str(tmp_path / "work"))
+
+
+def test_compact_block_files_read_back_bit_for_bit(tmp_path):
+    from prunestudio.core.model.offload import _compact, _read_compact
+    from safetensors.torch import save_file
+
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(37, 29, generator=g)
+    w[torch.rand(37, 29, generator=g) < 0.6] = 0.0
+    w[0, :3] = -0.0  # a kept weight that compares equal to zero
+    tensors = {"w": w, "half": w.to(torch.bfloat16), "dense": torch.randn(8, 8, generator=g),
+               "bias": torch.zeros(29), "idx": torch.arange(6).view(2, 3)}
+    stored, compact = _compact(tensors)
+    assert set(compact) == {"w", "half"}  # the dense matrix, 1-D and integer tensors stay as they are
+    save_file(stored, str(tmp_path / "b.safetensors"), metadata={"format": "pt", "prunestudio_compact":
+                                                                 json.dumps(compact)})
+    back = _read_compact(tmp_path / "b.safetensors", list(tensors))
+    for k, t in tensors.items():
+        assert back[k].dtype == t.dtype and back[k].shape == t.shape
+        assert torch.equal(back[k].view(-1).view(torch.uint8), t.reshape(-1).view(torch.uint8)), k
+
+
+def test_disk_offload_refuses_a_run_whose_blocks_do_not_fit(saved, tmp_path, tokenizer, monkeypatch):
+    import shutil
+
+    from prunestudio.core.errors import PruneStudioError
+    from prunestudio.core.model import offload
+
+    folder = saved("llama")
+    lazy = load_model(str(folder), "cpu", "fp32", offload="disk", offload_dir=str(tmp_path / "work"))
+    real = shutil.disk_usage
+    monkeypatch.setattr(offload.shutil, "disk_usage", lambda p: real(p)._replace(free=1024))
+    with pytest.raises(PruneStudioError, match="only 1.0 KiB is free"):
+        run_to_completion(iter_prune(lazy.model, _ids(len(tokenizer)), PruneConfig(method="wanda", sparsity=0.5)
+                                     .with_offload_mode("disk")))
+    assert store_of(lazy.model).pruned == {}

@@ -198,3 +198,52 @@ def test_self_generation_uses_its_threads_and_makes_the_same_set():
     assert events[0].text == "Threads: 2 thread(s) as asked." and 2 in seen_threads
     assert torch.get_num_threads() == before
     assert [s.input_ids for s in one.samples] == [s.input_ids for s in two.samples]
+
+
+
+@pytest.mark.parametrize("method", ["wanda", "magnitude", "sparsegpt"])
+def test_a_large_matrix_keeps_every_thread_and_prunes_the_same(monkeypatch, method):
+    """A matrix of LARGE_MATRIX elements or more is pruned with all threads (its kernels are long),
+    a smaller one with one; the mask and the weights do not depend on it."""
+    from prunestudio.core.model import devices
+    from prunestudio.core.prune import block
+    from prunestudio.core.prune.methods import registry
+    from prunestudio.core.prune.stats import InputStats
+
+    g = torch.Generator().manual_seed(0)
+    dense, x = torch.randn(96, 64, generator=g), torch.randn(512, 64, generator=g)
+    cfg = PruneConfig(method=method, sparsity=0.5)
+    needs = registry.stats_needs(cfg)
+    st = InputStats(64, needs, "cpu") if needs is not None else None
+    if st is not None:
+        st.add(x)
+    asked: list[int] = []
+    real = devices.one_cpu_thread
+
+    def spy(device):
+        asked.append(torch.get_num_threads())
+        return real(device)
+
+    monkeypatch.setattr(devices, "one_cpu_thread", spy)
+    out = {}
+    n = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        for large in (True, False):
+            monkeypatch.setattr(devices, "LARGE_MATRIX", dense.numel() if large else dense.numel() + 1)
+            mod = torch.nn.Linear(64, 96, bias=False)
+            with torch.no_grad():
+                mod.weight.copy_(dense)
+            asked.clear()
+            outcome = block._prune_one(mod, st, 0.5, cfg, 0, 0, 512, "mlp.up_proj", True)
+            out[large] = (outcome.mask, mod.weight.detach().clone(), list(asked))
+    finally:
+        torch.set_num_threads(n)
+    assert out[False][2][:1] == [2]  # the small matrix went to one thread at once
+    if method != "sparsegpt":  # (SparseGPT's column loop always runs on one thread, inside the method)
+        assert out[True][2] == []
+    assert torch.equal(out[True][0], out[False][0])
+    if method == "sparsegpt":  # its Hessian products and factorisations round by thread count
+        torch.testing.assert_close(out[True][1], out[False][1], rtol=1e-5, atol=1e-6)
+    else:
+        assert torch.equal(out[True][1], out[False][1])

@@ -1,4 +1,4 @@
-"""The zero-shot scorer's shared-prefix path (core/evaluate/zeroshot.py): the choices of one
+"""The zero-shot scorer's shared-prefix path (core/evaluate/loglikelihood.py): the choices of one
 question run their shared beginning once, with its KV cache expanded to every choice. It must
 give today's numbers (the plain path: one right-padded forward over whole rows) on tiny
 random-init Llama, Qwen3 and Gemma 3 models in float32, and step aside where it cannot be exact."""
@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from prunestudio.core.evaluate import zeroshot
+from prunestudio.core.evaluate import loglikelihood
 from prunestudio.core.evaluate.zeroshot import MCItem, encode_pairs, iter_evaluate_items, loglikelihoods
 from prunestudio.core.events import PhaseStarted
 
@@ -91,7 +91,7 @@ def _groups(items):
 def _plain(monkeypatch, model, tok, requests, **kwargs):
     """Today's log-likelihoods: the plain path alone."""
     with monkeypatch.context() as m:
-        m.setattr(zeroshot, "_cache_argument", lambda model: None)
+        m.setattr(loglikelihood, "_cache_argument", lambda model: None)
         return loglikelihoods(model, tok, requests, **kwargs)
 
 
@@ -100,14 +100,14 @@ class SharedSpy:
 
     def __init__(self, monkeypatch):
         self.calls: list[tuple[list[int], bool]] = []
-        real = zeroshot._score_shared
+        real = loglikelihood._score_shared
 
         def spy(model, rows, groups, *args, **kwargs):
             done = real(model, rows, groups, *args, **kwargs)
             self.calls.append(([shared for shared, _ in groups], done))
             return done
 
-        monkeypatch.setattr(zeroshot, "_score_shared", spy)
+        monkeypatch.setattr(loglikelihood, "_score_shared", spy)
 
     @property
     def scored(self) -> int:
@@ -224,5 +224,5 @@ def test_evaluate_items_shares_each_question(tok, monkeypatch):
 
 def test_bad_group_keys(tok):
     model = make_llama(len(tok))
-    with pytest.raises(zeroshot.EvaluationError, match="group keys"):
+    with pytest.raises(loglikelihood.EvaluationError, match="group keys"):
         loglikelihoods(model, tok, _requests(ITEMS[:1]), groups=[0])
