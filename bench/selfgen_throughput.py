@@ -41,6 +41,7 @@ dtype's in ``runs``. Results go to bench/results/selfgen_throughput.json.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import time
@@ -331,8 +332,9 @@ def measure(dtype_name: str, a: argparse.Namespace) -> dict:
     return out
 
 
-def app_default(a: argparse.Namespace) -> dict:
-    """The app's default self-generated set, timed as the app builds it (fp32)."""
+def app_default(a: argparse.Namespace, batch_size: int | None = None) -> dict:
+    """The app's default self-generated set, timed as the app builds it (fp32); ``batch_size``
+    replaces the generator's default batch."""
     from prunestudio.core.calib.selfgen import GenerationSettings, generate_calibration_set
     from prunestudio.core.config import CalibConfig
     from prunestudio.core.model import threads
@@ -342,6 +344,8 @@ def app_default(a: argparse.Namespace) -> dict:
     cal = CalibConfig()
     n = _n_before_filter(cal.nsamples, cal.drop_top)
     st = GenerationSettings(n=n, seqlen=cal.seqlen, drop_top=cal.drop_top, seed=cal.seed)
+    if batch_size is not None:
+        st = dataclasses.replace(st, batch_size=batch_size)
     loaded = load_model("demo", "cpu", "fp32")
     model, tok = loaded.model, loaded.tokenizer
     load = os.getloadavg()[0]
@@ -350,9 +354,11 @@ def app_default(a: argparse.Namespace) -> dict:
         cs = generate_calibration_set(model, tok, st)
         seconds = time.perf_counter() - t0
     kept = sum(not s.dropped for s in cs.samples)
-    print(f"app default set: {n} x {cal.seqlen} generated, {kept} kept, in {seconds:.1f} s", flush=True)
+    print(f"app default set: {n} x {cal.seqlen} generated, {kept} kept, batch {st.batch_size}, in {seconds:.1f} s",
+          flush=True)
     return {"generated": n, "kept": kept, "seqlen": cal.seqlen, "batch_size": st.batch_size, "seconds": seconds,
-            "threads": choice.threads, "loadavg": load, "loadavg_end": os.getloadavg()[0]}
+            "threads": choice.threads, "loadavg": load, "loadavg_end": os.getloadavg()[0],
+            "tokens": [list(s.input_ids) for s in cs.samples]}
 
 
 def main() -> None:
@@ -367,6 +373,8 @@ def main() -> None:
     ap.add_argument("--hf-batches", type=int, default=1, help="HF batches timed (0: all, as many as ours)")
     ap.add_argument("--breakdown", type=int, default=0, help="profile this many of our last decoding steps")
     ap.add_argument("--app-default", action="store_true", help="also time the app's default set (fp32)")
+    ap.add_argument("--app-default-batches", type=lambda v: [int(x) for x in v.split(",")], default=None,
+                    help="time the app's default set at each of these batch sizes (e.g. 64,80), in turn")
     ap.add_argument("--results", default=str(HERE / "results" / "selfgen_throughput.json"))
     a = ap.parse_args()
 
@@ -387,7 +395,14 @@ def main() -> None:
     top.update(runs=runs, cpu_detail=cpu_family_model(), cpu_flags_bf16=sorted(cpu_flags() & {"avx512_bf16", "amx_bf16", "amx_tile"}),
                torch_cpu_capability=torch.backends.cpu.get_cpu_capability(), torch=torch.__version__)
     if a.app_default:
-        top["app_default_set"] = app_default(a)
+        sets = [app_default(a, b) for b in a.app_default_batches] if a.app_default_batches else [app_default(a)]
+        for r in sets[1:]:  # the same samples as the first batch size's, token for token?
+            r["same_samples_as_first"] = sum(x == y for x, y in zip(r["tokens"], sets[0]["tokens"]))
+        for r in sets:
+            r.pop("tokens")
+        top["app_default_set"] = sets[0]
+        if len(sets) > 1:
+            top["app_default_sets"] = sets
     Path(a.results).parent.mkdir(parents=True, exist_ok=True)
     Path(a.results).write_text(json.dumps(top, indent=2) + "\n")
     print(json.dumps(top))

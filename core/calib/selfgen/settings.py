@@ -35,10 +35,11 @@ class GenerationSettings:
     drop_top: float = 0.2  # fraction of samples with the highest perplexity that is dropped
     # Sequences decoded together. Decoding reads every weight once per step whatever the batch, so
     # larger batches give more tokens per weight read and larger, faster matrix products: on the
-    # 2-core Zen 4, fp32, 128 tokens, 223 tokens/s at 32 and 326 at 64 (``bench/selfgen_throughput.py``,
-    # ``bench/results/NOTES.md``). Batches are balanced (79 samples: 40 + 39). Lowered at run time
-    # when the KV cache would not fit.
-    batch_size: int = 64
+    # 2-core Zen 4, fp32, 128 tokens, 223 tokens/s at 32 and 326 at 64; the app's default set (79
+    # samples of 512 tokens) took 237 s at 64 (two balanced batches, 40 + 39) and 158 s at 80 (one
+    # batch), the same tokens (``bench/selfgen_throughput.py --app-default-batches 64,80``,
+    # ``bench/results/NOTES.md``). Lowered at run time when the KV cache would not fit.
+    batch_size: int = 80
     seed: int = 0
     protocol: str = "windows"
     """``windows`` (``n`` samples, each one window) or ``paper`` (``n`` windows cut from the
