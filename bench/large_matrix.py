@@ -11,8 +11,8 @@ zeros written back in the module's dtype, the output error on the kept sample ro
 the pipeline's rule (``core/model/devices.threads_for_matrix``: every thread for a matrix of
 ``LARGE_MATRIX`` elements or more) and once forced to one thread (the rule before), taking
 turns ``--repeats`` times from the same dense weight; the masks must be equal. Then the pruned
-matrix written and read back as a disk-offloaded block is (``core/model/offload._compact`` and
-``_read_compact``, with the safetensors file in a temporary folder): seconds each way, bytes
+matrix written and read back as a disk-offloaded block is (``core/model/compact.write_compact`` and
+``read_compact``, with the safetensors file in a temporary folder): seconds each way, bytes
 against the dense matrix, bit-equal round trip.
 
 The last line printed is one JSON object (also written to ``--out-json``).
@@ -37,7 +37,7 @@ from moe_prune import cpu_name  # noqa: E402
 def main() -> None:
     import torch
     from prunestudio.core.config import PruneConfig
-    from prunestudio.core.model import devices, offload
+    from prunestudio.core.model import compact, devices
     from prunestudio.core.prune import block as block_mod
     from prunestudio.core.prune.methods import registry
     from prunestudio.core.prune.stats import InputStats
@@ -95,12 +95,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "block.safetensors"
         t0 = time.perf_counter()
-        stored, compact = offload._compact({"w": pruned})
-        save_file(stored, str(path), metadata={"format": "pt", offload.COMPACT_KEY: json.dumps(compact)})
+        compact.write_compact(path, {"w": pruned})
         write_s = time.perf_counter() - t0
         size = path.stat().st_size
         t0 = time.perf_counter()
-        back = offload._read_compact(path, ["w"])["w"]
+        back = compact.read_compact(path, ["w"])["w"]
         read_s = time.perf_counter() - t0
         dense_path = Path(tmp) / "dense.safetensors"
         t0 = time.perf_counter()

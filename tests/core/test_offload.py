@@ -191,8 +191,7 @@ def test_disk_offload_refuses_experts_stored_one_by_one(tmp_path, tokenizer):
 
 
 def test_compact_block_files_read_back_bit_for_bit(tmp_path):
-    from prunestudio.core.model.offload import _compact, _read_compact
-    from safetensors.torch import save_file
+    from prunestudio.core.model.compact import compact_tensors, read_compact, write_compact
 
     g = torch.Generator().manual_seed(0)
     w = torch.randn(37, 29, generator=g)
@@ -200,11 +199,10 @@ def test_compact_block_files_read_back_bit_for_bit(tmp_path):
     w[0, :3] = -0.0  # a kept weight that compares equal to zero
     tensors = {"w": w, "half": w.to(torch.bfloat16), "dense": torch.randn(8, 8, generator=g),
                "bias": torch.zeros(29), "idx": torch.arange(6).view(2, 3)}
-    stored, compact = _compact(tensors)
+    _stored, compact = compact_tensors(tensors)
     assert set(compact) == {"w", "half"}  # the dense matrix, 1-D and integer tensors stay as they are
-    save_file(stored, str(tmp_path / "b.safetensors"), metadata={"format": "pt", "prunestudio_compact":
-                                                                 json.dumps(compact)})
-    back = _read_compact(tmp_path / "b.safetensors", list(tensors))
+    write_compact(tmp_path / "b.safetensors", tensors)
+    back = read_compact(tmp_path / "b.safetensors", list(tensors))
     for k, t in tensors.items():
         assert back[k].dtype == t.dtype and back[k].shape == t.shape
         assert torch.equal(back[k].view(-1).view(torch.uint8), t.reshape(-1).view(torch.uint8)), k
