@@ -48,7 +48,9 @@ TIPS = {
                "split across threads may round differently in the last bits, as between machines).",
     "offload": "Where the blocks wait while another is pruned. Host memory: only the block being pruned is on "
                "the GPU. Disk: the blocks stay in the model's safetensors files (models larger than RAM; the "
-               "model is loaded that way). Compute device: the whole model stays on it (fastest, most memory).",
+               "model is loaded that way); pruned blocks are written to a work folder, about 56% of their size at "
+               "50% sparsity, and a run whose blocks would not fit there is refused before it starts. "
+               "Compute device: the whole model stays on it (fastest, most memory).",
     "dsnot_rule": "Reference: keep swapping while the estimated error is above the threshold, as the "
                   "DSnoT authors' code does. Only decreasing: take a swap only when it lowers the estimated "
                   "error (Prune Studio's earlier rule).",
