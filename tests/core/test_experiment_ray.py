@@ -125,7 +125,9 @@ def rows_by_key(db: Path) -> dict[str, dict]:
 def test_ray_cells_equal_the_local_ones_and_a_rerun_runs_nothing(ray_session, workdir, local_numbers, tmp_path):
     spec = grid(workdir)
     events: list = []
-    res = run_experiment(spec, tmp_path / "ray", executor=ray_executor(), on_event=events.append)
+    # the board is read every poll_s: often, so that the tiny model's blocks (a second or less on an
+    # idle machine) are seen while they run (at the default 0.5 s an idle run once saw none)
+    res = run_experiment(spec, tmp_path / "ray", executor=_ray(poll_s=0.02), on_event=events.append)
     assert (res.executed, res.skipped, res.failed) == (4, 0, {})
     got = rows_by_key(res.db_path)
     assert set(got) == set(local_numbers) == {c.key for c in spec.cells()}
