@@ -1,9 +1,7 @@
 """Summed log-likelihoods of continuations given their contexts, batched the way the zero-shot
 tasks need them (:mod:`.zeroshot` turns them into accuracies).
 
-* tokenisation as lm-evaluation-harness's ``_encode_pair``: trailing spaces of the context move to
-  the continuation, then ``context_enc = tok(context)``, ``whole = tok(context + continuation)``
-  and the continuation tokens are ``whole[len(context_enc):]``; the model sees
+* tokenisation as lm-evaluation-harness's (:mod:`.encoding`); the model sees
   ``(context_enc + continuation_enc)`` left-truncated to its maximum length;
 * requests are sorted by length and batched across choices and questions, on the model's own
   device. Requests that share their beginning (the choices of one question) run it once with its
@@ -26,96 +24,9 @@ import torch
 from ..errors import Cancelled, EvaluationError
 from ..events import Event, PhaseDone, PhaseProgress, PhaseStarted, run_to_completion
 from ..model.devices import is_out_of_memory, model_device
+from .encoding import encode_pairs, model_max_length, pad_token_id
 
 __all__ = ["encode_pairs", "model_max_length", "iter_loglikelihoods", "loglikelihoods"]
-
-# What transformers' tokenizers use as "no limit" for ``model_max_length``.
-_HUGE_MAX_LENGTH = 1_000_000_000
-_DEFAULT_MAX_LENGTH = 2048
-
-
-
-# --------------------------------------------------------------------------------------------
-# Tokenisation (lm-eval's _encode_pair)
-# --------------------------------------------------------------------------------------------
-
-
-def _encode_batch(tokenizer: Any, texts: list[str]) -> list[list[int]]:
-    if not texts:
-        return []
-    try:
-        return [list(ids) for ids in tokenizer(texts)["input_ids"]]
-    except Exception:  # tokenizers that are not batch-callable
-        return [list(tokenizer.encode(t)) for t in texts]
-
-
-def _prefix_token_id(tokenizer: Any) -> int:
-    for attr in ("bos_token_id", "eos_token_id"):
-        tid = getattr(tokenizer, attr, None)
-        if tid is not None:
-            return int(tid)
-    raise EvaluationError("The tokenizer has neither a BOS nor an EOS token to stand for an empty context.")
-
-
-def _pad_token_id(tokenizer: Any) -> int:
-    for attr in ("pad_token_id", "eos_token_id"):
-        tid = getattr(tokenizer, attr, None)
-        if tid is not None:
-            return int(tid)
-    return 0
-
-
-def encode_pairs(tokenizer: Any, requests: Sequence[tuple[str, str]]) -> list[tuple[list[int], list[int]]]:
-    """Token ids ``(context_enc, continuation_enc)`` for each ``(context, continuation)``,
-    split the lm-eval way (see the module docstring)."""
-    prepared: list[tuple[str, str]] = []
-    for context, continuation in requests:
-        n_spaces = len(context) - len(context.rstrip())
-        if n_spaces > 0:
-            continuation = context[-n_spaces:] + continuation
-            context = context[:-n_spaces]
-        prepared.append((context, continuation))
-
-    # Encode each distinct string once (most tasks repeat one context for every choice).
-    strings: dict[str, int] = {}
-    for context, continuation in prepared:
-        if context:
-            strings.setdefault(context, len(strings))
-            strings.setdefault(context + continuation, len(strings))
-        else:
-            strings.setdefault(continuation, len(strings))
-    encoded = _encode_batch(tokenizer, list(strings))
-
-    out: list[tuple[list[int], list[int]]] = []
-    prefix: int | None = None
-    for context, continuation in prepared:
-        if context:
-            context_enc = encoded[strings[context]]
-            whole = encoded[strings[context + continuation]]
-            out.append((context_enc, whole[len(context_enc) :]))
-        else:
-            # lm-eval: an empty context becomes the BOS (or EOS) token.
-            cont = tokenizer.encode(continuation, add_special_tokens=False) if continuation else []
-            if prefix is None:
-                prefix = _prefix_token_id(tokenizer)
-            if cont and cont[0] == prefix:
-                out.append((cont[:1], cont[1:]))
-            else:
-                out.append(([prefix], list(cont)))
-    return out
-
-
-def model_max_length(model: Any, tokenizer: Any) -> int:
-    """The longest input the model takes, found as lm-eval's HFLM finds it."""
-    config = getattr(model, "config", None)
-    for attr in ("n_positions", "max_position_embeddings", "n_ctx"):
-        value = getattr(config, attr, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    value = getattr(tokenizer, "model_max_length", None)
-    if isinstance(value, int) and 0 < value < _HUGE_MAX_LENGTH:
-        return value
-    return _DEFAULT_MAX_LENGTH
 
 
 # --------------------------------------------------------------------------------------------
@@ -467,7 +378,7 @@ def iter_loglikelihoods(
 
     yield PhaseStarted(phase, total=len(batches))
     device = model_device(model)
-    pad_id = _pad_token_id(tokenizer)
+    pad_id = pad_token_id(tokenizer)
     options = _forward_options(model)
     window = _sliding_window(model)
     was_training = bool(getattr(model, "training", False))

@@ -24,7 +24,12 @@ from typing import Any
 
 from ..errors import Cancelled, EvaluationError
 from ..events import Event, Message, run_to_completion
-from .loglikelihood import encode_pairs, iter_loglikelihoods, loglikelihoods, model_max_length
+from .loglikelihood import (
+    encode_pairs,
+    iter_loglikelihoods,
+    loglikelihoods,
+    model_max_length,
+)
 from .task_data import ACC_ONLY_TASKS, TASKS, MCItem, load_task
 
 __all__ = [
