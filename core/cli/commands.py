@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -25,21 +24,11 @@ from ..errors import PruneStudioError
 from ..files import atomic_write_text
 from ..config import SETTINGS_PRESETS
 from ..prune.methods import registry
+from .logs import quiet_libraries, setup_logging, teardown_logging
 
 EXIT_ERROR = 1
 EXIT_UNEXPECTED = 2
 EXIT_CANCELLED = 130
-
-
-def _quiet_libraries() -> None:
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    try:
-        import transformers
-
-        transformers.utils.logging.set_verbosity_error()
-        transformers.utils.logging.disable_progress_bar()
-    except Exception:  # pragma: no cover - cosmetic only
-        pass
 
 
 def _add_model_args(p: argparse.ArgumentParser, required: bool = True) -> None:
@@ -394,46 +383,6 @@ def cmd_eval(args: argparse.Namespace, progress: Any) -> int:
     return 0
 
 
-class _StderrHandler(logging.StreamHandler):
-    """Writes to the ``sys.stderr`` of the moment (tests and embedding code swap it)."""
-
-    @property  # type: ignore[override]
-    def stream(self) -> Any:
-        return sys.stderr
-
-    @stream.setter
-    def stream(self, _value: Any) -> None:
-        pass
-
-
-class _LevelFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        record.levelname_lower = record.levelname.lower()
-        return super().format(record)
-
-
-def _setup_logging(verbose: bool) -> logging.Logger:
-    """Warnings (and with -v, debug records and tracebacks) as ``level: message`` lines on stderr."""
-    root = logging.getLogger()
-    for h in [h for h in root.handlers if isinstance(h, _StderrHandler)]:
-        root.removeHandler(h)
-    handler = _StderrHandler()
-    handler.setLevel(logging.DEBUG if verbose else logging.WARNING)
-    handler.setFormatter(_LevelFormatter("%(levelname_lower)s: %(message)s"))
-    root.addHandler(handler)
-    log = logging.getLogger("prunestudio")
-    log.setLevel(logging.DEBUG if verbose else logging.NOTSET)
-    return log
-
-
-def _teardown_logging() -> None:
-    """Leave no handler behind when main() is called in-process (tests, scripts)."""
-    root = logging.getLogger()
-    for h in [h for h in root.handlers if isinstance(h, _StderrHandler)]:
-        root.removeHandler(h)
-    logging.getLogger("prunestudio").setLevel(logging.NOTSET)
-
-
 def _first_line(text: str) -> str:
     text = text.strip()
     return text.splitlines()[0] if text else ""
@@ -444,12 +393,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     2 an unexpected failure (a bug: one line, the traceback with ``-v``), 130 cancelled."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    _quiet_libraries()
-    _setup_logging(args.verbose)
+    quiet_libraries()
+    setup_logging(args.verbose)
     try:
         return _run(args)
     finally:
-        _teardown_logging()
+        teardown_logging()
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -227,7 +227,7 @@ class DiskBlockStore:
         for meta in self._meta:
             for shape, dtype in meta.values():
                 numel = shape.numel()
-                size = torch.empty((), dtype=self.dtype if dtype.is_floating_point else dtype).element_size()
+                size = (self.dtype if dtype.is_floating_point else dtype).itemsize
                 if len(shape) >= 2 and dtype.is_floating_point:
                     total += min(numel * size, int(numel * size * (1 - sparsity)) + numel // 8)
                 else:

@@ -1,10 +1,8 @@
-"""Step 5: perplexity of the dense and the pruned model, optional zero-shot tasks, and export."""
+"""Step 5: perplexity of the dense and the pruned model, optional zero-shot tasks, and export
+(the export group in :mod:`.eval_export`, the "try it" pane in :mod:`.eval_try`)."""
 
 from __future__ import annotations
 
-import functools
-
-import re
 from pathlib import Path
 from typing import Any, Callable
 
@@ -20,7 +18,6 @@ from PySide6.QtWidgets import (
     QHeaderView,
     QLabel,
     QMenu,
-    QProgressBar,
     QPushButton,
     QTableWidget,
     QTableWidgetItem,
@@ -38,7 +35,7 @@ from ..jobs import PanelJob
 from ..settings import Settings
 from ..state import AppState, ModelStatus
 from ..widgets import PathEdit, StatusLine, fmt_float, hint_label, spin
-from . import eval_try
+from . import eval_export, eval_try
 
 WIKITEXT2_TEST = "hf:Salesforce/wikitext:wikitext-2-raw-v1:test"
 DENSE_NOTE = ("Evaluate dense works before and after pruning. After a run it keeps the pruned model: the "
@@ -170,44 +167,15 @@ class EvalPanel(QWidget):
         self.zs_table = _table(["Model", "Task", "acc", "acc_norm", "Questions"])
         zl.addWidget(self.zs_table)
 
-        # ---- export ------------------------------------------------------------------------
-        ex = QGroupBox("Export the pruned model")
-        eform = QFormLayout(ex)
-        self.out_dir = PathEdit("dir", "Export folder", key="export", placeholder="a new or empty folder")
-        self.out_dir.setToolTip("Where the pruned model, its tokenizer, the report and a model card are written.")
-        self.overwrite = QCheckBox("Replace the folder if it is not empty")
-        self.export_button = QPushButton("E&xport")
-        self.export_button.setToolTip("Write the pruned model with safetensors; nothing is left half-written on failure.")
-        self.open_button = QPushButton("Open &folder")
-        self.open_button.setEnabled(False)
-        self.ollama_button = QPushButton("Open in Olla&ma…")
-        self.ollama_button.setEnabled(False)
-        self.ollama_button.setToolTip("Write a Modelfile into the export folder and show the `ollama create` command.")
-        self.export_bar = QProgressBar()
-        self.export_bar.setRange(0, 4)
-        self.export_bar.setValue(0)
-        self.partial_note = QLabel()
-        self.partial_note.setWordWrap(True)
-        self.partial_note.setVisible(False)
-        eform.addRow(self.partial_note)
-        lab = QLabel("Export f&older:")
-        lab.setBuddy(self.out_dir.edit)
-        eform.addRow(lab, self.out_dir)
-        eform.addRow(self.overwrite)
-        eb = QHBoxLayout()
-        for w in (self.export_button, self.open_button, self.ollama_button):
-            eb.addWidget(w)
-        eb.addWidget(self.export_bar, 1)
-        eform.addRow(eb)
-        eform.addRow(hint_label("Pruned weights are stored as zeros in dense tensors: the files are not "
-                                "smaller, and llama.cpp, Ollama, vLLM and PyTorch run the model no faster "
-                                "(the model card says what each runtime does)."))
-
         self.status = StatusLine()
         self.job = PanelJob(state, self.status)
+        self.exporter = eval_export.ExportBox(self)
+        (self.out_dir, self.overwrite, self.export_button, self.open_button, self.ollama_button,
+         self.partial_note) = (self.exporter.out_dir, self.exporter.overwrite, self.exporter.export_button,
+                               self.exporter.open_button, self.exporter.ollama_button, self.exporter.partial_note)
         left = QVBoxLayout()
         left.addWidget(ppl)
-        left.addWidget(ex)
+        left.addWidget(self.exporter.box)
         left.addStretch(1)
         right = QVBoxLayout()
         right.addWidget(zs)
@@ -233,9 +201,6 @@ class EvalPanel(QWidget):
             cb.toggled.connect(self._update_estimates)
         self.limit.valueChanged.connect(self._update_estimates)
         self.eta = estimates.EtaTracker()  # the running evaluation's elapsed time and ETA
-        self.export_button.clicked.connect(self.export)
-        self.open_button.clicked.connect(self.open_export)
-        self.ollama_button.clicked.connect(lambda: eval_try.open_in_ollama(self))
         for sig in (state.model_changed, state.run_changed, state.busy_changed, state.config_changed):
             sig.connect(self._refresh)
         state.recipe_applied.connect(self.apply_recipe)
@@ -312,13 +277,13 @@ class EvalPanel(QWidget):
             # second copy of the original weights for the length of the evaluation
             if not self._second_copy_fits():
                 return
-            self._start(tasks.evaluate_dense_baseline, st.loaded, st.model_args, es, st.dense_signature,
+            self.start_job(tasks.evaluate_dense_baseline, st.loaded, st.model_args, es, st.dense_signature,
                         name="evaluating the dense model",
                         busy_text="Evaluating the dense model (a second copy of the original weights)…",
                         on_done=self._dense_done)
             return
         # the dense model in memory, or a partly pruned one that is replaced by a reload first
-        self._start(tasks.evaluate_dense, st.dense_model(), st.model_args, es,
+        self.start_job(tasks.evaluate_dense, st.dense_model(), st.model_args, es,
                     name="evaluating the dense model", busy_text="Evaluating the dense model…", on_done=self._dense_done)
 
     def _second_copy_fits(self) -> bool:
@@ -350,7 +315,7 @@ class EvalPanel(QWidget):
         if not self.state.exportable():
             self.status.set("warn", "There is no completely pruned model in memory; run step 4 first.")
             return
-        self._start(tasks.evaluate_pruned, self.state.loaded, es, self.state.dense_signature,
+        self.start_job(tasks.evaluate_pruned, self.state.loaded, es, self.state.dense_signature,
                     name="evaluating the pruned model", busy_text="Evaluating the pruned model…",
                     on_done=lambda ppl: self._pruned_done(es, ppl))
 
@@ -412,7 +377,7 @@ class EvalPanel(QWidget):
         self.settings.set("limit", self.limit.value())
         self.settings.set("full_tasks", self.full_tasks.isChecked())
         which = "dense" if self.state.model_status == ModelStatus.DENSE else "pruned"
-        self._start(tasks.zeroshot, self.state.loaded, names, self.task_dir.text() or None,
+        self.start_job(tasks.zeroshot, self.state.loaded, names, self.task_dir.text() or None,
                     self.limit.value() or None, self.full_tasks.isChecked(), name="zero-shot evaluation",
                     busy_text=f"Zero-shot evaluation of the {which} model…",
                     on_done=lambda res: self._zs_done(which, res))
@@ -427,46 +392,12 @@ class EvalPanel(QWidget):
         self.status.set("ok", f"Zero-shot evaluation of the {which} model done.")
 
     # ---- export ------------------------------------------------------------------------------
-    def suggested_folder(self) -> str:
-        run = self.state.run
-        if run is None:
-            return ""
-        model = re.sub(r"[^A-Za-z0-9_.-]+", "-", (run.loaded.name if run.loaded else "model")).strip("-")
-        r = run.result
-        name = f"{model}-{r.method}-{r.structure.replace(':', 'of')}-{round(r.sparsity_target * 100)}"
-        if self._partial_note():
-            name += "-partial"
-        base = Path(self.settings.get("export_parent", str(Path.home() / "prunestudio-exports")))
-        return str(base / name)
-
-    def export(self) -> None:
-        if not self.state.exportable() or self.state.run is None:
-            self.status.set("warn", "There is no completely pruned model to export: finish a run first "
-                                    "(a cancelled or failed run is never exported).")
-            return
-        out = self.out_dir.text() or self.suggested_folder()
-        self.out_dir.setText(out)
-        self.settings.set("export_parent", str(Path(out).parent))
-        self.export_bar.setValue(0)
-        export = functools.partial(tasks.export, samples=self.try_it.card_samples())
-        self._start(export, self.state.run, out, self.overwrite.isChecked(),
-                    name="export",
-                    busy_text=f"Exporting to {out}…", on_done=self._exported)
-
-    def _exported(self, done: tasks.Exported) -> None:
-        self.state.set_exported(done.path, done.report)
-        self.export_bar.setValue(self.export_bar.maximum())
-        if (done.report.get("coverage") or {}).get("partial"):
-            self.status.set("warn", f"Exported to {done.path}, marked as partly pruned in its model card and report.")
-        else:
-            self.status.set("ok", f"Exported to {done.path}.")
-
     def open_export(self) -> None:
         if self.state.export_path is not None:
             open_folder(self.state.export_path)
 
     # ---- common ------------------------------------------------------------------------------
-    def _start(self, fn: Callable[..., Any], *args: Any, name: str, busy_text: str,
+    def start_job(self, fn: Callable[..., Any], *args: Any, name: str, busy_text: str,
                on_done: Callable[[Any], None]) -> None:
         """Every job of this panel reports progress in its status line and refreshes the buttons."""
         self.job.start(fn, *args, name=name, busy_text=busy_text, on_event=self._event, on_done=on_done,
@@ -477,8 +408,7 @@ class EvalPanel(QWidget):
         eta = self.eta.text(ev)
         if isinstance(ev, PhaseProgress):
             if ev.phase == "export":
-                self.export_bar.setValue(ev.done)
-                self.status.set("busy", f"Exporting: {ev.detail}")
+                self.exporter.progress(ev.done, ev.detail)
             else:
                 self.status.set("busy", f"{ev.phase}: {ev.done} / {ev.total}, {eta}")
         elif isinstance(ev, PhaseStarted) and ev.phase.startswith("evaluate:"):
@@ -489,19 +419,8 @@ class EvalPanel(QWidget):
     def cancel(self) -> None:
         self.job.cancel()
 
-    def _partial_note(self) -> str:
-        """The last run's partial-pruning note ("" when it pruned every block weight it should)."""
-        run = self.state.run
-        report = run.report if run is not None else {}
-        if not (report.get("coverage") or {}).get("partial"):
-            return ""
-        return next((n for n in report.get("notes", []) if n.startswith("Partial")), "Partial pruning.")
-
     def _refresh(self, *_a: Any) -> None:
         st = self.state
-        note = self._partial_note() if st.model_status == ModelStatus.PRUNED else ""
-        self.partial_note.setText(f"⚠ {note} The export's model card and report say so." if note else "")
-        self.partial_note.setVisible(bool(note))
         busy = st.busy
         es = self.eval_settings()
         blocker = st.dense_eval_blocker()
@@ -528,12 +447,8 @@ class EvalPanel(QWidget):
             else "There is no completely pruned model in memory: run step 4 first.")
         self.zs_button.setEnabled(not busy and st.loaded is not None
                                   and st.model_status in (ModelStatus.DENSE, ModelStatus.PRUNED))
-        self.export_button.setEnabled(not busy and st.exportable())
-        self.open_button.setEnabled(st.export_path is not None)
-        self.ollama_button.setEnabled(not busy and st.export_path is not None)
+        self.exporter.refresh()
         self.try_it.refresh()
         self._update_estimates()
         self.cancel_button.setEnabled(self.job.running)
-        if not self.out_dir.text() and st.run is not None:
-            self.out_dir.edit.setPlaceholderText(self.suggested_folder())
         self._fill_ppl_table()

@@ -64,7 +64,7 @@ def test_partial_run_is_confirmed_and_marked(window, qtbot, monkeypatch, moe_dir
     e = window.eval_panel
     window.show_step(4)
     assert e.partial_note.isVisible() and "Partial pruning" in e.partial_note.text()
-    assert e.suggested_folder().endswith("-partial")
+    assert e.exporter.suggested_folder().endswith("-partial")
 
     window.show_step(5)
     h = window.history_panel
