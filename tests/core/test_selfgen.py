@@ -579,3 +579,41 @@ def test_end_of_text_includes_the_document_separator():
     assert tok.convert_tokens_to_ids("<|im_end|>") in ids and tok.convert_tokens_to_ids("<|endoftext|>") in ids
     llama_tok = make_tokenizer("llama")
     assert end_of_text_ids(make_model("llama", llama_tok), llama_tok) == [llama_tok.eos_token_id]
+
+
+def test_a_later_paper_batch_writes_only_what_is_missing(llama, monkeypatch):
+    """After the first batch, the next one is sized from the samples written so far (the tokens
+    still missing at their mean length, with a margin), not the full batch; the set is the one a
+    batch of 1 gives, sample for sample."""
+    from prunestudio.core.calib.selfgen import paper
+
+    model, tok = llama
+    sizes: list[int] = []
+    real = paper.iter_sample_tokens
+
+    def spy(model, prompts, *args, **kwargs):
+        sizes.append(len(prompts))
+        return real(model, prompts, *args, **kwargs)
+
+    monkeypatch.setattr(paper, "iter_sample_tokens", spy)
+    monkeypatch.setattr(paper, "NEXT_BATCH_MIN", 1)
+    with _FavourEos(model, tok.eos_token_id, 3.0):
+        big = sg.generate_calibration_set(model, tok, _paper(n=6, batch_size=16), prefixes=TEXTS)
+        used = len(big.settings["documents"])
+        assert sizes[0] == 16 < used  # the first batch is not enough (19 samples are needed) ...
+        assert len(sizes) >= 2 and max(sizes[1:]) < 16 and sum(sizes) < 32  # ... the second is smaller
+        sizes.clear()
+        one = sg.generate_calibration_set(model, tok, _paper(n=6, batch_size=1), prefixes=TEXTS)
+    assert sizes == [1] * used
+    assert _ids(big) == _ids(one)
+
+
+def test_next_batch_size_estimates_the_missing_samples():
+    from prunestudio.core.calib.selfgen.paper import NEXT_BATCH_MIN, next_batch_size
+
+    assert next_batch_size([], [], 0.2, 1000, 80) == 80
+    # 10 samples of 50 tokens, 2 dropped: 400 kept of 1000; 40 per sample after the drop -> 15 missing
+    lengths, ppls = [50] * 10, [float(i) for i in range(10)]
+    assert next_batch_size(lengths, ppls, 0.2, 1000, 80) == math.ceil(15 * 1.5)
+    assert next_batch_size(lengths, ppls, 0.2, 1000, 16) == 16
+    assert next_batch_size(lengths, ppls, 0.2, 420, 80) == NEXT_BATCH_MIN

@@ -206,3 +206,67 @@ def test_batches_are_balanced_and_change_no_sample(monkeypatch):
     assert [s.input_ids for s in balanced.samples] == [s.input_ids for s in one_by_one.samples]
     assert [s.perplexity for s in balanced.samples] == pytest.approx([s.perplexity for s in one_by_one.samples],
                                                                      rel=1e-5)
+
+
+def test_rows_that_end_leave_the_batch_and_change_no_token():
+    """With stop tokens, rows that have ended leave the batch (and their cache rows): the forward
+    passes shrink, and every row's tokens are still the reference loop's, which never drops one."""
+    model, tok, _ = _setup("llama", seed=5)
+    ids = tok(WORDS, add_special_tokens=False)["input_ids"]
+    prompts = [ids[i:i + 1 + i % 3] for i in range(12)]
+    st = sg.GenerationSettings(n=1, seqlen=40, temperature=1.5, top_k=0, top_p=1.0, repetition_penalty=1.0)
+    sup = sg.suppressed_token_ids(model, tok)
+    seeds = [sampler._sample_seed(3, i) for i in range(len(prompts))]
+    stop = sorted(set(ids))[: len(set(ids)) // 2]  # half of the words end a sample: rows end at many steps
+    sizes: list[int] = []
+    hook = model.register_forward_pre_hook(lambda m, a, k: sizes.append(k["input_ids"].shape[0]), with_kwargs=True)
+    try:
+        new, new_ppl = sg.sample_tokens(model, prompts, 40, st, seeds, suppress=sup, pad_id=tok.pad_token_id,
+                                        stop_ids=stop)
+    finally:
+        hook.remove()
+    ref, ref_ppl = _reference_sample_tokens(model, prompts, 40, st, seeds, sup, tok.pad_token_id, stop)
+    lengths = sorted(len(t) for t in new)
+    assert lengths[0] < lengths[-1] and len(set(lengths)) >= 4  # rows really end at different steps
+    assert sizes[0] == len(prompts) and min(sizes) < len(prompts) // 2  # and really leave the batch
+    assert sizes == sorted(sizes, reverse=True)
+    assert new == ref
+    assert new_ppl == pytest.approx(ref_ppl, rel=1e-5)
+
+
+@pytest.mark.parametrize("family", ["gemma3_text", "qwen3_next", "lfm2", "falcon_h1"])
+def test_rows_leave_the_caches_of_sliding_linear_and_state_space_layers(family, monkeypatch):
+    """Sliding-window, linear-attention, convolution and Mamba caches drop rows too (their own
+    ``reorder_cache``), with the same tokens as a run that keeps every row to the end."""
+    from _families import family_model
+
+    model = family_model(family, seed=1)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(3)  # peaked distributions: stop tokens are drawn early and at varied steps
+    g = torch.Generator().manual_seed(0)
+    prompts = [torch.randint(3, 300, (1 + i % 3,), generator=g).tolist() for i in range(12)]
+    st = sg.GenerationSettings(n=1, seqlen=40, temperature=1.5, top_k=0, top_p=1.0, repetition_penalty=1.0)
+    seeds = [sampler._sample_seed(1, i) for i in range(len(prompts))]
+    stop = list(range(3, 40))
+    sizes: list[int] = []
+    hook = model.register_forward_pre_hook(lambda m, a, k: sizes.append(k["input_ids"].shape[0]), with_kwargs=True)
+    try:
+        new, new_ppl = sg.sample_tokens(model, prompts, 40, st, seeds, pad_id=0, stop_ids=stop)
+    finally:
+        hook.remove()
+    assert min(sizes) < len(prompts) // 2
+    monkeypatch.setattr(sampler, "_compactable", lambda past: False)
+    whole, whole_ppl = sg.sample_tokens(model, prompts, 40, st, seeds, pad_id=0, stop_ids=stop)
+    assert len({len(t) for t in whole}) >= 4
+    assert new == whole
+    assert new_ppl == pytest.approx(whole_ppl, rel=1e-5)
+
+
+def test_a_static_cache_keeps_its_rows():
+    from transformers import cache_utils
+
+    assert not sampler._compactable(object())
+    static = cache_utils.StaticCache(config=_setup("llama")[0].config, max_cache_len=8)
+    assert not sampler._compactable(static)
+    assert sampler._compactable(cache_utils.DynamicCache())
