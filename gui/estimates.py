@@ -75,6 +75,9 @@ def selfgen_text(loaded: Any, cfg: CalibConfig | None) -> str:
     if fs is None:
         return ""
     n = estimate.selfgen_samples(cfg)
+    if cfg.protocol == "paper":  # samples end at end-of-text: how many is a guess
+        return (f"Generating about {n} samples of varying length for {cfg.nsamples} windows: "
+                f"{_say(estimate.selfgen(*fs, cfg).seconds)}.")
     return f"Generating {n} samples: {_say(estimate.selfgen(*fs, cfg).seconds)}."
 
 

@@ -8,7 +8,9 @@ kind of work reaches, measured on the demo model:
 * **self-generation**: every generated token is one forward pass with the KV cache
   (:meth:`ModelFacts.forward_flops_per_token`, the context half the sample on average; the
   filter's perplexities come from the same passes); a decoding step multiplies thin matrices, so
-  its rate grows with the batch (:func:`decode_efficiency`);
+  its rate grows with the batch (:func:`decode_efficiency`); with the paper's protocol the
+  samples end at end-of-text, so their number and length are guesses from the demo model
+  (:data:`PAPER_SAMPLES_PER_WINDOW`, :data:`PAPER_MEAN_LENGTH`) and a step has fewer rows;
 * **pruning**: the block forward passes over the calibration tokens (two per block for the
   two-pass order, one for one pass, one more for OWL's pre-pass) plus the method's own work per
   module: SparseGPT-like methods (``Method.hessian``) accumulate ``2 tokens in²`` for the
@@ -104,12 +106,24 @@ def _seconds(flops: float, speed: MachineSpeed, efficiency: float) -> float:
     return flops / max(speed.flops * efficiency, 1.0)
 
 
+# The paper's protocol on the demo model (issue 17's grid, 64 x 512 sets of seeds 0 and 1, and
+# bench/selfgen_paper.py): samples used per window, their mean length over ``seqlen``, and rows
+# computed per token written once rows that end leave the batch (they wait until a quarter of the
+# batch is done: 29,230 row-steps for 160 samples of about 180 tokens).
+PAPER_SAMPLES_PER_WINDOW = 5.2  # 318 and 331 samples for 64 windows; 89 for 16
+PAPER_MEAN_LENGTH = 0.35  # of seqlen: 175-187 tokens of 512 (median 113: most end early)
+PAPER_ROWS_PER_TOKEN = 1.1
+
+
 def selfgen_samples(cal: CalibConfig) -> int:
     """Samples self-generation writes for ``cal``: enough that ``nsamples`` remain after the filter
-    (windows protocol), or ``nsamples`` (the paper's windows are cut from the joined samples)."""
+    (windows protocol), or, with the paper's protocol, about :data:`PAPER_SAMPLES_PER_WINDOW` per
+    window (samples end at end-of-text, most well before ``seqlen``; a guess from the demo model)."""
     from .calibration import _n_before_filter
 
-    if cal.drop_top == 0 or cal.protocol == "paper":
+    if cal.protocol == "paper":
+        return max(1, math.ceil(cal.nsamples * PAPER_SAMPLES_PER_WINDOW))
+    if cal.drop_top == 0:
         return cal.nsamples
     return _n_before_filter(cal.nsamples, cal.drop_top)
 
@@ -132,6 +146,14 @@ def selfgen(facts: ModelFacts, speed: MachineSpeed, cal: CalibConfig, batch_size
     per_token = facts.forward_flops_per_token(cal.seqlen // 2)
     new_tokens = max(cal.seqlen - cal.prefix_tokens, 1)
     batch_size = batch_size or GenerationSettings.batch_size
+    if cal.protocol == "paper":
+        # every sample's own tokens, in batches that decode until their longest sample ends (about
+        # seqlen steps) while rows leave as they end: the average rows of a step are the batch's
+        # share of tokens written, and a step's rate is that of its rows (decode_efficiency)
+        written = n * max(cal.seqlen * PAPER_MEAN_LENGTH - cal.prefix_tokens, 1.0)
+        flops = written * PAPER_ROWS_PER_TOKEN * per_token
+        rows = max(1.0, min(batch_size, n) * PAPER_MEAN_LENGTH * PAPER_ROWS_PER_TOKEN)
+        return Estimate(_seconds(flops, speed, decode_efficiency(rows)), flops)
     nbatches = max(1, -(-n // batch_size))
     bounds = [n * k // nbatches for k in range(nbatches + 1)]
     seconds = flops = 0.0

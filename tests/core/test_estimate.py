@@ -56,6 +56,20 @@ def test_selfgen_grows_with_samples_and_length_and_batches_help():
     assert estimate.selfgen(FACTS, MachineSpeed(100e9, "x", False), base).seconds == pytest.approx(t / 2)
 
 
+def test_paper_protocol_counts_samples_of_varying_length():
+    """The paper's protocol writes about 5 samples of about a third of ``seqlen`` per window, in
+    batches whose rows leave as they end: more work than the windows protocol for the same
+    windows, and slower per token (fewer rows per step)."""
+    paper = CalibConfig(source="selfgen:c4", protocol="paper", nsamples=64, seqlen=512)
+    windows = CalibConfig(source="selfgen", nsamples=64, seqlen=512)
+    assert estimate.selfgen_samples(paper) == math.ceil(64 * estimate.PAPER_SAMPLES_PER_WINDOW)
+    p, w = estimate.selfgen(FACTS, SPEED, paper), estimate.selfgen(FACTS, SPEED, windows)
+    assert p.flops > w.flops and p.seconds / p.flops > w.seconds / w.flops
+    twice = estimate.selfgen(FACTS, SPEED, CalibConfig(source="selfgen:c4", protocol="paper", nsamples=128,
+                                                       seqlen=512))
+    assert twice.seconds == pytest.approx(2 * p.seconds, rel=0.02)
+
+
 def test_pruning_passes_and_methods():
     def secs(**kw):
         return estimate.pruning(FACTS, SPEED, PruneConfig(**kw), 64, 512).seconds
