@@ -4,6 +4,7 @@ come out in minutes and each setting's effect shows in the words; no test depend
 
 from __future__ import annotations
 
+import math
 import re
 
 import pytest
@@ -47,6 +48,20 @@ def test_estimates_show_before_the_jobs_and_follow_the_settings(window, qtbot, m
     assert minutes(calib.estimate.text()) > minutes(few)
     window.show_step(1)
     screenshot(window, screenshots / "estimate-generate.png")
+    # the paper's protocol (prefixes from a text file): samples of varying length, about 5 per
+    # window, more work than one sample per window
+    windows_protocol = minutes(calib.estimate.text())
+    calib.form.kind.setCurrentIndex(calib.form.kind.findData("selfgen-file"))
+    calib.form.path.setText(str(eval_file))
+    calib.form.protocol.setCurrentIndex(calib.form.protocol.findData("paper"))
+    paper = calib.estimate.text()
+    from prunestudio.core.run.estimate import PAPER_SAMPLES_PER_WINDOW
+
+    assert paper.startswith(f"Generating about {math.ceil(64 * PAPER_SAMPLES_PER_WINDOW)} samples of varying "
+                            "length for 64 windows: "), paper
+    assert minutes(paper) > windows_protocol
+    calib.form.protocol.setCurrentIndex(calib.form.protocol.findData("windows"))
+    assert minutes(calib.estimate.text()) == windows_protocol
     calib.form.kind.setCurrentIndex(calib.form.kind.findData("preset"))  # sampling text: quick, no estimate
     assert calib.estimate.text() == ""
 
