@@ -172,9 +172,61 @@ def test_output_head_only_where_continuations_are_scored(tok):
     prefix_calls = [n for kw, n in seen if kw.get("use_cache")]
     cont_calls = [(kw, n) for kw, n in seen if kw.get("cache") is not None or kw.get("past_key_values") is not None]
     assert prefix_calls == [1]  # the contexts: one logit position per row, never used
-    assert len(cont_calls) == 1 and len(seen) == 2
-    kw, n = cont_calls[0]
-    assert n <= longest_cont < kw["input_ids"].shape[1] + kw["cache"].get_seq_length()
+    assert cont_calls and len(seen) == 1 + len(cont_calls)  # the remainders, in one or more parts
+    for kw, n in cont_calls:
+        assert n <= longest_cont < kw["input_ids"].shape[1] + kw["cache"].get_seq_length()
+
+
+def test_tail_parts_are_the_cheapest_split():
+    """The split of the remainders into parts against every split there is (brute force over the
+    cut points): the least padded row-tokens plus the overhead per part."""
+    import itertools
+
+    from prunestudio.core.evaluate.loglikelihood import tail_parts
+
+    g = torch.Generator().manual_seed(0)
+    for trial in range(200):
+        n = 1 + trial % 9
+        widths = sorted(torch.randint(1, 40, (n,), generator=g).tolist(), reverse=True)
+        overhead = [0, 3, 16, 100][trial % 4]
+
+        def cost(cuts):
+            bounds = [0, *cuts, n]
+            return sum((b - a) * widths[a] + overhead for a, b in zip(bounds, bounds[1:]))
+
+        best = min(cost(c) for k in range(n) for c in itertools.combinations(range(1, n), k))
+        parts = tail_parts(widths, overhead)
+        assert parts[0][0] == 0 and parts[-1][1] == n
+        assert all(a[1] == b[0] for a, b in zip(parts, parts[1:]))
+        assert cost([a for a, _ in parts[1:]]) == best
+    assert tail_parts([9, 9, 1, 1], float("inf")) == [(0, 4)]
+    assert tail_parts([30, 2, 2, 2], 0) == [(0, 1), (1, 4)]
+
+
+def test_remainders_in_parts_give_the_same_loglikelihoods(tok, monkeypatch):
+    """Forcing a part per distinct remainder length (no overhead) and forbidding parts give the
+    same numbers, and both the brute force's; the split really happens."""
+    from prunestudio.core.evaluate import loglikelihood as ll
+
+    model = make_llama(len(tok))
+    requests, groups = _requests(ITEMS), _groups(ITEMS)
+    calls: list[int] = []
+    hook = model.register_forward_pre_hook(
+        lambda m, a, kw: calls.append(int(kw.get("cache") is not None)), with_kwargs=True)
+    try:
+        monkeypatch.setattr(ll, "_CPU_PART_OVERHEAD", 0)
+        split = loglikelihoods(model, tok, requests, batch_size=8, groups=groups)
+        parts = sum(calls)
+        calls.clear()
+        monkeypatch.setattr(ll, "_CPU_PART_OVERHEAD", float("inf"))
+        whole = loglikelihoods(model, tok, requests, batch_size=8, groups=groups)
+    finally:
+        hook.remove()
+    assert parts > sum(calls) >= 1
+    assert split == pytest.approx(whole, abs=1e-5)
+    monkeypatch.setattr(ll, "_cache_argument", lambda model: None)  # the plain path: whole rows
+    plain = loglikelihoods(model, tok, requests, batch_size=8, groups=groups)
+    assert split == pytest.approx(plain, abs=1e-5)
 
 
 def test_a_cache_that_cannot_be_expanded_takes_the_plain_path(tok, monkeypatch):
