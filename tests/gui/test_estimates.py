@@ -60,6 +60,7 @@ def test_estimates_show_before_the_jobs_and_follow_the_settings(window, qtbot, m
     assert paper.startswith(f"Generating about {math.ceil(64 * PAPER_SAMPLES_PER_WINDOW)} samples of varying "
                             "length for 64 windows: "), paper
     assert minutes(paper) > windows_protocol
+    screenshot(window, screenshots / "estimate-generate-paper.png")
     calib.form.protocol.setCurrentIndex(calib.form.protocol.findData("windows"))
     assert minutes(calib.estimate.text()) == windows_protocol
     calib.form.kind.setCurrentIndex(calib.form.kind.findData("preset"))  # sampling text: quick, no estimate
