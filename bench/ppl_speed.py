@@ -89,13 +89,13 @@ def parts(model, scorer_mod, batch: torch.Tensor) -> dict[str, float]:
     hidden = kept[0]
     rows = hidden[:, :-1].reshape(1, -1, hidden.shape[-1])
     target = batch[:, 1:].reshape(-1)
-    step = scorer_mod.chunk_rows(int(head.weight.shape[0]))
+    step = scorer_mod.chunk_rows(int(head.weight.shape[0]), head.weight.element_size())
     t = time.perf_counter()
     outs = [head(rows[:, i:i + step])[0] for i in range(0, rows.shape[1], step)]
     head_s = time.perf_counter() - t
     t = time.perf_counter()
     for k, z in enumerate(outs):
-        torch.nn.functional.cross_entropy(z.float(), target[k * step:(k + 1) * step], reduction="sum").double()
+        scorer_mod.summed_nll(z, target[k * step:(k + 1) * step])
     loss_s = time.perf_counter() - t
     return {"trunk_s": trunk, "head_s": head_s, "loss_s": loss_s}
 
@@ -176,7 +176,7 @@ def run_dtype(name: str, a) -> dict:
         "ppl": ppl, "old_ppl": old, "rel_diff": abs(same - old) / old, "path": fast.path,
         "old_every": a.old_every, "old_windows": old_tokens // a.seqlen, "ppl_on_old_windows": same,
         "windows": n, "seqlen": a.seqlen, "batch_size": a.batch_size, "tokens": tokens,
-        "full_test_set": n == ids.numel() // a.seqlen, "chunk_rows": pm.chunk_rows(facts.vocab),
+        "full_test_set": n == ids.numel() // a.seqlen, "chunk_rows": pm.chunk_rows(facts.vocab, dtype.itemsize),
         "parts_s": {k: round(v, 3) for k, v in best.items()},
         "parts_fraction": {k.replace("_s", ""): round(v / total, 3) for k, v in best.items()},
         "trunk_fraction_of_probe": trunk_flops / best["trunk_s"] / probe,

@@ -226,7 +226,28 @@ def test_progress_events_are_unchanged():
 
 
 def test_chunk_rows_keep_a_chunk_of_logits_small():
-    assert ppl_mod.chunk_rows(49152) * 49152 * 4 <= ppl_mod._CHUNK_BYTES
-    assert ppl_mod._CHUNK_ROWS[0] <= ppl_mod.chunk_rows(49152) <= ppl_mod._CHUNK_ROWS[1]
+    for itemsize in (4, 2):
+        rows = ppl_mod.chunk_rows(49152, itemsize)
+        assert rows * 49152 * itemsize <= ppl_mod._CHUNK_BYTES[itemsize]
+        assert ppl_mod._CHUNK_ROWS[0] <= rows <= ppl_mod._CHUNK_ROWS[1]
+    assert ppl_mod.chunk_rows(49152, 2) < ppl_mod.chunk_rows(49152, 4)
     assert ppl_mod.chunk_rows(300) == ppl_mod._CHUNK_ROWS[1]
     assert ppl_mod.chunk_rows(10 ** 9) == ppl_mod._CHUNK_ROWS[0]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("loss_bytes", [None, 3 * 4 * 1000])
+def test_summed_nll_is_the_cross_entropy_of_every_row(dtype, loss_bytes, monkeypatch):
+    """Against the mean NLL written out in float64 from the same (rounded) logits: each row's
+    log-sum-exp minus its target's logit, whether the rows go in one piece or in pieces of 3
+    (the last one short)."""
+    if loss_bytes is not None:
+        monkeypatch.setattr(ppl_mod, "_LOSS_BYTES", loss_bytes)
+    g = torch.Generator().manual_seed(3)
+    logits = (torch.randn(20, 1000, generator=g) * 4).to(dtype)
+    target = torch.randint(0, 1000, (20,), generator=g)
+    z = logits.double()
+    want = sum(float(torch.logsumexp(z[r], 0) - z[r, target[r]]) for r in range(20))
+    got = ppl_mod.summed_nll(logits, target)
+    assert got.dtype == torch.float64
+    assert float(got) == pytest.approx(want, rel=1e-6)
