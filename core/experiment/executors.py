@@ -10,6 +10,7 @@ imported only when asked for (Ray is an optional extra).
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Callable, Generator, Protocol, Sequence
 
 from ..errors import ConfigError
@@ -27,10 +28,11 @@ EXECUTORS = ("local", "ray")
 class Executor(Protocol):
     name: str
 
-    def iter_cells(self, spec: GridSpec, pending: Pending, total: int,
-                   should_stop: StopFn) -> Generator[Event | CellOutcome, None, None]:
+    def iter_cells(self, spec: GridSpec, pending: Pending, total: int, should_stop: StopFn,
+                   calib_dir: Path | None = None) -> Generator[Event | CellOutcome, None, None]:
         """Run ``pending`` (``total``: the grid's number of cells); yield events, and one
-        :class:`CellOutcome` per cell when it ends. ``should_stop`` cancels (raises ``Cancelled``)."""
+        :class:`CellOutcome` per cell when it ends. ``should_stop`` cancels (raises ``Cancelled``).
+        ``calib_dir``: a folder where calibration sets may be saved for a later run, and read."""
         ...
 
 
@@ -40,12 +42,12 @@ class LocalExecutor:
 
     name = "local"
 
-    def iter_cells(self, spec: GridSpec, pending: Pending, total: int,
-                   should_stop: StopFn) -> Generator[Event | CellOutcome, None, None]:
+    def iter_cells(self, spec: GridSpec, pending: Pending, total: int, should_stop: StopFn,
+                   calib_dir: Path | None = None) -> Generator[Event | CellOutcome, None, None]:
         runner: CellRunner | None = None
         for i, cell in pending:
             if runner is None:
-                runner = CellRunner(spec)
+                runner = CellRunner(spec, calib_dir)
                 yield from runner.load(should_stop)
             yield CellStarted(i, total, cell.describe(), cell.key)
             t0 = time.perf_counter()

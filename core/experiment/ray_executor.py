@@ -86,8 +86,10 @@ class RayExecutor:
                               f"(the largest has {cpus:g}); lower --cpus-per-cell.")
         return g, c
 
-    def iter_cells(self, spec: GridSpec, pending: Any, total: int,
-                   should_stop: StopFn) -> Generator[Event | CellOutcome, None, None]:
+    def iter_cells(self, spec: GridSpec, pending: Any, total: int, should_stop: StopFn,
+                   calib_dir: Any = None) -> Generator[Event | CellOutcome, None, None]:
+        # calib_dir is not used: the sets are built on the workers, which may be other machines
+        # without the results folder; each run of the grid builds them again.
         ray = require_ray()
         started_here = False
         if not ray.is_initialized():

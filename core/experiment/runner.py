@@ -86,7 +86,8 @@ def iter_experiment(spec: GridSpec, out_dir: str | Path, db_path: str | Path | N
         else:
             pending.append((i, cell))
     if pending:
-        work = (executor or LocalExecutor()).iter_cells(spec, pending, len(cells), should_stop)
+        work = (executor or LocalExecutor()).iter_cells(spec, pending, len(cells), should_stop,
+                                                        calib_dir=out / "calibration")
         try:
             for item in work:
                 if not isinstance(item, CellOutcome):

@@ -4,18 +4,22 @@ The local executor keeps one :class:`CellRunner` for the whole grid; a Ray worke
 process for the cells it is given (:mod:`.ray_tasks`). A pruned cell is
 :func:`~prunestudio.core.run.run.iter_run` with no perplexity of its own, handed a calibration set
 already built for the same calibration settings when there is one (the one given by the caller, or
-one an earlier cell of this runner built); then every cell, the dense baseline included, is
-measured on the grid's perplexity sets and zero-shot tasks.
+one an earlier cell of this runner built, or one an earlier run of the grid saved in the results
+folder's ``calibration/``); then every cell, the dense baseline included, is measured on the grid's
+perplexity sets and zero-shot tasks.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any, Callable, Generator
 
 from ..calib.calibset import CalibrationSet
+from ..errors import CalibrationError
 from ..events import Event, Message
 from ..model.loading import LoadedModel
 from ..run.load import LoadArgs, iter_load, place_model
@@ -36,8 +40,12 @@ def calibration_key(cell: Cell) -> str:
 class CellRunner:
     """One loaded model; every cell starts from a copy of its original weights."""
 
-    def __init__(self, spec: GridSpec) -> None:
+    def __init__(self, spec: GridSpec, calib_dir: str | Path | None = None) -> None:
+        """``calib_dir``: where the calibration sets this runner builds are saved, and read back
+        by a later run of the grid (a resumed grid does not write its self-generated sets again);
+        None: kept in memory only."""
         self.spec = spec
+        self.calib_dir = Path(calib_dir) if calib_dir is not None else None
         self.loaded: LoadedModel | None = None
         self.original: dict[str, Any] = {}
         self._ids: dict[str, Any] = {}
@@ -100,18 +108,59 @@ class CellRunner:
             if reused is not None:
                 yield Message(f"Calibration set reused ({len(reused)} samples from {cell.source_label}, "
                               f"seed {cell.seed})")
+            else:
+                reused = yield from self._read_saved(ck, cell)
         outcome = yield from iter_run(self.loaded, recipe, reused, None, should_stop)
-        if reused is None and outcome.calibration is not None:
+        if outcome.calibration is not None and ck not in self._calib:
             while len(self._calib) >= _KEEP_SETS:
                 self._calib.pop(next(iter(self._calib)))
             self._calib[ck] = outcome.calibration
+        if reused is None and outcome.calibration is not None:
+            yield from self._save(ck, outcome.calibration)
         outcome.report["calibration_reused"] = reused is not None
         return outcome.report
+
+    def saved_set_path(self, ck: str) -> Path | None:
+        """The file of the set with calibration key ``ck`` for this grid's model, dtype and device
+        (a self-generated set depends on all three), or None without a folder."""
+        if self.calib_dir is None:
+            return None
+        spec = self.spec
+        ident = json.dumps([ck, spec.model, str(spec.base_dir), spec.device, spec.dtype], default=str)
+        return self.calib_dir / f"{hashlib.sha256(ident.encode()).hexdigest()[:20]}.calib.jsonl"
+
+    def _read_saved(self, ck: str, cell: Cell) -> Generator[Event, None, CalibrationSet | None]:
+        """The set an earlier run saved for ``ck``, or None (none saved, or one that cannot be read:
+        then it is built again and the file replaced)."""
+        path = self.saved_set_path(ck)
+        if path is None or not path.is_file():
+            return None
+        assert self.loaded is not None
+        try:
+            calib = CalibrationSet.load(path, self.loaded.tokenizer)
+        except CalibrationError as e:
+            yield Message(f"{e} Building the set again.")
+            return None
+        if len(calib) == 0:
+            return None
+        yield Message(f"Calibration set read from {path.name} ({len(calib)} samples from {cell.source_label}, "
+                      f"seed {cell.seed}, saved by an earlier run of this grid)")
+        return calib
+
+    def _save(self, ck: str, calib: CalibrationSet) -> Generator[Event, None, None]:
+        path = self.saved_set_path(ck)
+        if path is None:
+            return
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            calib.save(path)
+        except OSError as e:
+            yield Message(f"The calibration set could not be saved for a later run ({e.strerror or e}); "
+                          "the grid goes on.")
 
     def build_calibration(self, cell: Cell, should_stop: StopFn) -> Generator[Event, None, CalibrationSet]:
         """The calibration set ``cell`` prunes with, built as :func:`~prunestudio.core.run.run.iter_run`
         builds it (the recipe checked first, with the job's torch threads), from the original weights."""
-        from ..errors import CalibrationError
         from ..model.threads import job_threads
         from ..run.calibration import build_calibration
         from ..run.checks import validate_recipe

@@ -282,3 +282,44 @@ def test_settings_share_one_calibration_set(workdir):
     rows = History(res.db_path).runs()
     assert [r.report["calibration_reused"] for r in rows] == [False, True, True]
     assert len({r.report["calibration"]["sha256"] for r in rows}) == 1
+
+
+def test_a_resumed_grid_reads_its_saved_self_generated_sets(workdir):
+    """A second run of the grid (a new runner, a new setting) prunes with the set the first one
+    generated and saved, the same tokens, without generating; a set that cannot be read is built again."""
+    from prunestudio.core.events import Message, PhaseStarted
+    from prunestudio.core.experiment import iter_experiment
+
+    def run(seeds=(0,), **over):
+        spec = GridSpec.from_dict(grid_dict(sources=["selfgen"], seeds=list(seeds), dense_baseline=False,
+                                            eval={"ppl": ["eval.txt"], "seqlen": 32, "max_windows": 2}, **over),
+                                  workdir)
+        events: list = []
+        res = run_to_completion(iter_experiment(spec, workdir / "resume"), events.append)
+        generated = sum(isinstance(e, PhaseStarted) and e.phase == "generate" for e in events)
+        notes = [e.text for e in events if isinstance(e, Message)]
+        return res, generated, notes
+
+    first, generated, _ = run(sparsities=[0.5])
+    assert (first.executed, generated) == (1, 1)
+    saved = sorted((workdir / "resume" / "calibration").glob("*.calib.jsonl"))
+    assert len(saved) == 1
+
+    second, generated, notes = run(sparsities=[0.6])
+    assert (second.executed, generated) == (1, 0)
+    assert any("read from " + saved[0].name in n for n in notes)
+    rows = {r.sparsity: r for r in History(first.db_path).runs()}
+    assert rows[0.5].report["calibration"]["sha256"] == rows[0.6].report["calibration"]["sha256"]
+    assert rows[0.6].report["calibration_reused"] and not rows[0.5].report["calibration_reused"]
+
+    saved[0].write_text("not a calibration set\n", encoding="utf-8")
+    third, generated, notes = run(sparsities=[0.7])
+    assert (third.executed, generated) == (1, 1)
+    assert any("Building the set again" in n for n in notes)
+    rows = {r.sparsity: r for r in History(first.db_path).runs()}
+    assert rows[0.7].report["calibration"]["sha256"] == rows[0.5].report["calibration"]["sha256"]
+    assert sorted((workdir / "resume" / "calibration").glob("*.calib.jsonl")) == saved  # rewritten whole
+
+    _, generated, _ = run(sparsities=[0.8], seeds=[1])  # another seed: another set
+    assert generated == 1
+    assert len(list((workdir / "resume" / "calibration").glob("*.calib.jsonl"))) == 2
