@@ -57,22 +57,27 @@ def write_plot(spec: Any, rows: Sequence[Any], path: str | Path) -> Path:
 
     pw, ph, top, legend_h = max(760, 90 + 70 * len(groups) * max(1, len(sources)) // 2), 300, 64, 28
     width = pw
+    font = QtGui.QFont()
+    font.setPixelSize(12)
+    title = QtGui.QFont(font)
+    title.setPixelSize(15)
+    title.setBold(True)
+    # the grid's name on as many lines as it needs (up to three; a longer one is cut at the third)
+    tm = QtGui.QFontMetrics(title)
+    wrap = QtCore.Qt.AlignmentFlag.AlignHCenter | QtCore.Qt.TextFlag.TextWordWrap
+    title_h = min(tm.boundingRect(QtCore.QRect(0, 0, width - 20, 10_000), wrap, spec.name).height(),
+                  3 * tm.lineSpacing())
+    extra = max(0, title_h - 20)
+    top += extra
     height = top + legend_h + len(metrics) * ph + 10
     img = QtGui.QImage(width, height, QtGui.QImage.Format.Format_ARGB32)
     img.fill(QtGui.QColor("white"))
     p = QtGui.QPainter(img)
     p.setRenderHint(QtGui.QPainter.RenderHint.Antialiasing)
-    font = QtGui.QFont()
-    font.setPixelSize(12)
-    p.setFont(font)
-    title = QtGui.QFont(font)
-    title.setPixelSize(15)
-    title.setBold(True)
     p.setFont(title)
-    p.drawText(QtCore.QRectF(10, 4, width - 20, 20), QtCore.Qt.AlignmentFlag.AlignHCenter,
-               QtGui.QFontMetrics(title).elidedText(spec.name, QtCore.Qt.TextElideMode.ElideRight, width - 20))
+    p.drawText(QtCore.QRectF(10, 4, width - 20, max(20, title_h)), wrap, spec.name)
     p.setFont(font)
-    p.drawText(QtCore.QRectF(10, 26, width - 20, 16), QtCore.Qt.AlignmentFlag.AlignHCenter,
+    p.drawText(QtCore.QRectF(10, 26 + extra, width - 20, 16), QtCore.Qt.AlignmentFlag.AlignHCenter,
                "mean ± sample std over seeds (error bars when more than one seed)"
                + ("; dashed line: dense model" if dense else ""))
     p.setFont(font)
