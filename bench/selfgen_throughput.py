@@ -194,8 +194,34 @@ def decode_limit(model, batch: int, prompt_len: int, seqlen: int, dtype: torch.d
 # ------------------------------------------------------------------------------------------------
 # ours, HF, and where a step's time goes
 # ------------------------------------------------------------------------------------------------
-def run_ours(model, tok, n: int, seqlen: int, batch: int) -> tuple[float, int]:
+class _TransformersAttention:
+    """In place of ``sampler.decode_attention``: decoding with the model's own attention (the
+    sampler before the folded-heads kernel), for ``--compare-attention``."""
+
+    def __init__(self, model) -> None:
+        pass
+
+    def __enter__(self) -> bool:
+        return False
+
+    def __exit__(self, *exc) -> bool:
+        return False
+
+
+def run_ours(model, tok, n: int, seqlen: int, batch: int, own_attention: bool = False) -> tuple[float, int, str]:
+    """Seconds, generated tokens and a hash of every sample's tokens. ``own_attention``: decode
+    with transformers' attention instead of :mod:`prunestudio.core.model.attention`'s."""
+    import hashlib
+
     from prunestudio.core.calib.selfgen import GenerationSettings, document_start, generate_calibration_set
+    from prunestudio.core.calib.selfgen import sampler
+
+    if own_attention:
+        real, sampler.decode_attention = sampler.decode_attention, _TransformersAttention
+        try:
+            return run_ours(model, tok, n, seqlen, batch)
+        finally:
+            sampler.decode_attention = real
 
     generate_calibration_set(model, tok, GenerationSettings(n=min(4, batch), seqlen=16, drop_top=0.0,
                                                             batch_size=batch, seed=1))  # warm-up
@@ -205,7 +231,8 @@ def run_ours(model, tok, n: int, seqlen: int, batch: int) -> tuple[float, int]:
     seconds = time.perf_counter() - t0
     start, _ = document_start(tok)
     assert all(len(s.input_ids) == seqlen for s in cs.samples)
-    return seconds, n * (seqlen - len(start))
+    digest = hashlib.sha256(str([list(s.input_ids) for s in cs.samples]).encode()).hexdigest()[:16]
+    return seconds, n * (seqlen - len(start)), digest
 
 
 def run_hf(model, tok, sizes: list[int], seqlen: int) -> tuple[float, int]:
@@ -304,9 +331,15 @@ def measure(dtype_name: str, a: argparse.Namespace) -> dict:
               f"{limit['memory_limit_tokens_per_s']:.1f} at {max(limit['copy_gb_per_s'], limit['sum_gb_per_s']):.1f}"
               f" GB/s)", flush=True)
         load1 = os.getloadavg()[0]
-        ours_s, ours_tokens = run_ours(model, tok, a.n, a.seqlen, a.batch_size)
+        ours_s, ours_tokens, digest = run_ours(model, tok, a.n, a.seqlen, a.batch_size)
         ours = ours_tokens / ours_s
         print(f"{dtype_name}: ours {ours:.1f} tokens/s ({a.n} x {a.seqlen} in {ours_s:.1f} s)", flush=True)
+        own = None
+        if a.compare_attention:
+            own_s, own_tokens, own_digest = run_ours(model, tok, a.n, a.seqlen, a.batch_size, own_attention=True)
+            own = {"tokens_per_s": own_tokens / own_s, "seconds": own_s, "same_tokens": own_digest == digest}
+            print(f"{dtype_name}: ours with transformers' attention {own['tokens_per_s']:.1f} tokens/s "
+                  f"(same tokens: {own['same_tokens']})", flush=True)
         load2 = os.getloadavg()[0]
         hf_s, hf_tokens = run_hf(model, tok, hf_sizes, a.seqlen)
         hf = hf_tokens / hf_s
@@ -325,7 +358,8 @@ def measure(dtype_name: str, a: argparse.Namespace) -> dict:
             "limit_tokens_per_s": limit["limit_tokens_per_s"],
             "hf_generate_tokens_per_s": hf, "hf_seconds": hf_s, "hf_generated_tokens": hf_tokens,
             "ratio_vs_limit": ours / limit["limit_tokens_per_s"], "ratio_vs_hf": ours / hf,
-            "limit": limit, "breakdown": bd,
+            "limit": limit, "breakdown": bd, "tokens_sha256": digest,
+            "ours_with_transformers_attention": own,
             "loadavg": load1, "loadavg_by_phase": {"limit": load0, "ours": load1, "hf": load2, "end": load3},
         }
     del model, loaded
@@ -372,6 +406,8 @@ def main() -> None:
     ap.add_argument("--dtype", default="fp32,bf16")
     ap.add_argument("--hf-batches", type=int, default=1, help="HF batches timed (0: all, as many as ours)")
     ap.add_argument("--breakdown", type=int, default=0, help="profile this many of our last decoding steps")
+    ap.add_argument("--compare-attention", action="store_true",
+                    help="also time ours decoding with transformers' own attention (before the folded heads)")
     ap.add_argument("--app-default", action="store_true", help="also time the app's default set (fp32)")
     ap.add_argument("--app-default-batches", type=lambda v: [int(x) for x in v.split(",")], default=None,
                     help="time the app's default set at each of these batch sizes (e.g. 64,80), in turn")

@@ -26,6 +26,7 @@ import torch
 from ...errors import CalibrationError, Cancelled
 from ...events import run_to_completion
 from ...model import memory
+from ...model.attention import decode_attention
 from ...model.devices import model_device
 from .prompts import _suppress_mask
 from .settings import GenerationSettings
@@ -359,7 +360,8 @@ def iter_sample_tokens(
     uniforms = _sample_uniforms(sample_seeds, max(steps, 1)).to(device, wide)
 
     model.eval()
-    with torch.inference_mode():
+    # decode_attention: one token at a time, the CPU's fast kernel for grouped heads (see its module)
+    with torch.inference_mode(), decode_attention(model):
         out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids, use_cache=True)
         logits = out.logits.float()  # [B, P, V]; prompts are short
         vocab = logits.shape[-1]
