@@ -63,6 +63,10 @@ from ..prune.methods import registry as methods
 # the share of the probe's FLOP/s each kind of work reaches (see the module docstring)
 DECODE_EFFICIENCY = 1.0  # generating, at a large batch (sampling included): see decode_efficiency
 DECODE_HALF_BATCH = 20  # the batch at which decoding reaches half of that
+# a 16-bit decoding step on the CPU reaches a smaller share of its (higher) probe rate than a
+# float32 one: 0.39 against 0.63 of the limit at batch 80, 256 tokens, Zen 4 with avx512_bf16
+# (bench/results/NOTES.md, stop 27: the products at 0.74 of the probe, the attention as long again)
+DECODE_16BIT_CPU = 0.62
 FORWARD_EFFICIENCY = 0.55  # perplexity, the filter, zero-shot: whole windows at once
 PRUNE_FORWARD_EFFICIENCY = 0.35  # a block's forward with the statistics hooks, batch 8
 SOLVE_EFFICIENCY = 0.45  # SparseGPT's Hessians, factorisations and column updates (counted per module)
@@ -128,11 +132,15 @@ def selfgen_samples(cal: CalibConfig) -> int:
     return _n_before_filter(cal.nsamples, cal.drop_top)
 
 
-def decode_efficiency(batch: int) -> float:
+def decode_efficiency(batch: float, dtype: str = "float32", device: str = "cpu") -> float:
     """The share of the probe's rate a decoding step of ``batch`` sequences reaches: a step reads
     every weight once whatever the batch, so the rate grows with the batch and levels off
-    (``bench/results/NOTES.md``: 83, 136, 184, 240 tokens/s at batch 8, 16, 32, 64)."""
-    return DECODE_EFFICIENCY * batch / (batch + DECODE_HALF_BATCH)
+    (``bench/results/NOTES.md``: 83, 136, 184, 240 tokens/s at batch 8, 16, 32, 64); 16-bit
+    decoding on a CPU reaches :data:`DECODE_16BIT_CPU` of the float32 share."""
+    share = DECODE_EFFICIENCY * batch / (batch + DECODE_HALF_BATCH)
+    if device.startswith("cpu") and dtype in ("bfloat16", "float16"):
+        share *= DECODE_16BIT_CPU
+    return share
 
 
 def selfgen(facts: ModelFacts, speed: MachineSpeed, cal: CalibConfig, batch_size: int | None = None) -> Estimate:
@@ -153,14 +161,14 @@ def selfgen(facts: ModelFacts, speed: MachineSpeed, cal: CalibConfig, batch_size
         written = n * max(cal.seqlen * PAPER_MEAN_LENGTH - cal.prefix_tokens, 1.0)
         flops = written * PAPER_ROWS_PER_TOKEN * per_token
         rows = max(1.0, min(batch_size, n) * PAPER_MEAN_LENGTH * PAPER_ROWS_PER_TOKEN)
-        return Estimate(_seconds(flops, speed, decode_efficiency(rows)), flops)
+        return Estimate(_seconds(flops, speed, decode_efficiency(rows, facts.dtype, facts.device)), flops)
     nbatches = max(1, -(-n // batch_size))
     bounds = [n * k // nbatches for k in range(nbatches + 1)]
     seconds = flops = 0.0
     for b in (bounds[k + 1] - bounds[k] for k in range(nbatches)):
         f = b * new_tokens * per_token
         flops += f
-        seconds += _seconds(f, speed, decode_efficiency(b))
+        seconds += _seconds(f, speed, decode_efficiency(b, facts.dtype, facts.device))
     return Estimate(seconds, flops)
 
 

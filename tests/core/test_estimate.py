@@ -231,3 +231,17 @@ def test_the_terminal_progress_lines_carry_elapsed_time_and_eta(monkeypatch):
     printer(PhaseStarted("ppl-dense", total=8))
     printer(PhaseProgress("ppl-dense", 2, 8))
     assert "2/8 | 30s elapsed, ~1m30s left" in out.text
+
+
+def test_sixteen_bit_decoding_on_a_cpu_takes_a_smaller_share_of_its_probe():
+    """At the same probe rate, a bf16 set on the CPU is estimated 1 / DECODE_16BIT_CPU as long as a
+    float32 one (both protocols); on a GPU the dtype changes nothing but the probe."""
+    import dataclasses
+
+    for cal in (CalibConfig(source="selfgen", nsamples=64, seqlen=512),
+                CalibConfig(source="selfgen:c4", nsamples=64, seqlen=512, protocol="paper")):
+        fp32 = estimate.selfgen(FACTS, SPEED, cal).seconds
+        bf16 = estimate.selfgen(dataclasses.replace(FACTS, dtype="bfloat16"), SPEED, cal).seconds
+        assert bf16 == pytest.approx(fp32 / estimate.DECODE_16BIT_CPU)
+        gpu = dataclasses.replace(FACTS, dtype="bfloat16", device="cuda:0")
+        assert estimate.selfgen(gpu, SPEED, cal).seconds == pytest.approx(fp32)
