@@ -83,7 +83,7 @@ def _register() -> bool:
 def _configs(model: Any) -> list[Any]:
     """Every distinct config the model's modules read their attention implementation from."""
     seen: dict[int, Any] = {}
-    for m in [model, *model.modules()] if hasattr(model, "modules") else [model]:
+    for m in model.modules() if hasattr(model, "modules") else [model]:  # the model itself first
         cfg = getattr(m, "config", None)
         if cfg is not None and id(cfg) not in seen and hasattr(cfg, "_attn_implementation_internal"):
             seen[id(cfg)] = cfg
