@@ -154,7 +154,7 @@ def _written(folder: Path, layers: int) -> bool:
 def child(a: argparse.Namespace) -> dict:
     import torch
     from prunestudio.core.config import PruneConfig
-    from prunestudio.core.events import BlockDone, run_to_completion
+    from prunestudio.core.events import BlockDone, ModulePruned, run_to_completion
     from prunestudio.core.model.loading import describe, load_model
     from prunestudio.core.model.offload import store_of
     from prunestudio.core.model.speed import machine_speed, model_facts
@@ -166,6 +166,7 @@ def child(a: argparse.Namespace) -> dict:
     ids = calibration_ids(a.nsamples, a.seqlen)
     ids = ids % 151936
     blocks: list[float] = []
+    module_s: list[float] = [0.0]  # per block: the modules' own work (masks, counts, previews, output error)
     with PeakRss() as mem:
         base = mem.rss()
         mem.enter("load")
@@ -183,10 +184,13 @@ def child(a: argparse.Namespace) -> dict:
         mem.enter("prune")
 
         def on_event(ev: object) -> None:
+            if isinstance(ev, ModulePruned):
+                module_s[-1] += ev.seconds
             if isinstance(ev, BlockDone):
                 blocks.append(ev.seconds)
-                print(f"block {ev.index + 1}: {ev.seconds:.1f} s, sparsity {ev.sparsity:.3f}, "
-                      f"rss {mem.rss() / GIB:.2f} GiB", flush=True)
+                print(f"block {ev.index + 1}: {ev.seconds:.1f} s (modules {module_s[-1]:.1f} s), sparsity "
+                      f"{ev.sparsity:.3f}, rss {mem.rss() / GIB:.2f} GiB", flush=True)
+                module_s.append(0.0)
 
         t0 = time.perf_counter()
         result = run_to_completion(iter_prune(model, ids, cfg, "cpu"), on_event)
@@ -202,11 +206,13 @@ def child(a: argparse.Namespace) -> dict:
     maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     return {"base_rss_gib": base / GIB, "after_load_rss_gib": after_load / GIB,
             "peak_rss_by_step_gib": {k: v / GIB for k, v in mem.peaks.items()}, "ru_maxrss_gib": maxrss / GIB,
-            "load_s": load_s, "prune_s": prune_s, "block_s": blocks, "forward_16_tokens_s": forward_s,
+            "load_s": load_s, "prune_s": prune_s, "block_s": blocks, "module_s": module_s[:len(blocks)],
+            "forward_16_tokens_s": forward_s,
             "logits_finite": finite, "global_sparsity": result.global_sparsity,
             "pruned_blocks_bytes": pruned_bytes, "estimate_host_gib": est_mem["host"] / GIB,
             "estimate_memory_gib": {k: v / GIB for k, v in est_mem.items()},
-            "estimate_prune_s": est_time.seconds, "probe_bf16_gflops": speed.flops / 1e9,
+            "estimate_prune_s": est_time.seconds, "estimate_module_s": est_time.module_seconds,
+            "probe_bf16_gflops": speed.flops / 1e9,
             "blocks_read": store.loads}
 
 
@@ -280,6 +286,9 @@ def main() -> None:
         "write_shards_s": write_s,
         **m,
         "block_s_median": statistics.median(bs), "block_s_min": min(bs), "block_s_max": max(bs),
+        "module_s_median": statistics.median(m["module_s"]),
+        "estimate_block_s": m["estimate_prune_s"] / layers,
+        "estimate_module_s_per_block": m["estimate_module_s"] / layers,
         "peak_rss_gib": max(m["peak_rss_by_step_gib"].values()),
         "peak_rss_over_ram": max(m["peak_rss_by_step_gib"].values()) * GIB / ram,
         "peak_over_estimate": max(m["peak_rss_by_step_gib"].values()) / m["estimate_host_gib"],

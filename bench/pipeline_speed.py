@@ -5,7 +5,8 @@
 The revision's ``core/`` is extracted with ``git archive`` into a temporary folder and imported
 instead of the working tree's (``PYTHONPATH``); both prune the demo model (float32, CPU) with the
 same calibration windows, alternately, each run in a fresh process. Prints the wall time of
-``iter_prune`` for each and the ratio (new / old), for Wanda and SparseGPT, unstructured.
+``iter_prune`` for each and the ratio (new / old), and each process's peak resident memory
+(``ru_maxrss``), for Wanda and SparseGPT, unstructured.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 
 WORKER = r"""
-import json, sys, time, torch
+import json, resource, sys, time, torch
 from prunestudio.core.config import PruneConfig
 from prunestudio.core.model.loading import load_model
 from prunestudio.core.events import run_to_completion
@@ -36,6 +37,7 @@ t = time.perf_counter()
 res = run_to_completion(iter_prune(loaded.model, ids, PruneConfig(method=method, sparsity=0.5)))
 sd = loaded.model.state_dict()
 print(json.dumps({"seconds": time.perf_counter() - t, "file": p.__file__, "gs": res.global_sparsity,
+                  "maxrss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                   "checksum": float(sum(v.double().abs().sum() for k, v in sd.items() if ".layers." in k))}))
 """
 
@@ -65,6 +67,7 @@ def main() -> None:
     rows: dict = {}
     for method in a.methods.split(","):
         times: dict[str, list[float]] = {"old": [], "new": []}
+        rss: dict[str, list[float]] = {"old": [], "new": []}
         sums = {}
         for _ in range(a.repeats):
             for which in ("old", "new"):
@@ -78,14 +81,19 @@ def main() -> None:
                     raise SystemExit(p.stderr[-3000:])
                 r = json.loads(p.stdout.strip().splitlines()[-1])
                 times[which].append(r["seconds"])
+                rss[which].append(r["maxrss_mib"])
                 sums[which] = r["checksum"]
-                print(f"{method:10s} {which}: {r['seconds']:7.1f} s (load avg {load:.1f}) {r['file']}", flush=True)
+                print(f"{method:10s} {which}: {r['seconds']:7.1f} s, peak RSS {r['maxrss_mib']:.0f} MiB "
+                      f"(load avg {load:.1f}) {r['file']}", flush=True)
         old, new = statistics.median(times["old"]), statistics.median(times["new"])
         rows[method] = {"old_seconds": times["old"], "new_seconds": times["new"], "ratio_new_over_old": new / old,
+                        "old_maxrss_mib": rss["old"], "new_maxrss_mib": rss["new"],
                         "same_weights_checksum": sums["old"] == sums["new"]}
         print(f"{method:10s} median old {old:.1f} s, new {new:.1f} s: new/old {new / old:.2f}; "
               f"identical weight checksum: {sums['old'] == sums['new']}", flush=True)
-    out = {"ref": a.ref, "nsamples": a.nsamples, "seqlen": a.seqlen, "runs": rows}
+    from prunestudio.core.model.speed import cpu_model
+
+    out = {"ref": a.ref, "cpu": cpu_model(), "nsamples": a.nsamples, "seqlen": a.seqlen, "runs": rows}
     Path(a.results).parent.mkdir(parents=True, exist_ok=True)
     Path(a.results).write_text(json.dumps(out, indent=2) + "\n")
     print(json.dumps({k: round(v["ratio_new_over_old"], 3) for k, v in rows.items()}))

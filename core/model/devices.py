@@ -160,18 +160,21 @@ def limit_host_allocator_retention(threshold: int = 1 << 20) -> bool:
     """Have glibc return freed blocks of ``threshold`` bytes or more to the system at once.
 
     glibc raises its mmap threshold each time a large block is freed (up to 32 MiB), after which
-    blocks of that size come from the heap and freed ones stay mapped: a pruning run, which
-    allocates and frees activation-sized tensors all the time, ends up holding about 90 MiB more
-    than it uses (demo model, measured with bench/memory.py: peak 867 -> 780 MiB above the
-    interpreter). A fixed threshold (``mallopt(M_MMAP_THRESHOLD)``) keeps such blocks mmapped;
-    no slowdown of the block forward passes was measured. Process-wide, once; Linux/glibc only;
-    ``PRUNESTUDIO_MALLOC_TUNING=0`` turns it off. Returns whether it is in effect.
+    blocks of that size come from the heap and freed ones are kept for reuse: a pruning run, which
+    allocates and frees activation-sized tensors all the time, then holds more than it uses
+    (``bench/pipeline_speed.py``, demo model, 16 x 512: peak 1,013 -> 1,023-1,122 MiB for Wanda,
+    1,138 -> 1,544-1,566 MiB for SparseGPT in one pass, without this setting). A fixed threshold
+    (``mallopt(M_MMAP_THRESHOLD)``) keeps such blocks mmapped, so every new one is page-faulted in
+    again: a block's forward pass took 1.3x as long, the whole run 1.06-1.10x (same weights). So
+    the pipeline asks for it only when memory is tight (:func:`~prunestudio.core.prune.memory.
+    host_memory_tight`; :func:`host_allocator_for_run`). Process-wide, from then on; Linux/glibc only.
+    Returns whether it is in effect.
     """
     global _ALLOCATOR_TUNED
     if _ALLOCATOR_TUNED is not None:
         return _ALLOCATOR_TUNED
     ok = False
-    if sys.platform.startswith("linux") and os.environ.get("PRUNESTUDIO_MALLOC_TUNING", "1") != "0":
+    if sys.platform.startswith("linux"):
         try:
             libc = ctypes.CDLL("libc.so.6")
             ok = bool(libc.mallopt(-3, int(threshold)))  # M_MMAP_THRESHOLD
@@ -179,3 +182,13 @@ def limit_host_allocator_retention(threshold: int = 1 << 20) -> bool:
             ok = False
     _ALLOCATOR_TUNED = ok
     return ok
+
+
+def host_allocator_for_run(tight: bool) -> bool:
+    """Before a pruning run: hand freed memory back at once (:func:`limit_host_allocator_retention`)
+    when memory is ``tight``, else leave glibc's reuse alone. ``PRUNESTUDIO_MALLOC_TUNING=1``: always
+    hand it back; ``=0``: never. Returns whether freed memory is handed back at once."""
+    setting = os.environ.get("PRUNESTUDIO_MALLOC_TUNING", "")
+    if setting == "0" or (setting != "1" and not tight):
+        return bool(_ALLOCATOR_TUNED)
+    return limit_host_allocator_retention()

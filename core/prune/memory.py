@@ -252,3 +252,16 @@ def one_pass_fits(info: dict[str, Any], nsamples: int, seqlen: int, method: str 
         return True, ""
     return False, (f"One pass per block needs about {format_bytes(need_one)} of {where}, "
                    f"{format_bytes(free)} is free; two passes need {format_bytes(need_two)}.")
+
+
+def host_memory_tight(info: dict[str, Any], nsamples: int, seqlen: int, method: str | PruneConfig, dtype_bytes: int,
+                      batch_size: int, owl: bool, offload: str, one_pass: bool,
+                      avail: dict[str, int | None] | None = None) -> bool:
+    """Whether a CPU run's working set (what it needs besides the weights already loaded) is over
+    half of the host memory available now. Then the pipeline has the allocator hand freed blocks
+    back at once (:func:`~prunestudio.core.model.devices.limit_host_allocator_retention`), which
+    costs time; otherwise freed blocks are kept for reuse. Unknown free memory: not tight."""
+    est = estimate_run_memory(info, nsamples, seqlen, method, dtype_bytes, batch_size=batch_size, owl=owl,
+                              offload=offload, one_pass=one_pass)
+    free = (avail if avail is not None else available_memory("cpu")).get("host_available")
+    return free is not None and est["total"] - est["weights"] > 0.5 * free

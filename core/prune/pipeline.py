@@ -36,9 +36,10 @@ from ..events import (
 )
 from ..model import architecture, offload
 from ..model import experts as fused
-from ..model.devices import empty_cache, is_out_of_memory, limit_host_allocator_retention
+from ..model.devices import empty_cache, host_allocator_for_run, is_out_of_memory
 from .block import BlockOutOfMemory, BlockRun, BlockStats, RedoBlock
 from .capture import BlockInputs, capture_first_block_inputs, run_block
+from .memory import host_memory_tight, module_shapes, one_pass_fits
 from .methods import stats_needs
 from .methods.masks import check_nm
 from .needs import StatsNeeds
@@ -67,7 +68,6 @@ def iter_prune(
     """
     device = torch.device(device)
     t_start = time.perf_counter()
-    limit_host_allocator_retention()
     lay = architecture.layout(model, cfg.skip_modules)
     nblocks = len(lay.blocks)
     n, m = cfg.nm
@@ -106,16 +106,19 @@ def iter_prune(
         one_pass = False
         notes.append("Blocks with fused experts are pruned with two passes per block (the one-pass order "
                      "does not reach inside the experts yet), so every block was.")
+    info: dict[str, Any] | None = None
+    dtype_bytes = next(lay.blocks[0].parameters()).element_size()
     if one_pass:
-        from ..model.loading import describe
-        from .memory import module_shapes, one_pass_fits
-
-        info = {**describe(model), "module_shapes": module_shapes(model)}
-        dtype_bytes = next(lay.blocks[0].parameters()).element_size()
+        info = _memory_info(model)
         one_pass, why = one_pass_fits(info, nsamples, seqlen, cfg, dtype_bytes, cfg.batch_size,
                                       cfg.owl, cfg.offload_mode, str(device))
         if not one_pass:
             notes.append(why + " Pruned with two passes per block.")
+    if device.type == "cpu":
+        # freed activations are kept for reuse unless memory is tight (see devices.limit_host_allocator_retention)
+        info = info if info is not None else _memory_info(model)
+        host_allocator_for_run(host_memory_tight(info, nsamples, seqlen, cfg, dtype_bytes, cfg.batch_size, cfg.owl,
+                                                 cfg.offload_mode, one_pass))
 
     yield RunStarted(method=cfg.label(), num_blocks=nblocks, module_names=lay.module_names,
                      block_sparsity=tuple(targets), nsamples=nsamples, seqlen=seqlen, device=str(device),
@@ -299,6 +302,13 @@ def iter_prune(
         block_sparsity=[float(x) for x in targets], layers=layers, global_sparsity=gs,
         seconds=seconds, module_info=module_info, owl=owl_info, notes=notes,
     )
+
+
+def _memory_info(model: nn.Module) -> dict[str, Any]:
+    """What :mod:`.memory`'s estimates read of a model: its description and module shapes."""
+    from ..model.loading import describe
+
+    return {**describe(model), "module_shapes": module_shapes(model)}
 
 
 def _experts_short_of_tokens(module_info: dict[str, dict[str, Any]]) -> str:

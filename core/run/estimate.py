@@ -12,10 +12,15 @@ kind of work reaches, measured on the demo model:
   samples end at end-of-text, so their number and length are guesses from the demo model
   (:data:`PAPER_SAMPLES_PER_WINDOW`, :data:`PAPER_MEAN_LENGTH`) and a step has fewer rows;
 * **pruning**: the block forward passes over the calibration tokens (two per block for the
-  two-pass order, one for one pass, one more for OWL's pre-pass) plus the method's own work per
-  module: SparseGPT-like methods (``Method.hessian``) accumulate ``2 tokens in²`` for the
-  Hessian, factorise it (about ``in³``: the Cholesky, the inverse and its Cholesky) and update
-  the weights (``out in²``); Wanda's and magnitude's scores are negligible;
+  two-pass order, one for one pass, one more for OWL's pre-pass), at a share of the probe that grows
+  with the hidden size (:func:`prune_forward_efficiency`), plus a cost per pass, token and hidden
+  unit (hooks, statistics, copies) and, for SparseGPT-like methods (``Method.hessian``), the
+  Hessians accumulated in the hooks (``2 tokens in²`` per module); then the per-module work, done
+  in float32 whatever the model's dtype: every method's masks, counts, previews and output error
+  cost a fixed amount per weight (:data:`MODULE_FLOPS_PER_WEIGHT`), SparseGPT factorises each
+  Hessian (about ``in³``: the Cholesky, the inverse and its Cholesky) and updates the weights
+  (``out in²``), and a disk-offloaded run writes each pruned block compactly
+  (:data:`DISK_FLOPS_PER_WEIGHT`);
 * **perplexity**: a forward pass over every evaluated token, the output head included (the
   number of tokens of a whole text is a guess for the named suites and files: see
   :func:`eval_tokens`);
@@ -31,9 +36,18 @@ float32). Measured / estimated, with the probe taken in the same process just be
   32 x 128, one batch of 32: 93.0 s / 79.6 s (1.17x);
 * perplexity, 8 WikiText-2 windows of 512 tokens: 63.8 s / 60.7 s (1.05x; probe 35.2 GFLOP/s);
 * zero-shot, the first 50 PIQA questions: 101.6 s / 84.1 s (1.21x);
-* pruning, 16 x 512 random-token windows: Wanda two passes 308.5 s / 306.2 s (1.01x); SparseGPT
-  one pass 302.0 s, estimated 377.6 s with a solve efficiency of 0.3, which was then set to 0.45
-  from this run (so 1.0x now, by construction).
+* pruning: re-measured since (below).
+
+**Pruning, re-measured** (``bench/estimate_check.py --threads 2 --dtype float32|bfloat16 --only
+probe,magnitude,wanda,sparsegpt``, 16 x 512 random-token windows, Zen 4 with avx512_bf16, 2 threads,
+the machine otherwise idle; ``bench/block_forward.py`` for the curve): the single efficiency of
+0.35 above was 1.6x high on an idle machine and 1.4x low in bf16 (SparseGPT), and it had no term
+for the per-module work, so magnitude was "nothing" and a model with 25,600 x 5,120 matrices was
+1.37x low. The terms now (constants below), measured (probe 197 GFLOP/s fp32, 424 bf16) against
+estimated: magnitude 2.5 / 2.7 s (fp32) and 2.1 / 2.8 s (bf16); Wanda 28.1 / 28.4 s and 18.4 /
+18.0 s; SparseGPT 37.5 / 36.6 s and 31.3 / 31.9 s; the 36-block Qwen3-32B-like model with disk
+offload: see ``bench/results/NOTES.md``. A busy machine or one thread takes longer than these
+(the probe cached is the highest seen).
 
 The long jobs were not rerun here (they take an hour under this load); set beside the figures
 measured earlier on this kind of machine in other conditions: the default self-generated set (79 x
@@ -42,8 +56,7 @@ at 35 GFLOP/s and 15 min at 22.5 (the probe's range today), so 1.2-1.9x high. A 
 evaluation at 512 (304,986 tokens with the demo's tokenizer) was reported at about 11 minutes; the
 estimate says 75-118 min at today's probe, and 15 min at the 180 GFLOP/s the notes' idle Zen 4
 probe gave with 2 threads (1.3x high). Against ``bench/results/NOTES.md``'s idle-machine
-figures (2 threads) the estimates are 1.6x high for pruning (Wanda 16 x 512: 38 s measured on the
-Zen 4) and 2x low for self-generation (184 tokens/s at batch 32 on the Zen 4): decoding gains less
+figures (2 threads) the estimates were 2x low for self-generation (184 tokens/s at batch 32 on the Zen 4): decoding gains less
 from a second idle thread than the probe's products do. So: close on a busy machine at one thread,
 within about 2x either way otherwise; the GUI says "about" and rounds to the minute. Estimates for a
 mixture-of-experts model count every expert's weights in each forward pass, so they are high by
@@ -68,8 +81,28 @@ DECODE_HALF_BATCH = 20  # the batch at which decoding reaches half of that
 # (bench/results/NOTES.md, stop 27: the products at 0.74 of the probe, the attention as long again)
 DECODE_16BIT_CPU = 0.62
 FORWARD_EFFICIENCY = 0.55  # perplexity, the filter, zero-shot: whole windows at once
-PRUNE_FORWARD_EFFICIENCY = 0.35  # a block's forward with the statistics hooks, batch 8
-SOLVE_EFFICIENCY = 0.45  # SparseGPT's Hessians, factorisations and column updates (counted per module)
+# Pruning (bench/results/NOTES.md, "The pruning estimate"; Zen 4, 2 threads, idle): a block's forward
+# pass reaches EMAX * hidden / (hidden + HALF) of the probe (bench/block_forward.py: 0.80, 0.92,
+# 0.88 in float32 and 0.66, 0.84, 0.92 in bf16 for hidden 576, 1536, 5120)
+PRUNE_FORWARD_CURVE = {"float32": (0.92, 86.0), "16bit-cpu": (0.97, 274.0)}
+# hooks, statistics and copies per pass, token and hidden unit, in float32-probe FLOPs (the demo's
+# two-pass Wanda runs beside the curve above: 875 in float32, 1,500 in bf16)
+PASS_FLOPS_PER_TOKEN_HIDDEN = 1_200.0
+# one weight's masks, counts, previews and output error (Wanda 5,260 in float32 and 4,840 in bf16,
+# magnitude 4,090 and 3,320 on the demo; Wanda on one 25,600 x 5,120 matrix about 4,100:
+# bench/large_matrix.py)
+MODULE_FLOPS_PER_WEIGHT = 5_000.0
+# a disk-offloaded run writes each pruned block compactly (values plus a bit mask): about 9 ns a
+# weight at 188 GFLOP/s (the 36-block Qwen3-32B-like run, bench/bigger_than_memory.py)
+DISK_FLOPS_PER_WEIGHT = 1_750.0
+# SparseGPT-like methods, of the float32 rate: the Hessians' accumulation (2 tokens in^2 for every
+# module, though modules that share an input share one: counted that way it reaches 0.96-1.01), and
+# the factorisations and column-by-column updates (in^3 + out in^2: 0.11-0.12)
+HESSIAN_EFFICIENCY = 1.0
+SOLVE_EFFICIENCY = 0.115
+# the per-module work runs in float32: a 16-bit model's probe on a CPU with 16-bit instructions is
+# about this many times its float32 rate (Zen 4 with avx512_bf16: 418-424 against 188-194 GFLOP/s)
+CPU_16BIT_PROBE_RATIO = 2.2
 
 # tokens of the named evaluation texts (GPT-2-like tokenizers; others differ by 10-20 %)
 WIKITEXT2_TEST_TOKENS = 300_000  # the demo model's tokenizer: 304,986
@@ -92,6 +125,7 @@ class Estimate:
 
     seconds: float
     flops: float
+    module_seconds: float = 0.0  # pruning: the part that is per-module work (included in ``seconds``)
 
 
 def about(seconds: float) -> str:
@@ -181,16 +215,42 @@ def block_passes(cfg: PruneConfig) -> int:
     return passes + (1 if cfg.owl else 0)
 
 
+def _is_16bit_cpu(facts: ModelFacts) -> bool:
+    return facts.device.startswith("cpu") and facts.dtype in ("bfloat16", "float16")
+
+
+def prune_forward_efficiency(hidden: int, dtype: str = "float32", device: str = "cpu") -> float:
+    """The share of the probe a block's forward pass reaches while pruning: small matrices (the
+    demo's hidden 576) run further below the probe than large ones, 16-bit ones on a CPU more so."""
+    key = "16bit-cpu" if device.startswith("cpu") and dtype in ("bfloat16", "float16") else "float32"
+    top, half = PRUNE_FORWARD_CURVE[key]
+    return top * hidden / (hidden + half)
+
+
+def float32_flops(facts: ModelFacts, speed: MachineSpeed) -> float:
+    """The float32 rate the per-module work runs at, from the probe of the model's dtype."""
+    return speed.flops / CPU_16BIT_PROBE_RATIO if _is_16bit_cpu(facts) else speed.flops
+
+
 def pruning(facts: ModelFacts, speed: MachineSpeed, cfg: PruneConfig, nsamples: int, seqlen: int) -> Estimate:
-    """A pruning run on ``nsamples`` x ``seqlen`` calibration tokens (evaluations not included)."""
+    """A pruning run on ``nsamples`` x ``seqlen`` calibration tokens (evaluations not included);
+    ``module_seconds`` is the per-module part (masks, counts, previews, output errors, solves: what
+    the ``ModulePruned`` events' seconds add up to)."""
     tokens = nsamples * seqlen if cfg.needs_calibration else 0
-    fwd = block_passes(cfg) * tokens * (facts.forward_flops_per_token(seqlen // 2, head=False))
-    solve = 0.0
+    passes = block_passes(cfg)
+    fwd = passes * tokens * (facts.forward_flops_per_token(seqlen // 2, head=False))
+    f32 = max(float32_flops(facts, speed), 1.0)
+    seconds = _seconds(fwd, speed, prune_forward_efficiency(facts.hidden, facts.dtype, facts.device))
+    seconds += passes * tokens * facts.num_blocks * facts.hidden * PASS_FLOPS_PER_TOKEN_HIDDEN / f32
+    hessian = solve = 0.0
     if methods.builds_hessian(cfg):
-        per_block = sum(2.0 * tokens * i * i + i ** 3 + o * i * i for o, i in facts.block_linears)
-        solve = facts.num_blocks * per_block
-    seconds = _seconds(fwd, speed, PRUNE_FORWARD_EFFICIENCY) + _seconds(solve, speed, SOLVE_EFFICIENCY)
-    return Estimate(seconds, fwd + solve)
+        hessian = facts.num_blocks * sum(2.0 * tokens * i * i for _, i in facts.block_linears)
+        solve = facts.num_blocks * sum(i ** 3 + o * i * i for o, i in facts.block_linears)
+        seconds += hessian / (f32 * HESSIAN_EFFICIENCY)  # in the statistics hooks, during the passes
+    if cfg.offload_mode == "disk":  # each pruned block written to the work folder, after its modules
+        seconds += facts.block_params * DISK_FLOPS_PER_WEIGHT / f32
+    module = solve / (f32 * SOLVE_EFFICIENCY) + facts.block_params * MODULE_FLOPS_PER_WEIGHT / f32
+    return Estimate(seconds + module, fwd + hessian + solve, module)
 
 
 def eval_tokens(source: str, seqlen: int, max_windows: int | None) -> int | None:

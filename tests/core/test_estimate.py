@@ -7,6 +7,7 @@ and (once) against a measured short run within a wide factor.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -71,18 +72,55 @@ def test_paper_protocol_counts_samples_of_varying_length():
 
 
 def test_pruning_passes_and_methods():
-    def secs(**kw):
-        return estimate.pruning(FACTS, SPEED, PruneConfig(**kw), 64, 512).seconds
+    def est(**kw):
+        return estimate.pruning(FACTS, SPEED, PruneConfig(**kw), 64, 512)
 
-    wanda2 = secs(method="wanda", one_pass=False)
-    wanda1 = secs(method="wanda", one_pass=True)
-    assert wanda2 == pytest.approx(2 * wanda1)  # Wanda: the forward passes are all its cost
-    assert secs(method="wanda", owl=True, one_pass=False) == pytest.approx(1.5 * wanda2)  # OWL's pre-pass
-    assert secs(method="sparsegpt", one_pass=True) > wanda1  # the Hessians and their solves
-    assert secs(method="magnitude") == 0.0  # no calibration, no passes, no solve (nothing of note)
+    def secs(**kw):
+        return est(**kw).seconds
+
+    wanda2, wanda1 = est(method="wanda", one_pass=False), est(method="wanda", one_pass=True)
+    # the per-module work is the same in both orders; the passes' part doubles
+    assert wanda2.module_seconds == pytest.approx(wanda1.module_seconds)
+    assert wanda1.module_seconds > 0
+    assert wanda2.seconds - wanda2.module_seconds == pytest.approx(2 * (wanda1.seconds - wanda1.module_seconds))
+    # one pass, by hand: the block products at the curve's share of the probe, plus the hooks' and
+    # statistics' cost per token and hidden unit
+    tokens = 64 * 512
+    by_hand = (tokens * (2.0 * FACTS.block_params + 4.0 * B * H * 256) / (SPEED.flops * estimate.prune_forward_efficiency(H))
+               + tokens * B * H * estimate.PASS_FLOPS_PER_TOKEN_HIDDEN / SPEED.flops)
+    assert wanda1.seconds - wanda1.module_seconds == pytest.approx(by_hand)
+    owl = est(method="wanda", owl=True, one_pass=False)  # OWL's pre-pass: a third pass
+    assert owl.seconds - owl.module_seconds == pytest.approx(1.5 * (wanda2.seconds - wanda2.module_seconds))
+    assert secs(method="sparsegpt", one_pass=True) > wanda1.seconds  # the Hessians and their solves
+    # magnitude: no calibration, no passes: only its masks, a fixed cost per weight
+    mag = est(method="magnitude")
+    assert mag.flops == 0.0
+    assert mag.seconds == pytest.approx(FACTS.block_params * estimate.MODULE_FLOPS_PER_WEIGHT / SPEED.flops)
     assert estimate.block_passes(PruneConfig(method="magnitude", owl=True)) == 1
     more = estimate.pruning(FACTS, SPEED, PruneConfig(method="sparsegpt"), 128, 512).seconds
     assert more > secs(method="sparsegpt")
+    # a disk-offloaded run also writes every pruned block
+    disk = est(method="wanda", one_pass=False, offload=True, offload_to="disk")
+    assert disk.module_seconds == pytest.approx(wanda2.module_seconds)
+    assert disk.seconds - wanda2.seconds == pytest.approx(FACTS.block_params * estimate.DISK_FLOPS_PER_WEIGHT / SPEED.flops)
+
+
+def test_pruning_forward_share_grows_with_the_hidden_size_and_16_bit_work_runs_at_the_float32_rate():
+    f32 = [estimate.prune_forward_efficiency(h) for h in (576, 1536, 5120)]
+    b16 = [estimate.prune_forward_efficiency(h, "bfloat16", "cpu") for h in (576, 1536, 5120)]
+    assert f32 == sorted(f32) and b16 == sorted(b16) and max(f32 + b16) < 1.0
+    assert b16[0] < f32[0]  # small bf16 products run further below their (higher) probe
+    assert estimate.prune_forward_efficiency(576, "bfloat16", "cuda:0") == f32[0]
+    bf = dataclasses.replace(FACTS, dtype="bfloat16")
+    fast = MachineSpeed(SPEED.flops * estimate.CPU_16BIT_PROBE_RATIO, "bf16", probed=False)
+    # the bf16 probe is faster, but masks are computed in float32: the same per-module seconds
+    mag = estimate.pruning(bf, fast, PruneConfig(method="magnitude"), 64, 512)
+    assert mag.seconds == pytest.approx(estimate.pruning(FACTS, SPEED, PruneConfig(method="magnitude"), 64, 512).seconds)
+    # and the passes take less time than in float32 at that faster probe, more than the probe ratio implies
+    w32 = estimate.pruning(FACTS, SPEED, PruneConfig(method="wanda"), 64, 512)
+    w16 = estimate.pruning(bf, fast, PruneConfig(method="wanda"), 64, 512)
+    rest32, rest16 = w32.seconds - w32.module_seconds, w16.seconds - w16.module_seconds
+    assert rest32 / estimate.CPU_16BIT_PROBE_RATIO < rest16 < rest32
 
 
 def test_perplexity_and_zeroshot_grow_with_their_sizes():

@@ -64,3 +64,46 @@ def test_moe_estimate_counts_experts_and_their_forward():
     assert wanda["block"] >= tokens * k * max(4 * H, H + 4 * I) * 4
     top8 = estimate_run_memory({**info, "experts_per_token": 8}, 16, 256, "wanda", 4, batch_size=8, one_pass=False)
     assert top8["block"] - wanda["block"] == tokens * (8 - k) * max(4 * H, H + 4 * I) * 4
+
+
+def test_memory_is_tight_when_the_working_set_passes_half_of_what_is_free():
+    from prunestudio.core.prune.memory import host_memory_tight
+
+    est = estimate_run_memory(INFO, 64, 512, "sparsegpt", 4, 8, one_pass=True)
+    need = est["total"] - est["weights"]  # the weights are loaded already
+    args = (INFO, 64, 512, "sparsegpt", 4, 8, False, "cpu", True)
+    assert host_memory_tight(*args, avail={"host_available": int(1.9 * need)})
+    assert not host_memory_tight(*args, avail={"host_available": int(2.1 * need)})
+    assert not host_memory_tight(*args, avail={"host_available": None})  # unknown: not tight
+
+
+def test_the_allocator_hands_memory_back_only_when_tight_or_asked(monkeypatch):
+    from prunestudio.core.model import devices
+
+    calls = []
+    monkeypatch.setattr(devices, "limit_host_allocator_retention", lambda: calls.append(1) or True)
+    monkeypatch.setattr(devices, "_ALLOCATOR_TUNED", None)
+    monkeypatch.delenv("PRUNESTUDIO_MALLOC_TUNING", raising=False)
+    assert devices.host_allocator_for_run(False) is False and calls == []
+    assert devices.host_allocator_for_run(True) is True and calls == [1]
+    monkeypatch.setenv("PRUNESTUDIO_MALLOC_TUNING", "0")
+    assert devices.host_allocator_for_run(True) is False and calls == [1]
+    monkeypatch.setenv("PRUNESTUDIO_MALLOC_TUNING", "1")
+    assert devices.host_allocator_for_run(False) is True and calls == [1, 1]
+
+
+def test_a_cpu_run_asks_for_the_allocator_by_the_memory_it_needs(make_model, monkeypatch):
+    import torch
+
+    from prunestudio.core.config import PruneConfig
+    from prunestudio.core.events import run_to_completion
+    from prunestudio.core.prune import memory as prune_memory
+    from prunestudio.core.prune import pipeline
+
+    asked = []
+    monkeypatch.setattr(pipeline, "host_allocator_for_run", lambda tight: asked.append(tight) or tight)
+    ids = torch.randint(3, 90, (4, 16), generator=torch.Generator().manual_seed(0))
+    for free, tight in ((1 << 40, False), (1 << 10, True)):
+        monkeypatch.setattr(prune_memory, "available_memory", lambda device="cpu", f=free: {"host_available": f})
+        run_to_completion(pipeline.iter_prune(make_model("llama"), ids, PruneConfig(method="wanda", sparsity=0.5)))
+        assert asked[-1] is tight
