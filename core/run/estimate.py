@@ -8,7 +8,7 @@ kind of work reaches, measured on the demo model:
 * **self-generation**: every generated token is one forward pass with the KV cache
   (:meth:`ModelFacts.forward_flops_per_token`, the context half the sample on average; the
   filter's perplexities come from the same passes); a decoding step multiplies thin matrices, so
-  its rate grows with the batch (:func:`decode_efficiency`); with the paper's protocol the
+  its rate grows with the batch and falls with the context (:func:`decode_efficiency`); with the paper's protocol the
   samples end at end-of-text, so their number and length are guesses from the demo model
   (:data:`PAPER_SAMPLES_PER_WINDOW`, :data:`PAPER_MEAN_LENGTH`) and a step has fewer rows;
 * **pruning**: the block forward passes over the calibration tokens (two per block for the
@@ -26,41 +26,30 @@ kind of work reaches, measured on the demo model:
   :func:`eval_tokens`);
 * **zero-shot**: a forward pass over each question's every choice (context and choice).
 
-Calibration (the efficiencies), ``python bench/estimate_check.py`` on this project's machine: 2
-cores (``lscpu``: Model name "AMD EPYC"; ``/proc/cpuinfo`` does not say which generation), 24 GiB,
-shared with other engineers' test runs (load average 3 to 8 during the measurements), one torch
-thread (what the jobs choose on a busy 2-core machine), the demo model (SmolLM2-135M-Instruct,
-float32). Measured / estimated, with the probe taken in the same process just before:
+Calibration (the constants below): ``python bench/estimate_check.py --threads 2 --dtype
+float32|bfloat16`` and ``bench/block_forward.py`` on this project's machine, 2 cores of an AMD EPYC
+Zen 4 with avx512_bf16, the machine otherwise idle, the demo model (SmolLM2-135M-Instruct); earlier
+constants had been fitted at one thread on a machine shared with other test runs, and were up to 2x
+off on an idle one (``bench/results/NOTES.md``, stop 28). Measured / estimated now, with the probe
+taken in the same process (197-200 GFLOP/s float32, 424-425 bf16), float32 then bf16:
 
-* self-generation, 8 samples x 64 tokens: 21.1 s / 20.9 s (1.01x; probe 22.5 GFLOP/s);
-  32 x 128, one batch of 32: 93.0 s / 79.6 s (1.17x);
-* perplexity, 8 WikiText-2 windows of 512 tokens: 63.8 s / 60.7 s (1.05x; probe 35.2 GFLOP/s);
-* zero-shot, the first 50 PIQA questions: 101.6 s / 84.1 s (1.21x);
-* pruning: re-measured since (below).
+* self-generation, 8 samples x 64 tokens (one batch of 8): 0.96, 0.93; 32 x 128 (one batch of
+  32): 0.92, 0.93; the app's default set (79 x 512, one batch of 80; measured in an earlier stop,
+  158.1 s): 159 s estimated;
+* perplexity, 8 WikiText-2 windows of 512 tokens: 0.97, 0.94; the whole test set (float32,
+  ``bench/ppl_speed.py``, 628 s): 607 s estimated;
+* pruning, 16 x 512 random-token windows: magnitude 2.5 / 2.7 s and 2.1 / 2.8 s; Wanda 28.1 / 28.4 s
+  and 18.4 / 18.0 s; SparseGPT 37.5 / 36.6 s and 31.3 / 31.9 s; the 36-block Qwen3-32B-like model
+  with disk offload (bf16, 16 x 128): 1,067 / 983 s;
+* zero-shot, the first 50 PIQA questions: 0.43, 0.59 (high on purpose: see
+  :data:`ZEROSHOT_EFFICIENCY`).
 
-**Pruning, re-measured** (``bench/estimate_check.py --threads 2 --dtype float32|bfloat16 --only
-probe,magnitude,wanda,sparsegpt``, 16 x 512 random-token windows, Zen 4 with avx512_bf16, 2 threads,
-the machine otherwise idle; ``bench/block_forward.py`` for the curve): the single efficiency of
-0.35 above was 1.6x high on an idle machine and 1.4x low in bf16 (SparseGPT), and it had no term
-for the per-module work, so magnitude was "nothing" and a model with 25,600 x 5,120 matrices was
-1.37x low. The terms now (constants below), measured (probe 197 GFLOP/s fp32, 424 bf16) against
-estimated: magnitude 2.5 / 2.7 s (fp32) and 2.1 / 2.8 s (bf16); Wanda 28.1 / 28.4 s and 18.4 /
-18.0 s; SparseGPT 37.5 / 36.6 s and 31.3 / 31.9 s; the 36-block Qwen3-32B-like model with disk
-offload: see ``bench/results/NOTES.md``. A busy machine or one thread takes longer than these
-(the probe cached is the highest seen).
-
-The long jobs were not rerun here (they take an hour under this load); set beside the figures
-measured earlier on this kind of machine in other conditions: the default self-generated set (79 x
-512 tokens) took about 8 minutes in the issue's user trial; the estimate says 9.6 min with the probe
-at 35 GFLOP/s and 15 min at 22.5 (the probe's range today), so 1.2-1.9x high. A whole WikiText-2
-evaluation at 512 (304,986 tokens with the demo's tokenizer) was reported at about 11 minutes; the
-estimate says 75-118 min at today's probe, and 15 min at the 180 GFLOP/s the notes' idle Zen 4
-probe gave with 2 threads (1.3x high). Against ``bench/results/NOTES.md``'s idle-machine
-figures (2 threads) the estimates were 2x low for self-generation (184 tokens/s at batch 32 on the Zen 4): decoding gains less
-from a second idle thread than the probe's products do. So: close on a busy machine at one thread,
-within about 2x either way otherwise; the GUI says "about" and rounds to the minute. Estimates for a
-mixture-of-experts model count every expert's weights in each forward pass, so they are high by
-about the number of experts over the number each token is routed to.
+A busy machine, or one thread, takes longer than these say (the probe kept in the cache is the
+highest ever measured, so a loaded machine does not lower it); the GUI says "about" and rounds to the
+minute. A CPU of another kind will differ (the efficiencies are shares of its own probe, but
+its products, attention and memory do not scale alike). Estimates for a mixture-of-experts model
+count every expert's weights in each forward pass, so they are high by about the number of experts
+over the number each token is routed to.
 """
 
 from __future__ import annotations
@@ -74,13 +63,25 @@ from ..model.speed import MachineSpeed, ModelFacts
 from ..prune.methods import registry as methods
 
 # the share of the probe's FLOP/s each kind of work reaches (see the module docstring)
-DECODE_EFFICIENCY = 1.0  # generating, at a large batch (sampling included): see decode_efficiency
-DECODE_HALF_BATCH = 20  # the batch at which decoding reaches half of that
+# Decoding (bench/results/NOTES.md, stop 28; Zen 4, 2 threads, idle): a step reads every weight once
+# whatever the batch, so the share grows with the batch, and falls as the cache the attention reads
+# grows: DECODE_EFFICIENCY * batch / (batch + DECODE_HALF_BATCH) / (1 + context / DECODE_HALF_CONTEXT)
+# (8 x 64 at batch 8: 0.13 of the probe; 32 x 128 at 32: 0.35; the app's default set, 79 x 512 at
+# batch 80: 0.38)
+DECODE_EFFICIENCY = 0.8
+DECODE_HALF_BATCH = 40
+DECODE_HALF_CONTEXT = 600
 # a 16-bit decoding step on the CPU reaches a smaller share of its (higher) probe rate than a
-# float32 one: 0.39 against 0.63 of the limit at batch 80, 256 tokens, Zen 4 with avx512_bf16
-# (bench/results/NOTES.md, stop 27: the products at 0.74 of the probe, the attention as long again)
-DECODE_16BIT_CPU = 0.62
-FORWARD_EFFICIENCY = 0.55  # perplexity, the filter, zero-shot: whole windows at once
+# float32 one (8 x 64 and 32 x 128: 0.87 and 0.83 of float32's share; 80 x 256: 0.82)
+DECODE_16BIT_CPU = 0.83
+# perplexity and the filter: whole windows at once (8 WikiText-2 windows: 0.74 of the probe in
+# float32; the whole test set, bench/ppl_speed.py: 0.70); 16-bit on a CPU: 0.8 of that share
+FORWARD_EFFICIENCY = 0.72
+FORWARD_16BIT_CPU = 0.8
+# zero-shot: each choice counted as a forward over its context and itself at FORWARD_EFFICIENCY's
+# old value; the scorer computes a context once for all its choices, so this over-counts (50 PIQA
+# questions took 0.43x the estimate in float32, 0.59x in bf16): left high, not fitted on one task
+ZEROSHOT_EFFICIENCY = 0.55
 # Pruning (bench/results/NOTES.md, "The pruning estimate"; Zen 4, 2 threads, idle): a block's forward
 # pass reaches EMAX * hidden / (hidden + HALF) of the probe (bench/block_forward.py: 0.80, 0.92,
 # 0.88 in float32 and 0.66, 0.84, 0.92 in bf16 for hidden 576, 1536, 5120)
@@ -166,12 +167,12 @@ def selfgen_samples(cal: CalibConfig) -> int:
     return _n_before_filter(cal.nsamples, cal.drop_top)
 
 
-def decode_efficiency(batch: float, dtype: str = "float32", device: str = "cpu") -> float:
-    """The share of the probe's rate a decoding step of ``batch`` sequences reaches: a step reads
-    every weight once whatever the batch, so the rate grows with the batch and levels off
-    (``bench/results/NOTES.md``: 83, 136, 184, 240 tokens/s at batch 8, 16, 32, 64); 16-bit
-    decoding on a CPU reaches :data:`DECODE_16BIT_CPU` of the float32 share."""
-    share = DECODE_EFFICIENCY * batch / (batch + DECODE_HALF_BATCH)
+def decode_efficiency(batch: float, dtype: str = "float32", device: str = "cpu", context: float = 0.0) -> float:
+    """The share of the probe's rate a decoding step of ``batch`` sequences with ``context`` tokens
+    cached reaches: a step reads every weight once whatever the batch, so the rate grows with the
+    batch and levels off, and the attention's reading of the cache slows long samples down;
+    16-bit decoding on a CPU reaches :data:`DECODE_16BIT_CPU` of the float32 share."""
+    share = DECODE_EFFICIENCY * batch / (batch + DECODE_HALF_BATCH) / (1.0 + max(context, 0.0) / DECODE_HALF_CONTEXT)
     if device.startswith("cpu") and dtype in ("bfloat16", "float16"):
         share *= DECODE_16BIT_CPU
     return share
@@ -195,14 +196,15 @@ def selfgen(facts: ModelFacts, speed: MachineSpeed, cal: CalibConfig, batch_size
         written = n * max(cal.seqlen * PAPER_MEAN_LENGTH - cal.prefix_tokens, 1.0)
         flops = written * PAPER_ROWS_PER_TOKEN * per_token
         rows = max(1.0, min(batch_size, n) * PAPER_MEAN_LENGTH * PAPER_ROWS_PER_TOKEN)
-        return Estimate(_seconds(flops, speed, decode_efficiency(rows, facts.dtype, facts.device)), flops)
+        eff = decode_efficiency(rows, facts.dtype, facts.device, cal.seqlen * PAPER_MEAN_LENGTH / 2)
+        return Estimate(_seconds(flops, speed, eff), flops)
     nbatches = max(1, -(-n // batch_size))
     bounds = [n * k // nbatches for k in range(nbatches + 1)]
     seconds = flops = 0.0
     for b in (bounds[k + 1] - bounds[k] for k in range(nbatches)):
         f = b * new_tokens * per_token
         flops += f
-        seconds += _seconds(f, speed, decode_efficiency(b, facts.dtype, facts.device))
+        seconds += _seconds(f, speed, decode_efficiency(b, facts.dtype, facts.device, cal.seqlen / 2))
     return Estimate(seconds, flops)
 
 
@@ -279,7 +281,8 @@ def eval_tokens(source: str, seqlen: int, max_windows: int | None) -> int | None
 def perplexity(facts: ModelFacts, speed: MachineSpeed, tokens: int, seqlen: int) -> Estimate:
     """A perplexity evaluation over ``tokens`` tokens in ``seqlen`` windows."""
     flops = tokens * facts.forward_flops_per_token(seqlen // 2)
-    return Estimate(_seconds(flops, speed, FORWARD_EFFICIENCY), flops)
+    eff = FORWARD_EFFICIENCY * (FORWARD_16BIT_CPU if _is_16bit_cpu(facts) else 1.0)
+    return Estimate(_seconds(flops, speed, eff), flops)
 
 
 def zeroshot(facts: ModelFacts, speed: MachineSpeed, tasks: list[str] | tuple[str, ...],
@@ -292,7 +295,7 @@ def zeroshot(facts: ModelFacts, speed: MachineSpeed, tasks: list[str] | tuple[st
         if limit:
             items = min(items, limit)
         flops += items * choices * length * facts.forward_flops_per_token(length // 2)
-    return Estimate(_seconds(flops, speed, FORWARD_EFFICIENCY), flops)
+    return Estimate(_seconds(flops, speed, ZEROSHOT_EFFICIENCY), flops)
 
 
 def fmt_duration(seconds: float) -> str:

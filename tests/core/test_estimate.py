@@ -283,3 +283,21 @@ def test_sixteen_bit_decoding_on_a_cpu_takes_a_smaller_share_of_its_probe():
         assert bf16 == pytest.approx(fp32 / estimate.DECODE_16BIT_CPU)
         gpu = dataclasses.replace(FACTS, dtype="bfloat16", device="cuda:0")
         assert estimate.selfgen(gpu, SPEED, cal).seconds == pytest.approx(fp32)
+
+
+def test_decoding_slows_with_the_cache_read_and_16_bit_forwards_take_a_smaller_share():
+    import dataclasses
+
+    e = estimate.decode_efficiency
+    assert e(80, context=estimate.DECODE_HALF_CONTEXT) == pytest.approx(e(80) / 2)
+    assert e(80, context=256) < e(80) and e(8) < e(32) < e(80)
+    # a sample twice as long costs more than twice: every token reads a longer cache
+    short = estimate.selfgen(FACTS, SPEED, CalibConfig(source="selfgen", nsamples=64, seqlen=256))
+    long = estimate.selfgen(FACTS, SPEED, CalibConfig(source="selfgen", nsamples=64, seqlen=512))
+    assert long.seconds / long.flops > short.seconds / short.flops
+    # perplexity in bf16 on a CPU: a smaller share of the probe; on a GPU the dtype changes nothing
+    fp32 = estimate.perplexity(FACTS, SPEED, 8 * 512, 512).seconds
+    bf16 = estimate.perplexity(dataclasses.replace(FACTS, dtype="bfloat16"), SPEED, 8 * 512, 512).seconds
+    assert bf16 == pytest.approx(fp32 / estimate.FORWARD_16BIT_CPU)
+    gpu = dataclasses.replace(FACTS, dtype="bfloat16", device="cuda:0")
+    assert estimate.perplexity(gpu, SPEED, 8 * 512, 512).seconds == pytest.approx(fp32)
