@@ -63,14 +63,16 @@ def profile_run(dtype: str, ids: torch.Tensor) -> dict:
 
 
 def compile_block(dtype: str, batch: int, seqlen: int, blocks_per_run: int, batches_per_run: int) -> dict:
+    from prunestudio.core.model import architecture
     from prunestudio.core.model.loading import load_model
     from prunestudio.core.prune.capture import capture_first_block_inputs
 
     model = load_model("demo", "cpu", dtype).model
-    layers = model.model.layers  # the demo's known layout: this script times one of its blocks
+    lay = architecture.layout(model)
+    layers = lay.blocks
     ids = torch.randint(0, 40000, (batch, seqlen), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        inputs, _ = capture_first_block_inputs(model, "model.layers", layers[0], ids, batch, torch.device("cpu"))
+        inputs, _ = capture_first_block_inputs(model, lay.path, layers[0], ids, batch, torch.device("cpu"))
         x, args, kw = inputs.hidden[0], inputs.args[0], inputs.kwargs[0]
 
         def first(out):

@@ -167,13 +167,18 @@ def selfgen_samples(cal: CalibConfig) -> int:
     return _n_before_filter(cal.nsamples, cal.drop_top)
 
 
+def _sixteen_bit_cpu(dtype: str, device: str) -> bool:
+    """bf16 or fp16 on the CPU: work that runs at a smaller share of its (higher) probe rate."""
+    return device.startswith("cpu") and dtype in ("bfloat16", "float16")
+
+
 def decode_efficiency(batch: float, dtype: str = "float32", device: str = "cpu", context: float = 0.0) -> float:
     """The share of the probe's rate a decoding step of ``batch`` sequences with ``context`` tokens
     cached reaches: a step reads every weight once whatever the batch, so the rate grows with the
     batch and levels off, and the attention's reading of the cache slows long samples down;
     16-bit decoding on a CPU reaches :data:`DECODE_16BIT_CPU` of the float32 share."""
     share = DECODE_EFFICIENCY * batch / (batch + DECODE_HALF_BATCH) / (1.0 + max(context, 0.0) / DECODE_HALF_CONTEXT)
-    if device.startswith("cpu") and dtype in ("bfloat16", "float16"):
+    if _sixteen_bit_cpu(dtype, device):
         share *= DECODE_16BIT_CPU
     return share
 
@@ -218,13 +223,13 @@ def block_passes(cfg: PruneConfig) -> int:
 
 
 def _is_16bit_cpu(facts: ModelFacts) -> bool:
-    return facts.device.startswith("cpu") and facts.dtype in ("bfloat16", "float16")
+    return _sixteen_bit_cpu(facts.dtype, facts.device)
 
 
 def prune_forward_efficiency(hidden: int, dtype: str = "float32", device: str = "cpu") -> float:
     """The share of the probe a block's forward pass reaches while pruning: small matrices (the
     demo's hidden 576) run further below the probe than large ones, 16-bit ones on a CPU more so."""
-    key = "16bit-cpu" if device.startswith("cpu") and dtype in ("bfloat16", "float16") else "float32"
+    key = "16bit-cpu" if _sixteen_bit_cpu(dtype, device) else "float32"
     top, half = PRUNE_FORWARD_CURVE[key]
     return top * hidden / (hidden + half)
 
